@@ -1,0 +1,1 @@
+"""Tasks, streams, sources, scenarios and readers."""

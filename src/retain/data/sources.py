@@ -1,0 +1,163 @@
+"""Labelled data before it is cut into tasks, and conversions from what users have.
+
+A :class:`Source` holds train and test inputs and targets as tensors, optional extra columns (for
+``by_column`` tasks: a domain, a time period), class names, and whether the target is a class or a
+number. ``as_source`` accepts what users have: a Source, ``(x, y)`` arrays, ``((x, y), (x, y))``
+train/test pairs, a torch ``Dataset``, or a Hugging Face ``datasets.Dataset``; the readers in
+:mod:`retain.data.readers` turn files into Sources.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from retain.errors import DataError
+
+
+@dataclass
+class Source:
+    """Labelled data. ``x_*``: inputs ``[N, ...]``; ``y_*``: int64 classes or float targets.
+
+    ``columns_*`` map a column name to one value per sample (numpy arrays, any dtype), for
+    ``by_column`` scenarios. Images are float32 ``[N, C, H, W]`` in [0, 1].
+    """
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor | None = None
+    y_test: torch.Tensor | None = None
+    columns_train: dict[str, np.ndarray] = field(default_factory=dict)
+    columns_test: dict[str, np.ndarray] = field(default_factory=dict)
+    class_names: list[str] | None = None
+    objective: str = "classification"
+    name: str = "data"
+    is_image: bool = False
+    feature_names: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.x_train) != len(self.y_train):
+            raise DataError(f"{self.name}: {len(self.x_train)} training inputs but {len(self.y_train)} targets")
+        if (self.x_test is None) != (self.y_test is None):
+            raise DataError(f"{self.name}: give both test inputs and test targets, or neither")
+        if self.x_test is not None and len(self.x_test) != len(self.y_test):
+            raise DataError(f"{self.name}: {len(self.x_test)} test inputs but {len(self.y_test)} targets")
+
+    @property
+    def n_classes(self) -> int | None:
+        if self.objective != "classification":
+            return None
+        ys = [self.y_train] + ([self.y_test] if self.y_test is not None else [])
+        return int(max(int(y.max()) for y in ys if len(y)) + 1)
+
+    def with_test_split(self, fraction: float, seed: int) -> Source:
+        """Hold out ``fraction`` of the training data as the test set when there is none."""
+        if self.x_test is not None:
+            return self
+        n = len(self.x_train)
+        g = torch.Generator().manual_seed(seed)
+        perm = torch.randperm(n, generator=g)
+        k = max(1, int(round(n * fraction)))
+        te, tr = perm[:k].sort().values, perm[k:].sort().values
+        cols_tr = {c: v[tr.numpy()] for c, v in self.columns_train.items()}
+        cols_te = {c: v[te.numpy()] for c, v in self.columns_train.items()}
+        return replace(self, x_train=self.x_train[tr], y_train=self.y_train[tr],
+                       x_test=self.x_train[te], y_test=self.y_train[te],
+                       columns_train=cols_tr, columns_test=cols_te)
+
+    def limit(self, train: int | None, test: int | None, seed: int) -> Source:
+        """A random subset (for quick runs), keeping the columns aligned."""
+        out = self
+        g = torch.Generator().manual_seed(seed)
+        if train is not None and train < len(self.x_train):
+            idx = torch.randperm(len(self.x_train), generator=g)[:train].sort().values
+            out = replace(out, x_train=out.x_train[idx], y_train=out.y_train[idx],
+                          columns_train={c: v[idx.numpy()] for c, v in out.columns_train.items()})
+        if test is not None and out.x_test is not None and test < len(out.x_test):
+            idx = torch.randperm(len(out.x_test), generator=g)[:test].sort().values
+            out = replace(out, x_test=out.x_test[idx], y_test=out.y_test[idx],
+                          columns_test={c: v[idx.numpy()] for c, v in out.columns_test.items()})
+        return out
+
+
+def _tensor(a: Any, name: str) -> torch.Tensor:
+    if isinstance(a, torch.Tensor):
+        return a
+    arr = np.asarray(a)
+    if arr.dtype == object:
+        raise DataError(f"{name} holds non-numeric values; convert them to numbers first")
+    return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def _targets(y: torch.Tensor, objective: str) -> tuple[torch.Tensor, str]:
+    if objective == "auto":
+        objective = "regression" if y.is_floating_point() else "classification"
+    if objective == "classification":
+        if y.is_floating_point():
+            if not torch.all(y == y.round()):
+                raise DataError("classification targets must be whole numbers; "
+                                "set stream.objective=regression for numeric targets")
+        y = y.long()
+    else:
+        y = y.float()
+    return y, objective
+
+
+def from_arrays(x: Any, y: Any, x_test: Any = None, y_test: Any = None, *,
+                objective: str = "auto", name: str = "arrays",
+                class_names: list[str] | None = None) -> Source:
+    """A Source from numpy arrays or tensors (float inputs; int classes or float targets)."""
+    xt, yt = _tensor(x, "x"), _tensor(y, "y")
+    if not xt.is_floating_point():
+        xt = xt.float()
+    yt, objective = _targets(yt, objective)
+    xs = ys = None
+    if x_test is not None:
+        xs, ys = _tensor(x_test, "x_test"), _tensor(y_test, "y_test")
+        xs = xs.float() if not xs.is_floating_point() else xs
+        ys, _ = _targets(ys, objective)
+    return Source(xt, yt, xs, ys, objective=objective, name=name, class_names=class_names)
+
+
+def from_torch(dataset: Any, test: Any = None, *, objective: str = "auto", name: str = "dataset",
+               batch_size: int = 1024) -> Source:
+    """Materialise a map-style torch ``Dataset`` of ``(x, y)`` pairs into tensors, once."""
+    from torch.utils.data import DataLoader
+
+    def load(ds: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        if len(ds) == 0:
+            raise DataError(f"{name}: the dataset is empty")
+        xs, ys = [], []
+        for xb, yb in DataLoader(ds, batch_size=batch_size, shuffle=False):
+            xs.append(torch.as_tensor(xb))
+            ys.append(torch.as_tensor(yb))
+        return torch.cat(xs), torch.cat(ys)
+
+    x, y = load(dataset)
+    xt, yt = load(test) if test is not None else (None, None)
+    return from_arrays(x, y, xt, yt, objective=objective, name=name)
+
+
+def as_source(data: Any, *, objective: str = "auto", name: str | None = None) -> Source:
+    """Turn what a user has into a :class:`Source` (see the module docstring)."""
+    if isinstance(data, Source):
+        return data
+    if isinstance(data, tuple) and len(data) == 2:
+        a, b = data
+        if isinstance(a, tuple) and isinstance(b, tuple):
+            return from_arrays(a[0], a[1], b[0], b[1], objective=objective, name=name or "arrays")
+        return from_arrays(a, b, objective=objective, name=name or "arrays")
+    mod = type(data).__module__
+    if mod.startswith("datasets"):
+        from retain.data.readers import from_hf
+
+        return from_hf(data, objective=objective, name=name or "hf")
+    if hasattr(data, "__getitem__") and hasattr(data, "__len__"):
+        return from_torch(data, objective=objective, name=name or "dataset")
+    raise DataError(
+        f"cannot use a {type(data).__name__} as data: give (x, y) arrays, a torch Dataset, "
+        "a Hugging Face Dataset or a retain Source"
+    )

@@ -1,0 +1,1 @@
+"""Evaluation and continual-learning metrics."""

@@ -1,0 +1,1 @@
+"""Run records (result.json) and their renderings (Markdown, HTML, CSV, plots)."""

@@ -1,0 +1,235 @@
+"""PNG plots of a run or comparison record: score matrix heat maps and score curves.
+
+matplotlib is imported inside the functions so that ``import retain`` stays fast. Figures are built
+with :class:`matplotlib.figure.Figure` directly rather than through ``pyplot``: they never enter
+pyplot's global figure list (nothing to close, nothing leaks across calls) and the user's
+interactive backend is left alone; ``savefig`` to PNG renders with Agg.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from retain.report.console import ACCURACY_LIKE, fmt, is_complete, row_labels, runs_of, score_name
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+Record = dict[str, Any]
+DPI = 100
+MAX_ANNOTATED = 15  # tasks beyond which the heat map's cell labels would overlap
+
+
+def _figure(width: float, height: float) -> Figure:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=DPI)
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    from retain.report.render import write_atomic
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    return write_atomic(path, buf.getvalue())
+
+
+def _direction(record: Record) -> str:
+    return "higher is better" if record.get("higher_is_better", True) else "lower is better"
+
+
+def heatmap(record_run: Record, path: Path) -> Path:
+    """Annotated heat map of a run's score matrix R (rows: training steps, columns: tasks).
+
+    The colour map is reversed for lower-is-better scores, so the "good" colour (yellow) always
+    means a good score.
+    """
+    import numpy as np
+
+    R = np.asarray(record_run.get("matrix") or [], dtype=float)
+    if R.ndim != 2 or R.size == 0:
+        raise ValueError("the run has no score matrix to plot")
+    score, tasks = record_run.get("score"), list(record_run.get("tasks") or [])
+    higher = record_run.get("higher_is_better", True)
+    n_rows, n_tasks = R.shape
+    fig = _figure(min(2.4 + 0.75 * n_tasks, 16), min(1.6 + 0.45 * n_rows, 12))
+    ax = fig.subplots()
+    # Accuracy-like scores share one fixed scale so heat maps of different runs compare by eye.
+    vmin, vmax = (0.0, 1.0) if score in ACCURACY_LIKE else (np.nanmin(R), np.nanmax(R))
+    im = ax.imshow(
+        R, cmap="viridis" if higher else "viridis_r", vmin=vmin, vmax=vmax, aspect="auto"
+    )
+    ax.set_xticks(
+        range(n_tasks),
+        tasks[:n_tasks],
+        rotation=45 if n_tasks > 6 else 0,
+        ha="right" if n_tasks > 6 else "center",
+    )
+    ax.set_yticks(range(n_rows), row_labels(record_run))
+    ax.set_xlabel("evaluated on task")
+    if n_tasks <= MAX_ANNOTATED:
+        for (i, j), v in np.ndenumerate(R):
+            r, g, b, _ = im.cmap(im.norm(v))
+            dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.5  # perceived luminance
+            ax.text(
+                j,
+                i,
+                fmt(v, score),
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if dark else "black",
+            )
+    fig.colorbar(im, ax=ax, label=f"{score_name(score)} ({_direction(record_run)})")
+    ax.set_title(
+        f"{record_run.get('strategy', 'run')}: {score_name(score)} after each step", fontsize=10
+    )
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def task_curves(record_run: Record, path: Path) -> Path:
+    """Score on each task after each training step: one line per task."""
+    R = record_run.get("matrix") or []
+    score, tasks = record_run.get("score"), list(record_run.get("tasks") or [])
+    labels = row_labels(record_run)
+    fig = _figure(6.4, 3.6)
+    ax = fig.subplots()
+    for j, task in enumerate(tasks):
+        ax.plot(range(len(R)), [row[j] for row in R], marker="o", markersize=3, label=task)
+    ax.set_xticks(
+        range(len(R)),
+        labels,
+        rotation=45 if len(R) > 6 else 0,
+        ha="right" if len(R) > 6 else "center",
+    )
+    ax.set_ylabel(f"{score_name(score)} ({_direction(record_run)})")
+    ax.set_title(
+        f"{record_run.get('strategy', 'run')}: {score_name(score)} on each task", fontsize=10
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(
+        fontsize=7,
+        ncol=max(1, len(tasks) // 10),
+        loc="center left",
+        bbox_to_anchor=(1.0, 0.5),
+        title="task",
+        title_fontsize=8,
+    )
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def compare_bars(record: Record, path: Path) -> Path:
+    """Average final score per strategy; joint training is hatched, with a dashed reference line."""
+    score = record.get("score")
+    runs = {label: r for label, r in runs_of(record).items() if is_complete(r)}
+    labels = list(runs)
+    values = [runs[label]["metrics"]["avg_accuracy"] for label in labels]
+    fig = _figure(max(3.5, 1.0 + 0.9 * len(labels)), 3.6)
+    ax = fig.subplots()
+    bars = ax.bar(
+        range(len(labels)),
+        values,
+        color=["#9aa3ad" if runs[lab].get("joint") else f"C{i}" for i, lab in enumerate(labels)],
+        edgecolor="black",
+        linewidth=0.6,
+    )
+    for bar, label, value in zip(bars, labels, values):
+        if runs[label].get("joint"):
+            bar.set_hatch("//")
+            ax.axhline(value, color="black", linestyle="--", linewidth=0.8)
+        ax.annotate(
+            fmt(value, score),
+            (bar.get_x() + bar.get_width() / 2, value),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+            xytext=(0, 2),
+            textcoords="offset points",
+        )
+    # The joint bar is marked on its axis label: a legend would cover the bars next to it.
+    ticks = [f"{lab}\n(reference)" if runs[lab].get("joint") else lab for lab in labels]
+    ax.set_xticks(
+        range(len(labels)),
+        ticks,
+        rotation=30 if len(labels) > 4 else 0,
+        ha="right" if len(labels) > 4 else "center",
+    )
+    ax.set_ylabel(f"average final {score_name(score)}")
+    ax.set_title(f"Average final {score_name(score)} ({_direction(record)})", fontsize=10)
+    ax.margins(y=0.12)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def compare_curves(record: Record, path: Path) -> Path:
+    """Average score over the tasks seen so far after each task, one line per strategy.
+
+    Joint training has no sequence, so it is a horizontal reference line at its final average.
+    """
+    score, tasks = record.get("score"), list(record.get("tasks") or [])
+    fig = _figure(6.4, 3.6)
+    ax = fig.subplots()
+    for i, (label, run) in enumerate(runs_of(record).items()):
+        R = run.get("matrix") or []
+        if run.get("joint"):
+            if len(R) > 1:
+                final = sum(R[-1]) / len(R[-1])
+                ax.axhline(
+                    final,
+                    color="black",
+                    linestyle="--",
+                    linewidth=1,
+                    label=f"{label} (all tasks at once)",
+                )
+            continue
+        ys = [sum(R[k][:k]) / k for k in range(1, len(R))]
+        ax.plot(range(1, len(R)), ys, marker="o", markersize=3, color=f"C{i}", label=label)
+    ax.set_xticks(
+        range(1, len(tasks) + 1),
+        [f"after {t}" for t in tasks],
+        rotation=45 if len(tasks) > 6 else 0,
+        ha="right" if len(tasks) > 6 else "center",
+    )
+    ax.set_ylabel(f"avg {score_name(score)}, seen tasks")
+    ax.set_title(
+        f"Average {score_name(score)} over the tasks seen so far ({_direction(record)})",
+        fontsize=10,
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def slug(label: str) -> str:
+    """A file-name-safe form of a strategy label (``"ewc+replay"`` stays as it is)."""
+    return re.sub(r"[^A-Za-z0-9_.+=-]+", "-", label).strip("-") or "run"
+
+
+def plot_all(record: Record, folder: Path) -> dict[str, Path]:
+    """Draw every plot of a record into ``folder``; return ``{plot key: path}``.
+
+    Keys: ``compare-bars`` and ``compare-curves`` for a comparison, ``heatmap-<label>`` for every
+    run with rows and ``curves-<label>`` for every sequential run with at least one trained task.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    out: dict[str, Path] = {}
+    runs = runs_of(record)
+    if record.get("kind") == "compare":
+        if any(is_complete(r) for r in runs.values()):
+            out["compare-bars"] = compare_bars(record, folder / "compare-bars.png")
+        if any(len(r.get("matrix") or []) > 1 for r in runs.values()):
+            out["compare-curves"] = compare_curves(record, folder / "compare-curves.png")
+    for label, run in runs.items():
+        rows = len(run.get("matrix") or [])
+        if rows:
+            out[f"heatmap-{label}"] = heatmap(run, folder / f"heatmap-{slug(label)}.png")
+        if rows > 1 and not run.get("joint"):
+            out[f"curves-{label}"] = task_curves(run, folder / f"curves-{slug(label)}.png")
+    return out

@@ -1,0 +1,158 @@
+"""Config-driven runs: what ``retain run``, ``retain compare`` and ``retain demo`` do.
+
+``compare`` trains the same stream under each strategy (each from the same initial weights, in its
+own sub-directory with its own checkpoints), then writes one ``result.json`` with
+``runs: {label: record}`` and a ``summary``, and adds ``gap_to_joint`` to every run's metrics when
+``joint`` is among them.
+"""
+
+from __future__ import annotations
+
+import copy
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable
+
+from retain.config import RunConfig
+from retain.errors import ConfigError
+from retain.report.result import SCHEMA_VERSION, versions
+from retain.utils.checkpoint import RunDir
+
+
+def default_out(cfg: RunConfig, kind: str = "") -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    name = cfg.name or "run"
+    return Path("runs") / f"{name}{'-' + kind if kind else ''}-{stamp}"
+
+
+def _prepare(cfg: RunConfig) -> tuple[Any, dict[str, Any]]:
+    from retain.data.build import build_stream
+    from retain.utils.seed import seed_everything
+
+    seed_everything(cfg.seed)
+    return build_stream(cfg.stream, cfg.seed)
+
+
+def _model(cfg: RunConfig, stream: Any) -> Any:
+    from retain.models import build_model
+    from retain.utils.seed import seed_everything
+
+    # The same seed gives every strategy of a comparison the same initial weights.
+    seed_everything(cfg.seed)
+    return build_model(cfg.model, stream)
+
+
+def run_config(cfg: RunConfig, out: str | Path | None, resume: bool = False,
+               progress: Any = None, warn: Callable[[str], None] | None = None,
+               stream_info: tuple[Any, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Run ``cfg`` into ``out``; return the run record (also in ``out/result.json``)."""
+    from retain import strategies as registry
+    from retain.api import run
+
+    strategies = registry.build_all(cfg.strategies)  # config errors before any data is loaded
+    out = Path(out) if out is not None else Path(cfg.output.dir) if cfg.output.dir else default_out(cfg)
+    RunDir(out).ensure_new_or_resumable(resume)
+    stream, info = stream_info or _prepare(cfg)
+    model = _model(cfg, stream)
+    result = run(
+        model, stream, strategies, cfg.train, eval=cfg.eval, seed=cfg.seed, out_dir=out,
+        resume=resume, config=cfg, progress=progress, warn=warn,
+        keep_checkpoints=cfg.output.keep_checkpoints, checkpoints=cfg.output.checkpoints,
+    )
+    record = result.record
+    record["data"] = info
+    record["out_dir"] = str(out)
+    from retain.utils.state import write_json
+
+    write_json(out / "result.json", record)
+    from retain.report.render import write_reports
+
+    write_reports(out, record, plots=cfg.output.plots)
+    return record
+
+
+def parse_labels(text: str) -> list[str]:
+    labels = [t.strip() for t in text.split(",") if t.strip()]
+    if not labels:
+        raise ConfigError("--strategies is empty; give a comma-separated list, e.g. finetune,joint")
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"--strategies lists a strategy twice: {text}")
+    return labels
+
+
+def specs_for(label: str, cfg: RunConfig) -> list[dict[str, Any]]:
+    """Strategy specs for ``"ewc+replay"``, taking hyperparameters from the config's entries."""
+    from retain import strategies as registry
+
+    by_name = {s.get("name"): s for s in cfg.strategies if isinstance(s, dict)}
+    specs = []
+    for name in label.split("+"):
+        registry.get(name)  # unknown names fail here, with a suggestion
+        specs.append(copy.deepcopy(by_name.get(name, {"name": name})))
+    return specs
+
+
+def compare_config(cfg: RunConfig, labels: list[str], out: str | Path | None, resume: bool = False,
+                   progress: Any = None, warn: Callable[[str], None] | None = None,
+                   announce: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run every strategy label on the same stream; return the comparison record."""
+    from retain import strategies as registry
+    from retain.utils.state import write_json, write_text
+
+    plans = {label: specs_for(label, cfg) for label in labels}
+    for label, specs in plans.items():
+        registry.build_all(specs)
+    out = Path(out) if out is not None else Path(cfg.output.dir) if cfg.output.dir else default_out(cfg, "compare")
+    root = RunDir(out)
+    root.ensure_new_or_resumable(resume)
+    write_text(out / "config.resolved.yaml", cfg.to_yaml())
+    prepared = _prepare(cfg)
+    runs: dict[str, dict[str, Any]] = {}
+    for label, specs in plans.items():
+        sub = out / label
+        done = sub / "result.json"
+        if resume and done.is_file():
+            import json
+
+            rec = json.loads(done.read_text())
+            if rec.get("status") == "complete":
+                runs[label] = rec
+                continue
+        if announce:
+            announce(label)
+        sub_cfg = copy.deepcopy(cfg)
+        sub_cfg.strategies = specs
+        sub_cfg.name = cfg.name
+        runs[label] = run_config(sub_cfg, sub, resume=resume and sub.exists(), progress=progress,
+                                 warn=warn, stream_info=prepared)
+    record = compare_record(cfg, runs)
+    write_json(out / "result.json", record)
+    from retain.report.render import write_reports
+
+    write_reports(out, record, plots=cfg.output.plots)
+    return record
+
+
+def compare_record(cfg: RunConfig, runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    from retain.eval.metrics import gap_to_joint
+
+    joint = next((r for r in runs.values() if r.get("joint")), None)
+    if joint is not None:
+        for rec in runs.values():
+            rec["metrics"]["gap_to_joint"] = gap_to_joint(
+                joint["metrics"]["avg_accuracy"], rec["metrics"]["avg_accuracy"],
+                rec["higher_is_better"])
+    first = next(iter(runs.values()))
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "kind": "compare",
+        "name": cfg.name,
+        "tasks": first["tasks"],
+        "score": first["score"],
+        "higher_is_better": first["higher_is_better"],
+        "stream": first["stream"],
+        "runs": runs,
+        "seed": cfg.seed,
+        "versions": versions(),
+        "config": cfg.to_dict(),
+    }

@@ -1,0 +1,132 @@
+"""The strategy interface.
+
+A strategy is a dataclass whose fields are its hyperparameters and whose learned state lives in
+attributes ending in ``_``. It changes training only through hooks that *return* what they change;
+it never calls ``backward()`` or ``optimizer.step()``: the loop owns those. All hooks are optional.
+
+Order of calls for each task ``i`` (strategies are applied in list order at every hook)::
+
+    setup(model, ctx) -> model                     once, before the first task (and on resume)
+    before_task(model, ctx) -> model               grow a column, snapshot a teacher, freeze layers
+    param_groups(groups, model, ctx) -> groups     per-group learning-rate scales (layer-wise decay)
+    train_data(data, ctx) -> data                  what this task trains on (cumulative: all so far)
+    for each batch:
+        batch(batch, ctx) -> batch                 mix in replay samples
+        loss(loss, out, batch, ctx) -> loss        add a penalty or a distillation term
+        after_backward(model, ctx)                 gradient surgery on .grad (A-GEM)
+        after_step(model, ctx)                     per-step bookkeeping (SI's path integral)
+    after_task(model, ctx) -> model                Fisher, buffer update, merging
+
+Why ten hooks rather than six: A-GEM must see gradients before the step and SI must see the
+parameter change after it, and layer-wise learning rates must reach the optimizer. Each of those
+is one narrow hook instead of access to the trainer's internals.
+
+Resume contract: on resume the loop calls ``load_state_dict`` *before* ``setup``, so a strategy
+that changes the model's structure (new columns, adapters) rebuilds the same structure from its
+state in ``setup``; then the saved weights are loaded into it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from retain.data.stream import TensorData
+    from retain.train.context import TaskContext
+
+HOOKS = (
+    "setup", "before_task", "param_groups", "train_data", "batch", "loss",
+    "after_backward", "after_step", "after_task",
+)
+
+
+@dataclass
+class Strategy:
+    """Base class: every hook is a no-op. Subclass it, add fields, override hooks, register it."""
+
+    name: ClassVar[str] = ""
+    reference_url: ClassVar[str | None] = None
+    #: Train once on the union of all tasks instead of task by task (the ``joint`` reference).
+    joint: ClassVar[bool] = False
+    #: Settings in which the method is known not to work, with the reason, shown once as a warning.
+    known_failures: ClassVar[dict[str, str]] = {}
+
+    def setup(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
+        return model
+
+    def before_task(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
+        return model
+
+    def param_groups(self, groups: list[dict[str, Any]], model: nn.Module,
+                     ctx: TaskContext) -> list[dict[str, Any]]:
+        return groups
+
+    def train_data(self, data: TensorData, ctx: TaskContext) -> TensorData:
+        return data
+
+    def batch(self, batch: dict[str, torch.Tensor], ctx: TaskContext) -> dict[str, torch.Tensor]:
+        return batch
+
+    def loss(self, loss: torch.Tensor, out: Any, batch: dict[str, torch.Tensor],
+             ctx: TaskContext) -> torch.Tensor:
+        return loss
+
+    def after_backward(self, model: nn.Module, ctx: TaskContext) -> None:
+        return None
+
+    def after_step(self, model: nn.Module, ctx: TaskContext) -> None:
+        return None
+
+    def after_task(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
+        return model
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict[str, Any]:
+        """Learned state: every public attribute whose name ends in ``_``."""
+        return {k: v for k, v in vars(self).items() if k.endswith("_") and not k.startswith("_")}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for k, v in state.items():
+            setattr(self, k, v)
+
+    # ------------------------------------------------------------------ description
+
+    @classmethod
+    def hparam_fields(cls) -> list[dataclasses.Field]:
+        """Dataclass fields that are hyperparameters (learned state ends in ``_``)."""
+        return [f for f in dataclasses.fields(cls) if not f.name.endswith("_")]
+
+    def hparams(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in self.hparam_fields()}
+
+    def non_default_hparams(self) -> dict[str, Any]:
+        out = {}
+        for f in self.hparam_fields():
+            default = f.default if f.default is not dataclasses.MISSING else (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+            if getattr(self, f.name) != default:
+                out[f.name] = getattr(self, f.name)
+        return out
+
+    def spec(self) -> dict[str, Any]:
+        return {"name": self.name, **self.hparams()}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.non_default_hparams().items())
+        return f"{type(self).__name__}({args})"
+
+    @classmethod
+    def summary(cls) -> str:
+        doc = (cls.__doc__ or "").strip()
+        return doc.splitlines()[0] if doc else ""
+
+
+def overrides(strategy: Strategy, hook: str) -> bool:
+    """Whether ``strategy`` implements ``hook`` (the loop skips hooks nobody implements)."""
+    return getattr(type(strategy), hook) is not getattr(Strategy, hook)

@@ -1,0 +1,21 @@
+"""Joint training: one fresh model trained once on all tasks together (seed 001's Model 2)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from retain.strategies import register
+from retain.strategies.base import Strategy
+
+
+@register("joint")
+class Joint(Strategy):
+    """Train a fresh model once on the union of all tasks: the reference upper bound (Model 2).
+
+    It is what every sequential method is compared with (``gap_to_joint``). The union is shuffled
+    together, and trained for ``train.epochs`` epochs (or ``train.steps`` steps) over all of it.
+    Its score matrix has two rows, before and after training, so BWT, FWT and forgetting do not
+    apply. It takes no hyperparameters and cannot be combined with other strategies.
+    """
+
+    joint: ClassVar[bool] = True

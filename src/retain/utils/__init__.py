@@ -1,0 +1,1 @@
+"""Seeding, state serialisation, checkpoints, progress display, Hugging Face helpers."""

@@ -1,0 +1,50 @@
+"""Shared fixtures: tiny real streams (the embedded digits), tiny models, a tiny causal LM."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from retain.data.builtin import load_builtin
+from retain.data.scenarios import split
+from retain.models import MLP
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture(scope="session")
+def digits():
+    return load_builtin("digits").with_test_split(0.25, 0)
+
+
+@pytest.fixture(scope="session")
+def tiny_stream(digits):
+    """3 class-incremental tasks of 2 digit classes each (~290 training images per task)."""
+    return split(digits, n_tasks=3, classes=[0, 1, 2, 3, 4, 5])
+
+
+@pytest.fixture
+def tiny_mlp():
+    torch.manual_seed(0)
+    return MLP(64, 6, [100, 100])
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_config():
+    transformers = pytest.importorskip("transformers")
+    return transformers.LlamaConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=64, max_position_embeddings=64,
+    )
+
+
+@pytest.fixture
+def tiny_causal_lm(tiny_llama_config):
+    import transformers
+
+    torch.manual_seed(0)
+    return transformers.LlamaForCausalLM(tiny_llama_config)

@@ -1,0 +1,398 @@
+"""Report rendering from hand-written records: files, CSV numbers, summary wording, HTML safety."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from retain.eval import metrics as M
+from retain.report.console import class_accuracy, fmt, print_summary, vanished_classes
+from retain.report.render import render_html, render_markdown, summary_lines, write_reports
+
+TASKS = ["t1", "t2", "t3"]
+# Hand-written score matrices (T = 3): row 0 untrained, row i after task i.
+R_FINETUNE = [[0.1, 0.1, 0.1], [0.9, 0.2, 0.1], [0.5, 0.8, 0.1], [0.3, 0.6, 0.7]]
+R_REPLAY = [[0.1, 0.1, 0.1], [0.9, 0.1, 0.1], [0.85, 0.8, 0.1], [0.8, 0.75, 0.7]]
+R_JOINT = [[0.1, 0.1, 0.1], [0.85, 0.8, 0.75]]
+
+
+def make_run(
+    strategy: str,
+    R: list[list[float]],
+    *,
+    tasks: list[str] = TASKS,
+    score: str = "accuracy",
+    higher: bool = True,
+    joint: bool = False,
+    **extra: Any,
+) -> dict[str, Any]:
+    complete = len(R) == (2 if joint else len(tasks) + 1)
+    metrics = (M.joint_summary(R[-1]) if joint else M.summary(R, higher)) if complete else {}
+    per_task = [
+        {
+            "task": "joint" if joint else t,
+            "steps": 10,
+            "samples": 320,
+            "train_seconds": 0.5,
+            "eval_seconds": 0.01,
+            "samples_per_s": 640.0,
+        }
+        for t in (["joint"] if joint else tasks)
+    ]
+    rec = {
+        "schema_version": 1,
+        "kind": "run",
+        "name": "demo",
+        "strategy": strategy,
+        "strategies": [{"name": strategy}],
+        "joint": joint,
+        "stream": {
+            "name": "toy",
+            "setting": "class_il",
+            "objective": "classification",
+            "n_outputs": 6,
+            "class_names": None,
+        },
+        "tasks": tasks,
+        "task_classes": [None] * len(tasks),
+        "score": score,
+        "higher_is_better": higher,
+        "matrix": R,
+        "matrices": {score: R},
+        "metrics": metrics,
+        "metrics_by_score": {},
+        "timing": {
+            "per_task": per_task,
+            "train_seconds": 0.5 * len(per_task),
+            "eval_seconds": 0.01 * len(per_task),
+            "samples_per_s": 640.0,
+        },
+        "memory": {"peak_rss_mb": 300.0},
+        "warnings": [],
+        "seed": 7,
+        "versions": {"python": "3.11", "retain": "0.1.0"},
+        "git_sha": "abc1234",
+        "device": "cpu",
+        "num_processes": 1,
+        "started": "2026-01-01T00:00:00+00:00",
+        "finished": "2026-01-01T00:01:00+00:00",
+        "status": "complete" if complete else "running",
+    }
+    rec.update(extra)
+    return rec
+
+
+def make_compare(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    first = next(iter(runs.values()))
+    joint = next((r for r in runs.values() if r["joint"]), None)
+    if joint is not None:
+        for r in runs.values():
+            r["metrics"]["gap_to_joint"] = M.gap_to_joint(
+                joint["metrics"]["avg_accuracy"],
+                r["metrics"]["avg_accuracy"],
+                r["higher_is_better"],
+            )
+    return {
+        "schema_version": 1,
+        "kind": "compare",
+        "name": "demo",
+        "tasks": first["tasks"],
+        "score": first["score"],
+        "higher_is_better": first["higher_is_better"],
+        "stream": first["stream"],
+        "runs": runs,
+        "seed": 7,
+        "versions": first["versions"],
+    }
+
+
+@pytest.fixture
+def compare() -> dict[str, Any]:
+    return make_compare(
+        {
+            "finetune": make_run("finetune", R_FINETUNE),
+            "joint": make_run("joint", R_JOINT, joint=True),
+            "replay": make_run("replay", R_REPLAY),
+        }
+    )
+
+
+@pytest.fixture
+def regression() -> dict[str, Any]:
+    tasks = ["sex=1", "sex=2"]
+    kw = {"tasks": tasks, "score": "mse", "higher": False}
+    return make_compare(
+        {
+            "finetune": make_run("finetune", [[1.2, 1.4], [0.6, 0.7], [0.9, 0.5]], **kw),
+            "joint": make_run("joint", [[1.2, 1.4], [0.55, 0.6]], joint=True, **kw),
+        }
+    )
+
+
+def per_class_compare() -> dict[str, Any]:
+    """2 tasks, 3 classes: task 1 tests cat and dog, task 2 dog and eel, so cat vanishes."""
+    counts = [[10, 10, 0], [0, 5, 10]]
+    ft_correct = [[[0, 0, 0], [0, 0, 0]], [[9, 8, 0], [0, 4, 0]], [[0, 7, 0], [0, 5, 9]]]
+    jt_correct = [[[0, 0, 0], [0, 0, 0]], [[8, 9, 0], [0, 5, 9]]]
+
+    def acc(rows):  # accuracy per task: correct / test samples, summed over classes
+        return [[sum(t) / sum(n) for t, n in zip(row, counts)] for row in rows]
+
+    kw = {"tasks": ["t1", "t2"]}
+    runs = {
+        "finetune": make_run(
+            "finetune",
+            acc(ft_correct),
+            **kw,
+            per_class={"counts": [counts] * 3, "correct": ft_correct},
+        ),
+        "joint": make_run(
+            "joint",
+            acc(jt_correct),
+            joint=True,
+            **kw,
+            per_class={"counts": [counts] * 2, "correct": jt_correct},
+        ),
+    }
+    for r in runs.values():
+        r["stream"] = {**r["stream"], "class_names": ["cat", "dog", "eel"]}
+    return make_compare(runs)
+
+
+def test_compare_writes_all_files(tmp_path: Path, compare: dict[str, Any]) -> None:
+    written = write_reports(tmp_path, compare, plots=True)
+    names = {p.relative_to(tmp_path).as_posix() for p in written}
+    assert {
+        "metrics.csv",
+        "matrix.csv",
+        "report.md",
+        "report.html",
+        "plots/compare-bars.png",
+        "plots/compare-curves.png",
+        "plots/heatmap-finetune.png",
+        "plots/heatmap-joint.png",
+        "plots/curves-replay.png",
+    } <= names
+    assert "plots/curves-joint.png" not in names  # joint has no sequence to draw
+    for p in written:
+        assert p.is_file() and p.stat().st_size > 0
+    assert (tmp_path / "plots/heatmap-finetune.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(tmp_path.rglob(".*tmp*"))  # atomic writes leave no temporary files
+
+    page = (tmp_path / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == len([n for n in names if n.endswith(".png")])
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page)
+    assert "http://" not in page and "https://" not in page and "<script" not in page
+    assert "<style>" in page
+    md = (tmp_path / "report.md").read_text()
+    assert "![finetune: score matrix](plots/heatmap-finetune.png)" in md
+
+
+def test_metrics_csv_numbers(tmp_path: Path, compare: dict[str, Any]) -> None:
+    write_reports(tmp_path, compare, plots=False)
+    with open(tmp_path / "metrics.csv", newline="") as f:
+        rows = {r["strategy"]: r for r in csv.DictReader(f)}
+    assert list(rows) == ["finetune", "joint", "replay"]
+    ft = rows["finetune"]
+    assert ft["score"] == "accuracy"
+    assert float(ft["avg_accuracy"]) == pytest.approx((0.3 + 0.6 + 0.7) / 3)
+    assert float(ft["bwt"]) == pytest.approx(((0.3 - 0.9) + (0.6 - 0.8)) / 2)
+    assert float(ft["fwt"]) == pytest.approx(((0.2 - 0.1) + (0.1 - 0.1)) / 2)
+    assert float(ft["forgetting"]) == pytest.approx(((0.9 - 0.3) + (0.8 - 0.6)) / 2)
+    assert float(ft["plasticity"]) == pytest.approx((0.9 + 0.8 + 0.7) / 3)
+    assert float(ft["gap_to_joint"]) == pytest.approx(0.8 - 1.6 / 3)
+    assert float(ft["train_seconds"]) == 1.5 and float(ft["peak_rss_mb"]) == 300.0
+    assert rows["joint"]["bwt"] == rows["joint"]["forgetting"] == ""  # None is an empty cell
+    assert float(rows["joint"]["avg_accuracy"]) == pytest.approx(0.8)
+    assert float(rows["replay"]["gap_to_joint"]) == pytest.approx(0.05)
+
+
+def test_matrix_csv_long_format(tmp_path: Path, compare: dict[str, Any]) -> None:
+    write_reports(tmp_path, compare, plots=False)
+    with open(tmp_path / "matrix.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4 * 3 + 2 * 3 + 4 * 3
+    cell = {(r["strategy"], r["after_task"], r["task"]): float(r["value"]) for r in rows}
+    assert cell[("finetune", "0", "t1")] == 0.1
+    assert cell[("finetune", "t2", "t1")] == 0.5
+    assert cell[("joint", "joint", "t3")] == 0.75
+    assert {r["matrix"] for r in rows} == {"accuracy"}
+
+
+def test_compare_summary_gap_and_loss(compare: dict[str, Any]) -> None:
+    lines = summary_lines(compare)
+    text = "\n".join(lines)
+    assert "Joint training (all tasks trained together" in lines[0]
+    assert "average accuracy 0.800 over 3 tasks" in lines[0]
+    # finetune: 0.8 - (0.3 + 0.6 + 0.7) / 3 = 0.267; t1 0.9 -> 0.3, t2 0.8 -> 0.6.
+    assert (
+        "finetune ends 0.267 below joint training (average accuracy 0.533 vs 0.800). "
+        "It lost 60% of t1 (0.900 → 0.300), 20% of t2 (0.800 → 0.600)."
+    ) in lines
+    assert (
+        "replay ends 0.050 below joint training (average accuracy 0.750 vs 0.800). "
+        "It lost 10% of t1 (0.900 → 0.800), 5% of t2 (0.800 → 0.750)."
+    ) in lines
+    assert (
+        "Best non-joint strategy: replay (average accuracy 0.750, 0.050 below joint training)."
+        in lines
+    )
+    assert "incomplete" not in text and "Warning" not in text
+
+
+def test_compare_without_joint_and_warnings(compare: dict[str, Any]) -> None:
+    del compare["runs"]["joint"]
+    compare["runs"]["finetune"]["warnings"] = ["the learning rate looks high"]
+    lines = summary_lines(compare)
+    assert lines[0].startswith("No joint-training run to compare against")
+    assert "Best non-joint strategy: replay (average accuracy 0.750)." in lines
+    assert lines[-1] == "Warning (finetune): the learning rate looks high"
+
+
+def test_single_run_summary() -> None:
+    run = make_run("finetune", R_FINETUNE, warnings=["only 3 tasks"])
+    lines = summary_lines(run)
+    assert lines[0].startswith("finetune ends with average final accuracy 0.533 over 3 tasks")
+    assert "plasticity, the score on each task just after training it: 0.800" in lines[0]
+    assert lines[1].startswith("BWT (backward transfer: ")  # glossed at first use
+    assert "negative = forgotten) is -0.400; forgetting (" in lines[1]
+    assert lines[1].endswith("over the 2 earlier tasks) is 0.400.")
+    assert lines[2] == (
+        "FWT (forward transfer: score on a task before training it, relative to "
+        "the untrained model) is 0.050."
+    )
+    assert (
+        lines[3]
+        == "It forgot t1 most (accuracy 0.900 at best after training it, 0.300 at the end)."
+    )
+    assert lines[-1] == "Warning: only 3 tasks"
+
+
+def test_lower_is_better_wording(tmp_path: Path, regression: dict[str, Any]) -> None:
+    lines = summary_lines(regression)
+    assert "average MSE 0.575 over 2 tasks" in lines[0]
+    # mean(0.9, 0.5) = 0.7 vs mean(0.55, 0.6) = 0.575: higher MSE is worse, so "above".
+    assert (
+        "finetune ends 0.125 above joint training (average MSE 0.700 vs 0.575; lower is "
+        "better). Since training each earlier task: MSE on sex=1 rose from 0.600 to 0.900 "
+        "(worse)."
+    ) in lines
+    assert not any("% of" in line for line in lines)
+    write_reports(tmp_path, regression, plots=True)
+    md = (tmp_path / "report.md").read_text()
+    assert "score: MSE (lower is better)" in md
+    assert "MSE is better when lower" in md
+    single = summary_lines(regression["runs"]["finetune"])
+    assert "It forgot sex=1 most (MSE 0.600 at best after training it, 0.900 at the end)." in single
+
+
+def test_incomplete_run_renders(tmp_path: Path) -> None:
+    run = make_run("finetune", R_FINETUNE[:3], finished=None)
+    run["timing"]["per_task"] = run["timing"]["per_task"][:2]
+    lines = summary_lines(run)
+    assert lines[0].startswith("This run is incomplete (status: running): 2 of 3 training steps")
+    assert "After t2, average accuracy over the 2 tasks seen so far is 0.650." in lines[0]
+    write_reports(tmp_path, run, plots=True)
+    md = (tmp_path / "report.md").read_text()
+    assert "> **Incomplete: finetune did not finish" in md
+    assert "| after t2 | 0.500 | 0.800 | 0.100 |" in md and "after t3" not in md
+    assert "Incomplete" in (tmp_path / "report.html").read_text()
+    with open(tmp_path / "metrics.csv", newline="") as f:
+        (row,) = csv.DictReader(f)
+    assert row["avg_accuracy"] == "" and float(row["train_seconds"]) == 1.5
+
+
+def test_incomplete_compare_renders(tmp_path: Path, compare: dict[str, Any]) -> None:
+    replay = compare["runs"]["replay"]
+    replay.update(status="running", metrics={}, matrix=R_REPLAY[:2])
+    replay["matrices"] = {"accuracy": R_REPLAY[:2]}
+    lines = summary_lines(compare)
+    assert lines[0].startswith("This comparison is incomplete: replay did not finish")
+    assert (
+        "Best non-joint strategy: finetune (average accuracy 0.533, 0.267 below joint "
+        "training)." in lines
+    )
+    write_reports(tmp_path, compare, plots=True)
+    assert "replay (incomplete)" in (tmp_path / "report.md").read_text()
+
+
+def test_per_class_vanished(tmp_path: Path) -> None:
+    record = per_class_compare()
+    ft = record["runs"]["finetune"]
+    assert vanished_classes(ft) == [0]
+    # cat 0/10, dog (7 + 5)/15, eel 9/10 after the last task.
+    assert class_accuracy(ft)[-1] == pytest.approx([0.0, 0.8, 0.9])
+    assert class_accuracy(record["runs"]["joint"])[-1] == pytest.approx([0.8, 14 / 15, 0.9])
+    assert (
+        "1 class (cat) vanished from the last task (absent from its test data); final "
+        "accuracy on them: finetune 0.000, joint 0.800."
+    ) in summary_lines(record)
+    write_reports(tmp_path, record, plots=False)
+    md = (tmp_path / "report.md").read_text()
+    assert "## Per-class accuracy" in md
+    assert "| cat | vanished from the last task | 0.000 | 0.800 |" in md
+    assert "| dog | present | 0.800 | 0.933 |" in md
+    assert "| after t1 | 0.900 | 0.800 | 0.000 |" in md  # finetune after each step
+    assert '<tr class="vanished"><td>cat</td>' in (tmp_path / "report.html").read_text()
+
+
+def test_markdown_sections_and_definitions(compare: dict[str, Any]) -> None:
+    md = render_markdown(compare)
+    for heading in (
+        "## Stream",
+        "## Summary",
+        "## Metrics",
+        "## Score matrices (accuracy)",
+        "## Training time",
+        "## Metric definitions",
+        "## Reproducibility",
+    ):
+        assert heading in md
+    assert "| **replay** | 0.750 |" in md  # best non-joint strategy in bold
+    assert "| untrained | 0.100 | 0.100 | 0.100 |" in md
+    assert "| after joint | 0.850 | 0.800 | 0.750 |" in md
+    assert "| bwt | (1/(T-1)) Σ_{i=1..T-1} (R[T, i] - R[i, i]) | T - 1 |" in md
+    assert "| avg_accuracy | (1/T) Σ_{j=1..T} R[T, j] | T |" in md
+    assert "seed: 7" in md and "git sha: abc1234" in md
+    assert 'strategy replay: [{"name": "replay"}]' in md
+    assert "![" not in md  # no plots were given
+    assert "<img" not in render_html(compare)
+
+
+def test_extra_matrices_compact(compare: dict[str, Any]) -> None:
+    record = copy.deepcopy(compare)
+    for run in record["runs"].values():
+        til = [[min(1.0, v + 0.1) for v in row] for row in run["matrix"]]
+        run["matrices"]["task_il_accuracy"] = til
+        run["metrics_by_score"]["task_il_accuracy"] = (
+            M.joint_summary(til[-1]) if run["joint"] else M.summary(til)
+        )
+    md = render_markdown(record)
+    assert "### task-IL accuracy (higher is better)" in md
+    assert "| finetune | 0.400 | 0.700 | 0.800 | 0.633 | -0.400 | 0.400 |" in md
+
+
+def test_console_summary(compare: dict[str, Any]) -> None:
+    buf = io.StringIO()
+    print_summary(compare, Console(file=buf, width=240, color_system=None))
+    out = buf.getvalue()
+    assert "avg accuracy" in out and "gap to joint" in out
+    assert "0.533" in out and "-0.400" in out and "1.5 s" in out
+    assert "finetune ends 0.267 below joint training" in out
+    buf = io.StringIO()
+    print_summary(compare["runs"]["finetune"], Console(file=buf, width=240, color_system=None))
+    assert "BWT (backward transfer" in buf.getvalue()
+
+
+def test_fmt_is_consistent() -> None:
+    assert fmt(0.17142857) == "0.171" and fmt(1.0) == "1.000" and fmt(-0.0001) == "0.000"
+    assert fmt(0.9011, "mse") == "0.901" and fmt(2.3325, "loss") == "2.33"
+    assert fmt(0.5, "mse") == "0.500" and fmt(1234.5, "perplexity") == "1,234"
+    assert fmt(0.0, "mse") == "0" and fmt(None) == "–"

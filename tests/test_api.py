@@ -1,0 +1,126 @@
+"""The run loop through the Python API: determinism, settings, early stopping, LMs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from retain.api import run
+from retain.config import EvalConfig, TrainConfig
+from retain.data.scenarios import split
+from retain.data.stream import Stream, Task, TensorData
+from retain.errors import RetainError
+from retain.models import MLP
+
+FAST = TrainConfig(epochs=3, batch_size=32, optimizer="adam", lr=1e-3)
+
+
+def _mlp(n_out=6, seed=0):
+    torch.manual_seed(seed)
+    return MLP(64, n_out, [100, 100])
+
+
+def test_same_seed_gives_the_same_matrix(tiny_stream):
+    a = run(_mlp(), tiny_stream, ["finetune"], FAST, seed=3)
+    b = run(_mlp(), tiny_stream, ["finetune"], FAST, seed=3)
+    c = run(_mlp(), tiny_stream, ["finetune"], FAST, seed=4)
+    assert a.matrix == b.matrix
+    assert a.matrix != c.matrix
+    assert len(a.matrix) == 4 and len(a.matrix[0]) == 3
+
+
+def test_finetune_forgets_in_class_il_and_metrics_follow_r(tiny_stream):
+    r = run(_mlp(), tiny_stream, ["finetune"], FAST)
+    R = r.matrix
+    assert R[1][0] > 0.9  # task 1 learnt
+    assert R[3][0] < 0.2  # and forgotten after task 3 (class-IL, no protection)
+    assert r.metrics["bwt"] < -0.7
+    assert r.metrics["avg_accuracy"] == pytest.approx(sum(R[3]) / 3)
+    assert r["matrices"]["task_il_accuracy"][3][0] > R[3][0]  # task-aware view reported beside it
+    assert r["timing"]["per_task"][0]["samples_per_s"] > 0
+    assert r["memory"]["peak_rss_mb"] > 0
+
+
+def test_task_il_masking_is_applied_at_train_and_test(digits):
+    s = split(digits, n_tasks=3, classes=[0, 1, 2, 3, 4, 5], setting="task_il")
+    r = run(_mlp(), s, ["finetune"], FAST)
+    # With the other tasks' logits masked, every 2-way task stays above chance (0.5) and the
+    # average is far above what class-IL finetune keeps (about 1/3, the last task only).
+    assert min(r.matrix[3]) > 0.6
+    assert sum(r.matrix[3]) / 3 > 0.8
+
+
+def test_joint_and_cumulative_reach_more_than_finetune(tiny_stream):
+    ft = run(_mlp(), tiny_stream, ["finetune"], FAST)
+    jt = run(_mlp(), tiny_stream, ["joint"], FAST)
+    cu = run(_mlp(), tiny_stream, ["cumulative"], FAST)
+    assert len(jt.matrix) == 2 and jt.metrics["bwt"] is None
+    assert jt.metrics["avg_accuracy"] > 0.9
+    assert cu.metrics["avg_accuracy"] > ft.metrics["avg_accuracy"] + 0.4
+    assert jt["timing"]["per_task"][0]["samples"] == FAST.epochs * sum(len(t.train) for t in tiny_stream)
+
+
+def test_early_stopping_stops_and_keeps_the_best(digits):
+    s = split(digits, n_tasks=1, classes=[0, 1, 2, 3], validation=0.3)
+    cfg = TrainConfig(epochs=200, batch_size=16, optimizer="adam", lr=3e-3, patience=2)
+    r = run(_mlp(4), s, ["finetune"], cfg)
+    es = r["early_stopping"][0]
+    assert es["stopped_at"] is not None and es["stopped_at"] < 200 * 15
+    assert es["best_val_loss"] < 0.5
+
+
+def test_a_diverging_loss_is_reported(tiny_stream):
+    with pytest.raises(RetainError, match="loss became"):
+        run(_mlp(), tiny_stream, ["finetune"], TrainConfig(epochs=3, optimizer="sgd", lr=1e6))
+
+
+@pytest.mark.parametrize("policy", ["keep", "reset"])
+def test_hot_start_keeps_optimizer_state(tiny_stream, tmp_path, policy):
+    from retain.utils.checkpoint import RunDir
+
+    cfg = TrainConfig(epochs=1, batch_size=32, optimizer="adam", lr=1e-3, optimizer_state=policy)
+    r = run(_mlp(), tiny_stream, ["finetune"], cfg, out_dir=tmp_path / "run")
+    steps = [t["steps"] for t in r["timing"]["per_task"]]
+    ckpt = RunDir(tmp_path / "run").load_checkpoint()
+    if policy == "reset":
+        assert ckpt["optimizer"] is None  # nothing worth keeping: the next task starts afresh
+        return
+    # Adam's step counter after the last task counts every step of the run, not just its own.
+    adam_steps = {float(s["step"]) for s in ckpt["optimizer"]["state"].values()}
+    assert adam_steps == {float(sum(steps))}
+
+
+def test_any_module_and_regression(digits):
+    x = torch.randn(300, 4)
+    y = x @ torch.tensor([1.0, -2.0, 0.5, 0.0])
+    data = TensorData(x=x, y=y)
+    s = Stream((Task("a", data[torch.arange(200)], data[torch.arange(200, 300)]),),
+               objective="regression", n_outputs=1, setting="domain_il")
+    r = run(nn.Linear(4, 1), s, ["finetune"], TrainConfig(epochs=30, optimizer="adam", lr=0.05))
+    assert r["score"] == "mse" and not r["higher_is_better"]
+    assert r.matrix[1][0] < 0.05 < r.matrix[0][0]
+    assert r["matrices"]["r2"][1][0] > 0.95
+
+
+def _lm_task(name, lo, n=24, length=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    # A learnable "language": token k is followed by k+1 within [lo, lo+32).
+    start = torch.randint(lo, lo + 32, (n, 1), generator=g)
+    ids = lo + (start - lo + torch.arange(length)) % 32
+    data = TensorData(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids.clone())
+    return Task(name, data, data[torch.arange(8)])
+
+
+def test_hf_causal_lm_trains_through_the_loop(tiny_causal_lm):
+    s = Stream((_lm_task("lang_a", 0), _lm_task("lang_b", 32, seed=1)), objective="causal_lm",
+               setting="domain_il")
+    r = run(tiny_causal_lm, s, ["finetune"], TrainConfig(steps=30, batch_size=8, optimizer="adamw",
+                                                         lr=3e-3), eval=EvalConfig(batch_size=8))
+    R = r.matrix
+    assert r["score"] == "loss"
+    assert R[1][0] < R[0][0] - 0.5          # learnt language A
+    assert R[2][1] < R[0][1] - 0.5          # then language B
+    assert R[2][0] > R[1][0]                # and lost some of A: forgetting, measured on loss
+    assert r.metrics["forgetting"] > 0
+    assert "perplexity" in r["matrices"]

@@ -1,0 +1,201 @@
+"""The command line, in-process through main([...]): each bad input is one line, exit code 2,
+no traceback, and nothing in an existing run directory is lost."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from retain.cli import main
+
+
+def _cfg(tmp_path: Path, text: str, name: str = "exp.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+BASE = """\
+seed: 0
+stream: {dataset: digits, scenario: split, n_tasks: 2, classes: [0, 1, 2, 3]}
+model: {name: mlp, hidden: [32]}
+train: {epochs: 1, batch_size: 64, optimizer: adam, lr: 0.001}
+output: {plots: false}
+"""
+
+
+def _fails(capsys, argv: list[str], *needles: str) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("retain: error: ")
+    for n in needles:
+        assert n in err, err
+    return err
+
+
+def test_run_writes_a_complete_run_directory(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", str(_cfg(tmp_path, BASE)), "--out", str(out), "-q"]) == 0
+    for name in ("config.resolved.yaml", "result.json", "metrics.csv", "report.md", "report.html"):
+        assert (out / name).is_file(), name
+    rec = json.loads((out / "result.json").read_text())
+    assert rec["kind"] == "run" and rec["status"] == "complete" and rec["schema_version"] == 1
+    assert len(rec["matrix"]) == 3 and set(rec["metrics"]) >= {"avg_accuracy", "bwt", "fwt",
+                                                               "forgetting", "plasticity"}
+    assert "avg" in capsys.readouterr().out.lower()
+    # The resolved config alone reproduces the run.
+    again = tmp_path / "again"
+    assert main(["run", str(out / "config.resolved.yaml"), "--out", str(again), "-q"]) == 0
+    assert json.loads((again / "result.json").read_text())["matrix"] == rec["matrix"]
+
+
+def test_overrides_may_come_after_flags(tmp_path):
+    out = tmp_path / "r"
+    assert main(["run", str(_cfg(tmp_path, BASE)), "--out", str(out), "-q", "train.epochs=2", "seed=5"]) == 0
+    cfg = (out / "config.resolved.yaml").read_text()
+    assert "epochs: 2" in cfg and "seed: 5" in cfg
+
+
+def test_unknown_key(tmp_path, capsys):
+    cfg = _cfg(tmp_path, BASE + "trian: {}\n")
+    _fails(capsys, ["run", str(cfg), "-q", "--out", str(tmp_path / "o")], "unknown key 'trian'",
+           "did you mean 'train'")
+    _fails(capsys, ["run", str(_cfg(tmp_path, BASE, "b.yaml")), "-q", "train.lrr=1"],
+           "unknown key 'train.lrr'", "did you mean 'lr'")
+
+
+def test_wrong_type(tmp_path, capsys):
+    _fails(capsys, ["run", str(_cfg(tmp_path, BASE)), "-q", "train.epochs=many"],
+           "train.epochs must be an integer")
+
+
+def test_unknown_strategy_and_hyperparameter(tmp_path, capsys):
+    cfg = _cfg(tmp_path, BASE)
+    _fails(capsys, ["run", str(cfg), "-q", "strategies.0.name=finetun"], "unknown strategy 'finetun'",
+           "did you mean 'finetune'")
+    _fails(capsys, ["compare", str(cfg), "-q", "--strategies", "finetune,jiont"], "unknown strategy 'jiont'")
+
+
+def test_missing_data_file(tmp_path, capsys):
+    _fails(capsys, ["run", str(_cfg(tmp_path, BASE)), "-q", "--out", str(tmp_path / "o"),
+                    "stream.dataset=nowhere/data.csv", "stream.scenario=iid"], "nowhere/data.csv")
+
+
+def test_missing_config_file(tmp_path, capsys):
+    _fails(capsys, ["run", str(tmp_path / "nope.yaml")], "config file", "not found")
+
+
+def _csv(path: Path, rows: list[str]) -> Path:
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+TABLE = """\
+seed: 0
+stream: {{dataset: {data}, target: label, scenario: {scenario}{extra}}}
+model: {{name: mlp, hidden: [8]}}
+train: {{epochs: 1, batch_size: 8}}
+output: {{plots: false}}
+"""
+
+
+def test_labels_out_of_range(tmp_path, capsys):
+    data = _csv(tmp_path / "d.csv", ["a,b,label"] + [f"{i},{i % 3},{(i % 3) - 1}" for i in range(30)])
+    cfg = _cfg(tmp_path, TABLE.format(data=data, scenario="iid", extra=""))
+    _fails(capsys, ["run", str(cfg), "-q", "--out", str(tmp_path / "o")], "labels range over [-1, 1]")
+
+
+def test_nan_in_inputs(tmp_path, capsys):
+    import numpy as np
+
+    rows = ["a,b,label"] + [f"{i},{'nan' if i == 7 else i},{i % 2}" for i in range(40)]
+    cfg = _cfg(tmp_path, TABLE.format(data=_csv(tmp_path / "d.csv", rows), scenario="iid", extra=""))
+    _fails(capsys, ["run", str(cfg), "-q", "--out", str(tmp_path / "o")], "column 'b'", "missing")
+    x = np.random.default_rng(0).normal(size=(40, 3)).astype(np.float32)
+    x[5, 1] = np.inf
+    np.savez(tmp_path / "d.npz", x=x, y=np.arange(40) % 2)
+    cfg = _cfg(tmp_path, TABLE.format(data=tmp_path / "d.npz", scenario="iid", extra=""), "n.yaml")
+    _fails(capsys, ["run", str(cfg), "-q", "--out", str(tmp_path / "o2"), "stream.target=null"],
+           "NaN or inf in 1 sample")
+
+
+def test_feature_shapes_disagree(tmp_path, capsys):
+    a = _csv(tmp_path / "jan.csv", ["a,b,label"] + [f"{i},{i},{i % 2}" for i in range(20)])
+    b = _csv(tmp_path / "feb.csv", ["a,b,c,label"] + [f"{i},{i},{i},{i % 2}" for i in range(20)])
+    cfg = _cfg(tmp_path, TABLE.format(data="unused", scenario="files", extra=f", files: [{a}, {b}]"))
+    _fails(capsys, ["run", str(cfg), "-q", "--out", str(tmp_path / "o")], "shape")
+
+
+def test_empty_task(tmp_path, capsys):
+    rows = ["a,site,label"] + [f"{i},{'x' if i % 2 else 'y'},{i % 2}" for i in range(40)]
+    cfg = _cfg(tmp_path, TABLE.format(data=_csv(tmp_path / "d.csv", rows), scenario="by_column",
+                                      extra=", column: site, groups: [x, z]"))
+    _fails(capsys, ["run", str(cfg), "-q", "--out", str(tmp_path / "o")], "site=z", "empty")
+
+
+def test_existing_run_dir_without_resume_loses_nothing(tmp_path, capsys):
+    cfg = _cfg(tmp_path, BASE)
+    out = tmp_path / "r"
+    assert main(["run", str(cfg), "--out", str(out), "-q"]) == 0
+    capsys.readouterr()
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    _fails(capsys, ["run", str(cfg), "--out", str(out), "-q"], "already exists", "--resume")
+    _fails(capsys, ["compare", str(cfg), "--strategies", "finetune", "--out", str(out), "-q"],
+           "already exists")
+    after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    from retain.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        main(["run", str(_cfg(tmp_path, BASE + "trian: {}\n")), "--debug"])
+
+
+def test_compare_report_and_strategies(tmp_path, capsys):
+    cfg = _cfg(tmp_path, BASE)
+    out = tmp_path / "cmp"
+    assert main(["compare", str(cfg), "--strategies", "finetune,joint", "--out", str(out), "-q"]) == 0
+    rec = json.loads((out / "result.json").read_text())
+    assert rec["kind"] == "compare" and list(rec["runs"]) == ["finetune", "joint"]
+    ft, jt = rec["runs"]["finetune"], rec["runs"]["joint"]
+    assert ft["metrics"]["gap_to_joint"] == pytest.approx(
+        jt["metrics"]["avg_accuracy"] - ft["metrics"]["avg_accuracy"])
+    text = capsys.readouterr().out
+    assert "joint" in text and "finetune" in text
+    (out / "report.md").unlink()
+    assert main(["report", str(out), "-q"]) == 0
+    assert (out / "report.md").is_file()
+    assert main(["strategies"]) == 0
+    listing = capsys.readouterr().out
+    for name in ("finetune", "joint", "cumulative"):
+        assert f"{name}:" in listing
+    _fails(capsys, ["report", str(tmp_path / "none")], "result.json", "not found")
+
+
+def test_demo_runs_quickly_and_joint_beats_finetune(tmp_path, capsys):
+    start = time.perf_counter()
+    assert main(["demo", "--out", str(tmp_path / "demo"), "-q"]) == 0
+    assert time.perf_counter() - start < 60
+    rec = json.loads((tmp_path / "demo" / "result.json").read_text())
+    ft, jt = rec["runs"]["finetune"]["metrics"], rec["runs"]["joint"]["metrics"]
+    assert jt["avg_accuracy"] > 0.85 and ft["avg_accuracy"] < 0.35 and ft["bwt"] < -0.5
+
+
+def test_help_imports_no_torch():
+    """`retain --help` stays quick because nothing heavy is imported before a command runs
+    (timed in bench/bench_cli.py; here the cause is checked, which does not depend on load)."""
+    code = ("import sys; from retain.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('torch', 'accelerate', 'numpy', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"

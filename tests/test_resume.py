@@ -1,0 +1,145 @@
+"""Checkpoints and resume: a stopped run continues from its last finished task and ends with the
+same result as an uninterrupted run; nothing in a run directory is a pickle."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+
+from retain.api import run
+from retain.config import TrainConfig
+from retain.errors import RunDirError
+from retain.models import MLP
+from retain.strategies.base import Strategy
+
+CFG = TrainConfig(epochs=2, batch_size=32, optimizer="adam", lr=1e-3, optimizer_state="keep")
+
+
+@dataclass
+class CrashBefore(Strategy):
+    """Raises before training task ``at`` while armed: a crash in the middle of a run."""
+
+    at: int = 2
+    armed: bool = field(default=False, repr=False)
+
+    def before_task(self, model, ctx):
+        if self.armed and ctx.task_index == self.at:
+            raise KeyboardInterrupt("simulated crash")
+        return model
+
+
+@dataclass
+class Counter(Strategy):
+    """Has learned state (a tensor and a number) that must survive the checkpoint."""
+
+    def __post_init__(self):
+        self.seen_ = torch.zeros(3)
+        self.tasks_done_ = 0
+
+    def after_task(self, model, ctx):
+        self.seen_[ctx.task_index] += len(ctx.task.train)
+        self.tasks_done_ += 1
+        return model
+
+
+def _mlp():
+    torch.manual_seed(0)
+    return MLP(64, 6, [100, 100])
+
+
+def test_resume_after_a_crash_gives_the_same_result(tiny_stream, tmp_path):
+    full = run(_mlp(), tiny_stream, [Counter(), CrashBefore()], CFG, seed=1)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        run(_mlp(), tiny_stream, [Counter(), CrashBefore(armed=True)], CFG, seed=1, out_dir=out)
+    assert json.loads((out / "checkpoints" / "LATEST.json").read_text())["tasks_done"] == 2
+    assert json.loads((out / "result.json").read_text())["status"] == "running"
+    counter = Counter()
+    resumed = run(_mlp(), tiny_stream, [counter, CrashBefore()], CFG, seed=1, out_dir=out, resume=True)
+    assert resumed.matrix == full.matrix
+    assert resumed.metrics == full.metrics
+    assert counter.tasks_done_ == 3 and counter.seen_.tolist() == [len(t.train) for t in tiny_stream]
+    assert json.loads((out / "result.json").read_text())["status"] == "complete"
+
+
+def test_run_directory_holds_no_pickles(tiny_stream, tmp_path):
+    run(_mlp(), tiny_stream, [Counter()], CFG, out_dir=tmp_path / "r")
+    files = [p for p in (tmp_path / "r").rglob("*") if p.is_file()]
+    assert files
+    assert {p.suffix for p in files} <= {".json", ".safetensors", ".yaml"}
+    ckpts = sorted((tmp_path / "r" / "checkpoints").glob("task-*"))
+    assert [p.name for p in ckpts] == ["task-0003"]  # keep_checkpoints=1 prunes older ones
+    names = {p.name for p in ckpts[0].iterdir()}
+    assert names == {"model.safetensors", "strategies.safetensors", "optimizer.safetensors",
+                     "rng.safetensors", "state.json"}
+
+
+def test_existing_run_dir_is_refused_and_left_intact(tiny_stream, tmp_path):
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    with pytest.raises(RunDirError, match="already exists; pass --resume"):
+        run(_mlp(), tiny_stream, ["finetune"], CFG, out_dir=out)
+    assert (out / "notes.txt").read_text() == "keep me"
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def _write_config(path: Path, epochs: int) -> Path:
+    path.write_text(
+        "seed: 0\n"
+        "stream: {dataset: digits, scenario: split, n_tasks: 5}\n"
+        "model: {name: mlp, hidden: [100, 100]}\n"
+        f"train: {{epochs: {epochs}, batch_size: 32, optimizer: adam, lr: 0.001}}\n"
+        "output: {plots: false}\n"
+    )
+    return path
+
+
+def test_killed_cli_run_resumes_to_the_same_metrics(tmp_path):
+    from retain.cli import main
+
+    cfg = _write_config(tmp_path / "exp.yaml", epochs=40)
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "retain", "run", str(cfg), "--out", str(out), "-q"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    latest = out / "checkpoints" / "LATEST.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if latest.is_file() and json.loads(latest.read_text())["tasks_done"] >= 1:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = json.loads(latest.read_text())["tasks_done"]
+    assert 1 <= done < 5  # killed in the middle of the run
+    assert main(["run", str(cfg), "--out", str(out), "--resume", "-q"]) == 0
+    resumed = json.loads((out / "result.json").read_text())
+    assert main(["run", str(cfg), "--out", str(tmp_path / "whole"), "-q"]) == 0
+    whole = json.loads((tmp_path / "whole" / "result.json").read_text())
+    assert resumed["status"] == "complete"
+    assert resumed["matrix"] == whole["matrix"]
+    assert resumed["metrics"] == whole["metrics"]
+
+
+def test_resume_refuses_a_changed_config(tmp_path, capsys):
+    from retain.cli import main
+
+    cfg = _write_config(tmp_path / "exp.yaml", epochs=1)
+    out = tmp_path / "r"
+    assert main(["run", str(cfg), "--out", str(out), "-q", "stream.n_tasks=5"]) == 0
+    before = (out / "result.json").read_text()
+    assert main(["run", str(cfg), "--out", str(out), "--resume", "-q", "train.lr=0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "config differs" in err and "train.lr" in err and "Traceback" not in err
+    assert (out / "result.json").read_text() == before
