@@ -141,3 +141,15 @@ def test_stream_rejects_bad_data():
         Stream((good, _task(torch.zeros(0, 2), torch.zeros(0, dtype=torch.long), "u")), n_outputs=2)
     with pytest.raises(DataError, match="unique"):
         Stream((good, good), n_outputs=2)
+
+
+def test_by_column_config_drops_the_task_column_from_the_inputs():
+    from retain.config import StreamConfig
+    from retain.data.build import build_stream
+
+    cfg = StreamConfig(dataset="diabetes", scenario="by_column", column="sex", groups=[1, 2])
+    stream, info = build_stream(cfg, seed=0)
+    assert [t.name for t in stream.tasks] == ["sex=1", "sex=2"]
+    assert stream.input_shape == (9,)  # 10 diabetes features minus sex
+    assert stream.objective == "regression" and info["standardized"]["inputs"]
+    assert sum(len(t.train) + len(t.test) for t in stream.tasks) == 442

@@ -35,6 +35,8 @@ def build_stream(cfg: StreamConfig, seed: int = 0) -> tuple[Stream, dict[str, An
         image = sources[0].is_image
     else:
         src = load_source(cfg).limit(cfg.limit_train, cfg.limit_test, seed)
+        if cfg.scenario == "by_column" and cfg.column and cfg.features is None:
+            src = src.drop_features([cfg.column])
         src = src.with_test_split(cfg.test_fraction, seed)
         image = src.is_image
         sc = cfg.scenario

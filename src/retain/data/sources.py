@@ -68,6 +68,20 @@ class Source:
                        x_test=self.x_train[te], y_test=self.y_train[te],
                        columns_train=cols_tr, columns_test=cols_te)
 
+    def drop_features(self, names: list[str]) -> Source:
+        """Remove named feature columns from the inputs (they stay in ``columns_*``): the column a
+        ``by_column`` scenario splits on is constant within each task and says which task a
+        sample is from, so it is not an input."""
+        if not self.feature_names or not any(n in self.feature_names for n in names):
+            return self
+        keep = [i for i, n in enumerate(self.feature_names) if n not in names]
+        if not keep:
+            raise DataError(f"{self.name}: no features left after removing {names}")
+        idx = torch.tensor(keep)
+        return replace(self, x_train=self.x_train[:, idx],
+                       x_test=self.x_test[:, idx] if self.x_test is not None else None,
+                       feature_names=[self.feature_names[i] for i in keep])
+
     def limit(self, train: int | None, test: int | None, seed: int) -> Source:
         """A random subset (for quick runs), keeping the columns aligned."""
         out = self

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from retain.report.console import ACCURACY_LIKE, fmt, is_complete, row_labels, runs_of, score_name
+from retain.report.summary import ACCURACY_LIKE, fmt, is_complete, row_labels, runs_of, score_name
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -3,7 +3,7 @@
 Every report is a pure function of the record: nothing here trains or evaluates, so a finished or
 interrupted run can be re-rendered at any time. Markdown and HTML are built from one list of blocks
 (:func:`_blocks`), so the two formats never disagree. The plain-words conclusions
-(:func:`summary_lines`) come from :mod:`retain.report.console`, shared with the terminal summary.
+(:func:`summary_lines`) come from :mod:`retain.report.summary`, shared with the terminal summary.
 
 Only the standard library and :mod:`retain.eval.metrics` are imported here, so rendering a report
 does not import torch; matplotlib is imported only when plotting.
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from retain.eval import metrics as M
-from retain.report.console import (
+from retain.report.summary import (
     MEANINGS,
     Record,
     best_strategy,
