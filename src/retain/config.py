@@ -125,6 +125,9 @@ class ModelConfig:
     hidden: list[int] = _help("mlp: hidden layer widths", default_factory=lambda: [100, 100])
     activation: Literal["relu", "gelu", "tanh"] = _help("mlp/cnn: activation", default="relu")
     dropout: float = _help("mlp: dropout after each hidden layer", default=0.0)
+    init: Literal["default", "xavier"] = _help(
+        "weight initialisation: torch's default, or xavier (uniform weights, zero biases, as "
+        "mammoth's MNISTMLP)", default="default")
     channels: list[int] = _help("cnn: channels of each conv block", default_factory=lambda: [32, 64])
     pretrained: str | None = _help("hf: local model folder (or hub id when online)", default=None)
     hf_config: dict[str, Any] | None = _help("hf: build a fresh model from this config dict", default=None)

@@ -39,6 +39,7 @@ def evaluate(
         task_view = torch.zeros(len(stream.tasks), stream.n_outputs, dtype=torch.bool)
         for i, t in enumerate(stream.tasks):
             task_view[i, list(t.classes)] = True
+    task_known = stream.setting == "task_il"
     device = accelerator.device
     if class_mask is not None:
         class_mask = class_mask.to(device)
@@ -59,7 +60,7 @@ def evaluate(
             total: dict[str, torch.Tensor] = {}
             for batch in loader:
                 with accelerator.autocast():
-                    out = objective.forward(model, batch)
+                    out = objective.forward(model, batch, task_known=task_known)
                 t = batch["task"]
                 s = objective.stats(
                     out, batch,

@@ -31,7 +31,7 @@ class MLP(nn.Module):
     """
 
     def __init__(self, n_inputs: int, n_outputs: int, hidden: list[int] | tuple[int, ...] = (100, 100),
-                 activation: str = "relu", dropout: float = 0.0) -> None:
+                 activation: str = "relu", dropout: float = 0.0, init: str = "default") -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.Flatten()]
         width = n_inputs
@@ -42,6 +42,8 @@ class MLP(nn.Module):
             width = h
         layers.append(nn.Linear(width, n_outputs))
         self.net = nn.Sequential(*layers)
+        if init == "xavier":
+            xavier_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -78,6 +80,15 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x))
 
 
+def xavier_init(model: nn.Module) -> None:
+    """Xavier-uniform weights and zero biases for every Linear layer (mammoth's ``xavier``)."""
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
 def build_model(cfg: ModelConfig, stream: Stream) -> nn.Module:
     """The model named by ``cfg``, with its input and output sizes taken from ``stream``."""
     if cfg.name == "hf":
@@ -87,9 +98,12 @@ def build_model(cfg: ModelConfig, stream: Stream) -> nn.Module:
     n_out = stream.n_outputs or 1
     shape = stream.input_shape
     if cfg.name == "mlp":
-        return MLP(math.prod(shape), n_out, cfg.hidden, cfg.activation, cfg.dropout)
+        return MLP(math.prod(shape), n_out, cfg.hidden, cfg.activation, cfg.dropout, cfg.init)
     if cfg.name == "cnn":
-        return SmallCNN(shape, n_out, cfg.channels, cfg.activation)
+        model = SmallCNN(shape, n_out, cfg.channels, cfg.activation)
+        if cfg.init == "xavier":
+            xavier_init(model)
+        return model
     raise ConfigError(f"unknown model '{cfg.name}'")
 
 

@@ -13,7 +13,8 @@ run record (``kind: run``)::
     metrics         avg_accuracy, bwt, fwt, forgetting, plasticity, *_per_task, gap_to_joint
     metrics_by_score {metric: the same metrics on that matrix}
     timing          per task: steps, samples, train_seconds, eval_seconds, samples_per_s; totals
-    memory, params, curves (training loss per task), warnings
+    memory, params, strategy_stats (per task: each strategy's stats()), curves (training loss
+    per task), warnings
     seed, versions, git_sha, device, num_processes, config, started, finished, status
 
 A comparison (``kind: compare``) holds ``runs: {strategy label: run record}`` and ``summary``.
@@ -80,6 +81,7 @@ def build_record(
     fits: list[dict[str, Any]],
     params: list[int],
     metric: str,
+    strategy_stats: list[dict[str, Any]] | None = None,
     joint: bool,
     seed: int,
     config: RunConfig | None,
@@ -139,6 +141,7 @@ def build_record(
     }
     rec["memory"] = memory
     rec["params"] = {"after_task": params}
+    rec["strategy_stats"] = list(strategy_stats or [])
     rec["curves"] = {"loss": [f["losses"] for f in fits]}
     rec["early_stopping"] = [
         {"task": f["task"], "best_val_loss": f["best_val_loss"], "stopped_at": f["stopped_early_at"]}

@@ -53,8 +53,11 @@ class Strategy:
     reference_url: ClassVar[str | None] = None
     #: Train once on the union of all tasks instead of task by task (the ``joint`` reference).
     joint: ClassVar[bool] = False
-    #: Settings in which the method is known not to work, with the reason, shown once as a warning.
+    #: Settings in which the method is known not to work, with the reason, shown once as a warning
+    #: (not when a rehearsal strategy is composed with it, which is the usual remedy).
     known_failures: ClassVar[dict[str, str]] = {}
+    #: Keeps or regenerates past data (replay, DER, A-GEM, generative replay, cumulative).
+    rehearsal: ClassVar[bool] = False
 
     def setup(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
         return model
@@ -84,6 +87,10 @@ class Strategy:
 
     def after_task(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
         return model
+
+    def stats(self) -> dict[str, Any]:
+        """Numbers worth reporting after each task (buffer memory, parameter growth, ...)."""
+        return {}
 
     # ------------------------------------------------------------------ state
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from retain.data.stream import TensorData
 from retain.strategies import register
@@ -20,6 +20,8 @@ class Cumulative(Strategy):
     so it bounds what any replay method can reach with the same model. The cost grows with every
     task: task i trains on i times as much data. It takes no hyperparameters.
     """
+
+    rehearsal: ClassVar[bool] = True
 
     def train_data(self, data: TensorData, ctx: TaskContext) -> TensorData:
         earlier = [t.train for t in ctx.stream.tasks[: ctx.task_index]]

@@ -24,7 +24,10 @@ if TYPE_CHECKING:
 
 @dataclass
 class TaskContext:
-    """Read-only view for strategies (the loop updates ``step`` and ``epoch``)."""
+    """Read-only view for strategies (the loop updates ``step`` and ``epoch``).
+
+    ``model`` is the model being trained (as prepared by Accelerate), set before the task's
+    first batch; hooks that receive no model argument use it for extra forward passes."""
 
     stream: Stream
     task: Task
@@ -35,6 +38,7 @@ class TaskContext:
     seed: int
     generator: torch.Generator
     class_mask: torch.Tensor | None = None
+    model: nn.Module | None = None
     step: int = 0
     epoch: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -73,7 +77,10 @@ class TaskContext:
         return self.class_mask.to(batch["task"].device)[batch["task"]]
 
     def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> Any:
-        """The model's output on ``batch`` (logits, or a transformers ModelOutput)."""
+        """The model's output on ``batch`` (logits, or a transformers ModelOutput).
+
+        During training the task of every sample is known (it is the task being trained, or a
+        stored one for replayed samples), so task-aware models receive it."""
         return self.objective.forward(model, batch)
 
     def logits(self, out: Any) -> torch.Tensor:

@@ -9,6 +9,7 @@ every step would synchronise a GPU on each batch.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from dataclasses import dataclass, field
@@ -92,6 +93,10 @@ def fit_task(
     grad_hooks, step_hooks = _hooks(strategies, "after_backward"), _hooks(strategies, "after_step")
     objective, mask_for = ctx.objective, ctx.mask_for
     params = [p for g in optimizer.param_groups for p in g["params"]]
+    # Unwrapped fast path (see api.needs_wrappers): plain backward, no autocast context.
+    wrapped = hasattr(optimizer, "optimizer") or acc.scaler is not None
+    backward = acc.backward if wrapped else torch.Tensor.backward
+    autocast = acc.autocast if acc.mixed_precision != "no" else contextlib.nullcontext
 
     loader = ctx.make_loader(data, shuffle=True)
     batches_per_epoch = len(loader)
@@ -115,12 +120,12 @@ def fit_task(
             n_batch = len(batch["task"])
             for s in batch_hooks:
                 batch = s.batch(batch, ctx)
-            with acc.autocast():
+            with autocast():
                 out = objective.forward(model, batch)
                 loss = objective.loss(out, batch, mask_for(batch))
                 for s in loss_hooks:
                     loss = s.loss(loss, out, batch, ctx)
-            acc.backward(loss / cfg.grad_accum if cfg.grad_accum > 1 else loss)
+            backward(loss / cfg.grad_accum if cfg.grad_accum > 1 else loss)
             loss_sum += loss.detach()
             loss_count += 1
             stats.samples += n_batch
@@ -130,7 +135,10 @@ def fit_task(
             for s in grad_hooks:
                 s.after_backward(model, ctx)
             if cfg.grad_clip is not None:
-                acc.clip_grad_norm_(params, cfg.grad_clip)
+                if wrapped:
+                    acc.clip_grad_norm_(params, cfg.grad_clip)
+                else:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             set_lr(optimizer, schedule.factor(schedule_offset + step))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

@@ -4,6 +4,10 @@ An objective knows how to call the model on a batch, the training loss, and the 
 statistics an evaluation accumulates over batches (so scores are exact over a whole test set and
 can be all-reduced across processes before they are divided).
 
+Task identity: a model with ``task_aware = True`` is called as ``model(x, task=ids)``. During
+training the ids are always known; at evaluation they are given only in the ``task_il`` setting
+(``task=None`` otherwise), so a task-aware model cannot read the answer in class-IL or domain-IL.
+
 Task-incremental masking: in the ``task_il`` setting the logits of classes outside each sample's
 task are set to the most negative float before the loss and the argmax (``mask`` below, one row
 per sample, looked up from the sample's task index). The model's raw logits are left alone, so
@@ -52,9 +56,9 @@ class Classification:
     def __init__(self, n_outputs: int) -> None:
         self.n_outputs = n_outputs
 
-    def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> Any:
+    def forward(self, model: nn.Module, batch: dict[str, torch.Tensor], task_known: bool = True) -> Any:
         if _task_aware(model):
-            return model(batch["x"], task=batch["task"])
+            return model(batch["x"], task=batch["task"] if task_known else None)
         return model(batch["x"])
 
     def loss(self, out: Any, batch: dict[str, torch.Tensor], mask: torch.Tensor | None = None,
@@ -95,12 +99,10 @@ class Regression:
     default_metric = "mse"
     metrics = ("mse", "r2")
 
-    def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> Any:
+    def forward(self, model: nn.Module, batch: dict[str, torch.Tensor], task_known: bool = True) -> Any:
         if _task_aware(model):
-            out = model(batch["x"], task=batch["task"])
-        else:
-            out = model(batch["x"])
-        return out
+            return model(batch["x"], task=batch["task"] if task_known else None)
+        return model(batch["x"])
 
     @staticmethod
     def _pred(out: Any, y: torch.Tensor) -> torch.Tensor:
@@ -140,7 +142,7 @@ class CausalLM:
     default_metric = "loss"
     metrics = ("loss", "perplexity", "token_accuracy")
 
-    def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> Any:
+    def forward(self, model: nn.Module, batch: dict[str, torch.Tensor], task_known: bool = True) -> Any:
         kwargs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels") if k in batch}
         return model(**kwargs)
 
