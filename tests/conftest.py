@@ -75,8 +75,12 @@ def digits_permuted(digits):
     return permuted(digits, n_tasks=5)
 
 
-def run_strategies(stream, strategies, train=None, seed=0, hidden=(100, 100)):
-    """Train a fresh MLP (same init for every call with the same seed) and return the result."""
+def _run_strategies(stream, strategies, train=None, seed=0, hidden=(100, 100)):
+    """Train a fresh MLP (same init for every call with the same seed) and return the result.
+
+    Defaults: SGD lr 0.05, batch 32, 5 epochs per task. On digits_class_il finetune ends near
+    0.18 average accuracy (forgetting ~0.88); on digits_permuted near 0.52 (forgetting ~0.36).
+    """
     from retain.api import run
     from retain.config import TrainConfig
 
@@ -84,3 +88,9 @@ def run_strategies(stream, strategies, train=None, seed=0, hidden=(100, 100)):
     model = MLP(64, stream.n_outputs, list(hidden))
     train = train or TrainConfig(epochs=5, batch_size=32, optimizer="sgd", lr=0.05)
     return run(model, stream, strategies, train, seed=seed)
+
+
+@pytest.fixture
+def run_strategies():
+    """``run_strategies(stream, [strategies], train=None, seed=0)`` -> RunResult."""
+    return _run_strategies
