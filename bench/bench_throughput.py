@@ -71,7 +71,7 @@ def main() -> None:
     cfg = TrainConfig(epochs=1, batch_size=128, optimizer="adam", lr=1e-3)
     plain, ours = [], []
     for rep in range(args.repeats + 1):
-        for name, fn, sink in (("plain", plain_loop, plain), ("retain", retain_loop, ours)):
+        for fn, sink in ((plain_loop, plain), (retain_loop, ours)):
             torch.manual_seed(0)
             model = MLP(784, 10, [400, 400])
             n, s = fn(model, stream, cfg, rep)

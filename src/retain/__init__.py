@@ -62,4 +62,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'retain' has no attribute {name!r}")
 
 
-__all__ = [*_EXPORTS, "get_strategy", "__version__"]
+__all__ = [*_EXPORTS, "get_strategy", "__version__"]  # noqa: PLE0604, PLE0605

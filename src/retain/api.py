@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import resource
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import yaml
@@ -209,8 +210,10 @@ def run(
         seed_everything(derive_seed(seed, i, 1))
         ctx = context(i)
         task = train_tasks[i]
+        t_hooks = time.perf_counter()
         for s in strategies:
             model = s.before_task(model, ctx)
+        hook_seconds = time.perf_counter() - t_hooks
         base = acc.unwrap_model(model)
         groups = default_groups(base)
         for s in strategies:
@@ -237,14 +240,17 @@ def run(
             schedule, offset = Schedule.from_config(train, n_steps), 0
         stats = fit_task(model, data, ctx, strategies, optimizer, schedule, offset, task.val, progress)
         schedule_offset += stats.steps
+        t_hooks = time.perf_counter()
         for s in strategies:
             model = s.after_task(model, ctx)
+        hook_seconds += time.perf_counter() - t_hooks
         t0 = time.perf_counter()
         rows.append(evaluate(model, stream, objective, acc, eval.batch_size, progress=progress,
                              label=f"eval after {task.name}"))
         fits.append({
             "task": task.name, "steps": stats.steps, "samples": stats.samples,
-            "train_seconds": stats.seconds, "eval_seconds": time.perf_counter() - t0,
+            "train_seconds": stats.seconds, "hook_seconds": hook_seconds,
+            "eval_seconds": time.perf_counter() - t0,
             "samples_per_s": stats.samples_per_s, "losses": stats.losses,
             "best_val_loss": stats.best_val_loss, "stopped_early_at": stats.stopped_early_at,
         })

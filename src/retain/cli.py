@@ -59,7 +59,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from retain.config import load_config
-    from retain.runner import compare_config, parse_labels
+    from retain.runner import parse_labels
 
     cfg = load_config(args.config, args.overrides)
     return _compare(cfg, parse_labels(args.strategies), args)

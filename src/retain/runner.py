@@ -9,9 +9,10 @@ own sub-directory with its own checkpoints), then writes one ``result.json`` wit
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from retain.config import RunConfig
 from retain.errors import ConfigError
@@ -25,7 +26,7 @@ def default_out(cfg: RunConfig, kind: str = "") -> Path:
     return Path("runs") / f"{name}{'-' + kind if kind else ''}-{stamp}"
 
 
-def _prepare(cfg: RunConfig) -> tuple[Any, dict[str, Any]]:
+def prepare_stream(cfg: RunConfig) -> tuple[Any, dict[str, Any]]:
     from retain.data.build import build_stream
     from retain.utils.seed import seed_everything
 
@@ -52,7 +53,7 @@ def run_config(cfg: RunConfig, out: str | Path | None, resume: bool = False,
     strategies = registry.build_all(cfg.strategies)  # config errors before any data is loaded
     out = Path(out) if out is not None else Path(cfg.output.dir) if cfg.output.dir else default_out(cfg)
     RunDir(out).ensure_new_or_resumable(resume)
-    stream, info = stream_info or _prepare(cfg)
+    stream, info = stream_info or prepare_stream(cfg)
     model = _model(cfg, stream)
     result = run(
         model, stream, strategies, cfg.train, eval=cfg.eval, seed=cfg.seed, out_dir=out,
@@ -100,13 +101,13 @@ def compare_config(cfg: RunConfig, labels: list[str], out: str | Path | None, re
     from retain.utils.state import write_json, write_text
 
     plans = {label: specs_for(label, cfg) for label in labels}
-    for label, specs in plans.items():
+    for specs in plans.values():
         registry.build_all(specs)
     out = Path(out) if out is not None else Path(cfg.output.dir) if cfg.output.dir else default_out(cfg, "compare")
     root = RunDir(out)
     root.ensure_new_or_resumable(resume)
     write_text(out / "config.resolved.yaml", cfg.to_yaml())
-    prepared = _prepare(cfg)
+    prepared = prepare_stream(cfg)
     runs: dict[str, dict[str, Any]] = {}
     for label, specs in plans.items():
         sub = out / label

@@ -14,8 +14,8 @@ from rich.console import Console
 
 from retain.eval import metrics as M
 from retain.report.console import print_summary
-from retain.report.summary import class_accuracy, fmt, vanished_classes
 from retain.report.render import render_html, render_markdown, summary_lines, write_reports
+from retain.report.summary import class_accuracy, fmt, vanished_classes
 
 TASKS = ["t1", "t2", "t3"]
 # Hand-written score matrices (T = 3): row 0 untrained, row i after task i.

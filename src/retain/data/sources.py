@@ -110,10 +110,9 @@ def _targets(y: torch.Tensor, objective: str) -> tuple[torch.Tensor, str]:
     if objective == "auto":
         objective = "regression" if y.is_floating_point() else "classification"
     if objective == "classification":
-        if y.is_floating_point():
-            if not torch.all(y == y.round()):
-                raise DataError("classification targets must be whole numbers; "
-                                "set stream.objective=regression for numeric targets")
+        if y.is_floating_point() and not torch.all(y == y.round()):
+            raise DataError("classification targets must be whole numbers; "
+                            "set stream.objective=regression for numeric targets")
         y = y.long()
     else:
         y = y.float()

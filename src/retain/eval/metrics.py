@@ -107,7 +107,7 @@ def per_task_forgetting(R: Sequence[Sequence[float]] | np.ndarray,
         if j == T - 1:
             out.append(0.0)
             continue
-        best = max(m[l, j] for l in range(j + 1, T))  # rows j+1 .. T-1: after task j, before the end
+        best = max(m[row, j] for row in range(j + 1, T))  # rows j+1 .. T-1: after task j, before the end
         out.append(float(best - m[T, j]))
     return out
 

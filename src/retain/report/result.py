@@ -12,7 +12,8 @@ run record (``kind: run``)::
     per_class       {correct, counts}: [row][task][class] (classification)
     metrics         avg_accuracy, bwt, fwt, forgetting, plasticity, *_per_task, gap_to_joint
     metrics_by_score {metric: the same metrics on that matrix}
-    timing          per task: steps, samples, train_seconds, eval_seconds, samples_per_s; totals
+    timing          per task: steps, samples, train_seconds (the loop), hook_seconds (strategies'
+                    before/after-task work, e.g. a Fisher pass), eval_seconds, samples_per_s; totals
     memory, params, strategy_stats (per task: each strategy's stats()), curves (training loss
     per task), warnings
     seed, versions, git_sha, device, num_processes, config, started, finished, status
@@ -22,6 +23,7 @@ A comparison (``kind: compare``) holds ``runs: {strategy label: run record}`` an
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import subprocess
 from dataclasses import dataclass
@@ -46,10 +48,8 @@ SCHEMA_VERSION = 1
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for pkg in ("retain", "torch", "accelerate", "numpy", "safetensors", "transformers", "peft"):
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
     return out
 
 
@@ -133,9 +133,12 @@ def build_record(
         rec["metrics_by_score"] = {}
     train_s = [f["train_seconds"] for f in fits]
     rec["timing"] = {
-        "per_task": [{k: f[k] for k in ("task", "steps", "samples", "train_seconds", "eval_seconds",
-                                         "samples_per_s")} for f in fits],
+        "per_task": [{k: f.get(k, 0.0) for k in ("task", "steps", "samples", "train_seconds",
+                                                  "hook_seconds", "eval_seconds", "samples_per_s")}
+                     for f in fits],
         "train_seconds": sum(train_s),
+        # Work strategies do between tasks (Fisher passes, buffer selection, generator training).
+        "hook_seconds": sum(f.get("hook_seconds", 0.0) for f in fits),
         "eval_seconds": sum(f["eval_seconds"] for f in fits),
         "samples_per_s": (sum(f["samples"] for f in fits) / sum(train_s)) if sum(train_s) > 0 else 0.0,
     }

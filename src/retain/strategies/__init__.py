@@ -12,9 +12,10 @@ import dataclasses
 import importlib
 import pkgutil
 import typing
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import yaml
 
@@ -52,7 +53,7 @@ def register(name: str, reference_url: str | None = None) -> Callable[[S], S]:
 
 
 def _load() -> None:
-    global _LOADED
+    global _LOADED  # noqa: PLW0603  (import the strategy modules once, on first use)
     if _LOADED:
         return
     _LOADED = True

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
     from retain.config import TrainConfig
     from retain.data.stream import Stream, Task, TensorData
-    from retain.train.objectives import Classification, CausalLM, Regression
+    from retain.train.objectives import CausalLM, Classification, Regression
 
 
 @dataclass
