@@ -124,3 +124,26 @@ def test_hf_causal_lm_trains_through_the_loop(tiny_causal_lm):
     assert R[2][0] > R[1][0]                # and lost some of A: forgetting, measured on loss
     assert r.metrics["forgetting"] > 0
     assert "perplexity" in r["matrices"]
+
+
+def test_gradient_clipping_is_applied(tiny_stream):
+    free = run(_mlp(), tiny_stream, ["finetune"], TrainConfig(epochs=1, optimizer="sgd", lr=0.5))
+    clipped = run(_mlp(), tiny_stream, ["finetune"],
+                  TrainConfig(epochs=1, optimizer="sgd", lr=0.5, grad_clip=1e-6))
+    # A gradient norm of 1e-6 times lr 0.5 moves no weight visibly: the scores stay put.
+    assert clipped.matrix[-1] == pytest.approx(clipped.matrix[0], abs=0.02)
+    assert free.matrix[1][0] > clipped.matrix[1][0] + 0.3
+
+
+def test_schedule_scope_run_spans_all_tasks(tiny_stream):
+    per_task = run(_mlp(), tiny_stream, ["finetune"],
+                   TrainConfig(epochs=2, optimizer="sgd", lr=0.1, schedule="wsd", decay=0.5))
+    whole = run(_mlp(), tiny_stream, ["finetune"],
+                TrainConfig(epochs=2, optimizer="sgd", lr=0.1, schedule="wsd", decay=0.2,
+                            schedule_scope="run"))
+    last = [curve[-1][1] for curve in per_task["curves"]["lr_factor"]]
+    assert last == pytest.approx([0.0, 0.0, 0.0], abs=0.01)  # each task decays to min_lr
+    run_last = [curve[-1][1] for curve in whole["curves"]["lr_factor"]]
+    # 3 tasks x 18 steps; the last 20% (steps 44-54) decay: tasks 1 and 2 end in the stable phase.
+    assert run_last[0] == 1.0 and run_last[1] == 1.0
+    assert run_last[2] == pytest.approx(0.0, abs=0.01)  # one decay, at the end of the run

@@ -199,3 +199,11 @@ def test_help_imports_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_cnn_model_from_the_config(tmp_path):
+    out = tmp_path / "cnn"
+    assert main(["run", str(_cfg(tmp_path, BASE)), "--out", str(out), "-q", "model.name=cnn",
+                 "model.channels=[8, 16]", "train.epochs=2"]) == 0
+    rec = json.loads((out / "result.json").read_text())
+    assert rec["matrix"][1][0] > 0.9  # a 2-class digits task is learnt by the CNN

@@ -251,7 +251,7 @@ def run(
             "task": task.name, "steps": stats.steps, "samples": stats.samples,
             "train_seconds": stats.seconds, "hook_seconds": hook_seconds,
             "eval_seconds": time.perf_counter() - t0,
-            "samples_per_s": stats.samples_per_s, "losses": stats.losses,
+            "samples_per_s": stats.samples_per_s, "losses": stats.losses, "lrs": stats.lrs,
             "best_val_loss": stats.best_val_loss, "stopped_early_at": stats.stopped_early_at,
         })
         params.append(count_parameters(acc.unwrap_model(model)))

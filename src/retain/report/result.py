@@ -15,7 +15,7 @@ run record (``kind: run``)::
     timing          per task: steps, samples, train_seconds (the loop), hook_seconds (strategies'
                     before/after-task work, e.g. a Fisher pass), eval_seconds, samples_per_s; totals
     memory, params, strategy_stats (per task: each strategy's stats()), curves (training loss
-    per task), warnings
+    and learning-rate factor per task, every 25 steps), warnings
     seed, versions, git_sha, device, num_processes, config, started, finished, status
 
 A comparison (``kind: compare``) holds ``runs: {strategy label: run record}`` and ``summary``.
@@ -145,7 +145,8 @@ def build_record(
     rec["memory"] = memory
     rec["params"] = {"after_task": params}
     rec["strategy_stats"] = list(strategy_stats or [])
-    rec["curves"] = {"loss": [f["losses"] for f in fits]}
+    rec["curves"] = {"loss": [f["losses"] for f in fits],
+                     "lr_factor": [f.get("lrs", []) for f in fits]}
     rec["early_stopping"] = [
         {"task": f["task"], "best_val_loss": f["best_val_loss"], "stopped_at": f["stopped_early_at"]}
         for f in fits if f.get("best_val_loss") is not None

@@ -39,6 +39,7 @@ class FitStats:
     samples: int = 0
     seconds: float = 0.0
     losses: list[tuple[int, float]] = field(default_factory=list)  # (step, mean loss since last)
+    lrs: list[tuple[int, float]] = field(default_factory=list)  # (step, learning-rate factor)
     best_val_loss: float | None = None
     stopped_early_at: int | None = None
 
@@ -139,7 +140,8 @@ def fit_task(
                     acc.clip_grad_norm_(params, cfg.grad_clip)
                 else:
                     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            set_lr(optimizer, schedule.factor(schedule_offset + step))
+            factor = schedule.factor(schedule_offset + step)
+            set_lr(optimizer, factor)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
@@ -154,6 +156,7 @@ def fit_task(
                         "lower train.lr or set train.grad_clip"
                     )
                 stats.losses.append((step, mean))
+                stats.lrs.append((step, factor))
                 progress.advance(step - last_logged, mean)
                 last_logged = step
                 loss_sum.zero_()
