@@ -30,15 +30,21 @@ from retain.train.context import TaskContext
 from retain.train.loop import NullProgress, fit_task
 from retain.train.objectives import make_objective
 from retain.train.optim import Schedule, build_optimizer, carry_state, default_groups, steps_for
-from retain.utils.checkpoint import RunDir, load_weights, optimizer_state
+from retain.utils.checkpoint import RunDir, is_main_process, load_weights, optimizer_state
 from retain.utils.seed import derive_seed, generator, seed_everything
 from retain.utils.state import rng_state, set_rng_state, write_json, write_text
 
 
 def make_accelerator(train: TrainConfig) -> Any:
+    import os
+
     from accelerate import Accelerator
 
-    return Accelerator(cpu=train.cpu, mixed_precision=train.mixed_precision)
+    # Accelerate forms a CPU process group (gloo) only when told to use the CPU: without CUDA, a
+    # multi-process launch (torchrun, accelerate launch) would otherwise run N unrelated copies.
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    cpu = train.cpu or (launched and not torch.cuda.is_available())
+    return Accelerator(cpu=cpu, mixed_precision=train.mixed_precision)
 
 
 def needs_wrappers(acc: Any) -> bool:
@@ -153,7 +159,7 @@ def run(
         if resume:
             _check_resume_config(run_dir, config)
             state = run_dir.load_checkpoint()
-        if config is not None:
+        if config is not None and is_main_process():
             write_text(run_dir.path / "config.resolved.yaml", config.to_yaml())
 
     if train.deterministic:

@@ -96,7 +96,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _finish(record: dict[str, Any], out: Path, args: argparse.Namespace) -> None:
     from retain.report.console import print_summary
+    from retain.utils.checkpoint import is_main_process
 
+    if not is_main_process():
+        return
     console = _console()
     print_summary(record, console)
     console.print(f"\nreport: {out / 'report.html'}  (and report.md, result.json)", highlight=False)

@@ -17,7 +17,7 @@ from typing import Any
 from retain.config import RunConfig
 from retain.errors import ConfigError
 from retain.report.result import SCHEMA_VERSION, versions
-from retain.utils.checkpoint import RunDir
+from retain.utils.checkpoint import RunDir, is_main_process
 
 
 def default_out(cfg: RunConfig, kind: str = "") -> Path:
@@ -63,12 +63,12 @@ def run_config(cfg: RunConfig, out: str | Path | None, resume: bool = False,
     record = result.record
     record["data"] = info
     record["out_dir"] = str(out)
-    from retain.utils.state import write_json
+    if is_main_process():
+        from retain.report.render import write_reports
+        from retain.utils.state import write_json
 
-    write_json(out / "result.json", record)
-    from retain.report.render import write_reports
-
-    write_reports(out, record, plots=cfg.output.plots)
+        write_json(out / "result.json", record)
+        write_reports(out, record, plots=cfg.output.plots)
     return record
 
 
@@ -106,7 +106,8 @@ def compare_config(cfg: RunConfig, labels: list[str], out: str | Path | None, re
     out = Path(out) if out is not None else Path(cfg.output.dir) if cfg.output.dir else default_out(cfg, "compare")
     root = RunDir(out)
     root.ensure_new_or_resumable(resume)
-    write_text(out / "config.resolved.yaml", cfg.to_yaml())
+    if is_main_process():
+        write_text(out / "config.resolved.yaml", cfg.to_yaml())
     prepared = prepare_stream(cfg)
     runs: dict[str, dict[str, Any]] = {}
     for label, specs in plans.items():
@@ -127,10 +128,11 @@ def compare_config(cfg: RunConfig, labels: list[str], out: str | Path | None, re
         runs[label] = run_config(sub_cfg, sub, resume=resume and sub.exists(), progress=progress,
                                  warn=warn, stream_info=prepared)
     record = compare_record(cfg, runs)
-    write_json(out / "result.json", record)
-    from retain.report.render import write_reports
+    if is_main_process():
+        from retain.report.render import write_reports
 
-    write_reports(out, record, plots=cfg.output.plots)
+        write_json(out / "result.json", record)
+        write_reports(out, record, plots=cfg.output.plots)
     return record
 
 

@@ -33,6 +33,14 @@ from retain.utils.state import load_state, save_state, write_json
 SCHEMA_VERSION = 1
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a launch (``torchrun``/``accelerate launch`` set ``RANK``), or a single process.
+
+    Read from the environment so the run directory can be checked before the accelerator (and
+    its process group) exists: only the main process creates, checks and writes it."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 class RunDir:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -45,6 +53,8 @@ class RunDir:
         return self.path.exists() and any(self.path.iterdir())
 
     def ensure_new_or_resumable(self, resume: bool) -> None:
+        if not is_main_process():
+            return
         if self.path.exists() and not self.path.is_dir():
             raise RunDirError(f"run directory '{self.path}' is a file; choose another --out")
         if self.has_content() and not resume:
