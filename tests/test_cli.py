@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -181,10 +180,9 @@ def test_compare_report_and_strategies(tmp_path, capsys):
     _fails(capsys, ["report", str(tmp_path / "none")], "result.json", "not found")
 
 
-def test_demo_runs_quickly_and_joint_beats_finetune(tmp_path, capsys):
-    start = time.perf_counter()
+def test_demo_shows_finetune_forgetting_and_joint_not(tmp_path, capsys):
+    # Its speed ("well under a minute") is measured in bench/, not asserted here.
     assert main(["demo", "--out", str(tmp_path / "demo"), "-q"]) == 0
-    assert time.perf_counter() - start < 60
     rec = json.loads((tmp_path / "demo" / "result.json").read_text())
     ft, jt = rec["runs"]["finetune"]["metrics"], rec["runs"]["joint"]["metrics"]
     assert jt["avg_accuracy"] > 0.85 and ft["avg_accuracy"] < 0.35 and ft["bwt"] < -0.5
