@@ -143,3 +143,19 @@ def test_resume_refuses_a_changed_config(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "config differs" in err and "train.lr" in err and "Traceback" not in err
     assert (out / "result.json").read_text() == before
+
+
+def test_resume_keeps_optimizer_state_when_the_trainable_set_changes(tiny_stream, tmp_path):
+    """Regression: with optimizer_state=keep, a strategy that freezes layers from task 2 on made
+    the saved optimizer state (indexed by position) not fit the new optimizer on resume."""
+    from retain.strategies.freeze import Freeze
+
+    cfg = TrainConfig(epochs=1, batch_size=32, optimizer="adam", lr=1e-3, optimizer_state="keep")
+    full = run(_mlp(), tiny_stream, [Freeze(last_k=1, from_task=2), CrashBefore()], cfg, seed=2)
+    out = tmp_path / "r"
+    with pytest.raises(KeyboardInterrupt):
+        run(_mlp(), tiny_stream, [Freeze(last_k=1, from_task=2), CrashBefore(armed=True)], cfg,
+            seed=2, out_dir=out)
+    resumed = run(_mlp(), tiny_stream, [Freeze(last_k=1, from_task=2), CrashBefore()], cfg,
+                  seed=2, out_dir=out, resume=True)
+    assert resumed.matrix == full.matrix

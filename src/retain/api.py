@@ -29,7 +29,14 @@ from retain.strategies.base import Strategy
 from retain.train.context import TaskContext
 from retain.train.loop import NullProgress, fit_task
 from retain.train.objectives import make_objective
-from retain.train.optim import Schedule, build_optimizer, carry_state, default_groups, steps_for
+from retain.train.optim import (
+    Schedule,
+    build_optimizer,
+    carry_state,
+    default_groups,
+    load_state_by_name,
+    steps_for,
+)
 from retain.utils.checkpoint import RunDir, is_main_process, load_weights, optimizer_state
 from retain.utils.seed import derive_seed, generator, seed_everything
 from retain.utils.state import rng_state, set_rng_state, write_json, write_text
@@ -229,7 +236,7 @@ def run(
             if optimizer is not None:
                 carry_state(optimizer, new_opt)
             elif state is not None and state.get("optimizer"):
-                new_opt.load_state_dict(state["optimizer"])
+                load_state_by_name(new_opt, state["optimizer"])
         if needs_wrappers(acc):
             acc.free_memory()  # drop the previous task's wrapped model and optimizer
             model, optimizer = acc.prepare(base, new_opt)

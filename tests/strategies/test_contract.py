@@ -88,3 +88,19 @@ def test_unknown_hyperparameter_is_a_config_error():
         registry.build({"name": "finetuen"})
     with pytest.raises(ConfigError, match="unknown hyperparameter 'lr' for strategy 'finetune'"):
         registry.build({"name": "finetune", "lr": 0.1})
+
+
+def test_registered_dataclass_subclasses_keep_the_short_repr():
+    from dataclasses import dataclass
+
+    from retain.strategies.base import Strategy
+
+    @dataclass
+    class Tmp(Strategy):
+        lam: float = 1.0
+
+    registry.register("tmp_repr_check")(Tmp)
+    try:
+        assert repr(Tmp()) == "Tmp()" and repr(Tmp(lam=2.0)) == "Tmp(lam=2.0)"
+    finally:
+        registry._REGISTRY.pop("tmp_repr_check")

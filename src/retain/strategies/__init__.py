@@ -42,7 +42,10 @@ def register(name: str, reference_url: str | None = None) -> Callable[[S], S]:
         if name in _REGISTRY and _REGISTRY[name] is not cls:
             raise ValueError(f"strategy name '{name}' is already registered by {_REGISTRY[name]}")
         if not dataclasses.is_dataclass(cls) or "__dataclass_fields__" not in cls.__dict__:
-            cls = dataclasses.dataclass(cls)  # type: ignore[assignment]
+            cls = dataclasses.dataclass(cls, repr=False)  # type: ignore[assignment]
+        # A subclass decorated with @dataclass gets a generated repr listing every field; the
+        # base repr shows only what differs from the defaults (the config a user would write).
+        cls.__repr__ = Strategy.__repr__  # type: ignore[method-assign]
         cls.name = name  # type: ignore[attr-defined]
         if reference_url is not None:
             cls.reference_url = reference_url  # type: ignore[attr-defined]

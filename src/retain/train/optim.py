@@ -109,6 +109,28 @@ def carry_state(old: torch.optim.Optimizer, new: torch.optim.Optimizer) -> None:
                 new.state[p] = old.state[p]
 
 
+def load_state_by_name(optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> None:
+    """Restore per-parameter state saved by :func:`retain.utils.checkpoint.optimizer_state`,
+    matching parameters by name: the set of trainable parameters may differ from the one that was
+    saved (a strategy froze layers or added a column since), which makes positions meaningless.
+    The resumed optimizer ends up as the uninterrupted run's :func:`carry_state` would leave it."""
+    by_name: dict[str, dict[str, Any]] = {}
+    for g in saved["param_groups"]:
+        for idx, name in zip(g["params"], g.get("names", [])):
+            if idx in saved["state"]:
+                by_name[name] = saved["state"][idx]
+    for g in optimizer.param_groups:
+        for p, name in zip(g["params"], g.get("names", [])):
+            st = by_name.get(name)
+            if st is None:
+                continue
+            shapes_fit = all(v.shape == p.shape for k, v in st.items()
+                             if isinstance(v, torch.Tensor) and v.dim() > 0)
+            if shapes_fit:
+                optimizer.state[p] = {k: v.to(p.device) if isinstance(v, torch.Tensor) and v.dim() > 0
+                                      else v for k, v in st.items()}
+
+
 def set_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
     for g in optimizer.param_groups:
         g["lr"] = g["base_lr"] * factor
