@@ -1,0 +1,86 @@
+"""Read an MLP-shaped model as a stack of Linear layers, for strategies that grow new copies of it.
+
+Progressive networks and the parallel strategy build new columns or stages with the same widths
+and activations as the user's model. They accept retain's :class:`~retain.models.MLP` and any
+``nn.Sequential`` of ``[Flatten,] Linear, <parameter-free modules>, Linear, ...`` (activations and
+dropout between the layers); anything else is refused with :class:`Unsupported`.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from retain.errors import ConfigError
+
+
+class Unsupported(ConfigError, ValueError):
+    """The strategy cannot work with this model or data: a config error (one line, exit code 2)
+    that is also a ``ValueError``, since it is raised in ``setup``, after config validation."""
+
+
+@dataclass
+class LinearStack:
+    """``flatten``, then ``linears[i]`` followed by ``between[i]`` (except after the last)."""
+
+    flatten: bool
+    linears: list[nn.Linear]
+    between: list[nn.Sequential]
+
+    @property
+    def widths(self) -> list[int]:
+        return [self.linears[0].in_features] + [lin.out_features for lin in self.linears]
+
+    def fresh_linears(self) -> list[nn.Linear]:
+        """New layers with the same shapes, PyTorch's default initialisation, same device/dtype."""
+        p = self.linears[0].weight
+        return [nn.Linear(lin.in_features, lin.out_features, bias=lin.bias is not None,
+                          device=p.device, dtype=p.dtype) for lin in self.linears]
+
+    def copied_linears(self) -> list[nn.Linear]:
+        return [copy.deepcopy(lin) for lin in self.linears]
+
+
+def linear_stack(model: nn.Module, who: str) -> LinearStack:
+    """Parse ``model`` (retain's MLP or an nn.Sequential of Linear layers and activations)."""
+    from retain.models import MLP
+
+    if isinstance(model, MLP):
+        modules = list(model.net)
+    elif isinstance(model, nn.Sequential):
+        modules = list(model)
+    else:
+        raise Unsupported(
+            f"'{who}' supports MLP-shaped models only (retain's MLP, or an nn.Sequential of Linear "
+            f"layers and activations), got {type(model).__name__}; use model.name=mlp"
+        )
+    flatten = bool(modules) and isinstance(modules[0], nn.Flatten)
+    modules = modules[1:] if flatten else modules
+    linears: list[nn.Linear] = []
+    between: list[list[nn.Module]] = []
+    for m in modules:
+        if isinstance(m, nn.Linear):
+            linears.append(m)
+            between.append([])
+        elif any(True for _ in m.parameters()) or not linears:
+            raise Unsupported(
+                f"'{who}' supports MLP-shaped models only: Linear layers with parameter-free "
+                f"modules (activations, dropout) between them; found {type(m).__name__} "
+                f"{'first' if not linears else 'with parameters'}"
+            )
+        else:
+            between[-1].append(m)
+    if not linears or between[-1]:
+        raise Unsupported(f"'{who}' needs a model that ends with a Linear layer (the output head)")
+    return LinearStack(flatten, linears, [nn.Sequential(*b) for b in between[:-1]])
+
+
+def n_params(*modules: nn.Module) -> int:
+    return sum(p.numel() for m in modules for p in m.parameters())
+
+
+def as_flat(x: torch.Tensor, flatten: bool) -> torch.Tensor:
+    return x.flatten(1) if flatten else x

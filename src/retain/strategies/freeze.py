@@ -1,0 +1,137 @@
+"""Freeze: after the first task train only some layers, with optional layer-wise learning rates."""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from retain.models.stack import Unsupported
+from retain.strategies import register
+from retain.strategies.base import Strategy
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from retain.train.context import TaskContext
+
+
+def layer_depths(model: nn.Module) -> dict[str, int]:
+    """Parameter name -> depth of its layer counted from the output (the last layer is 0).
+
+    A layer is a module that owns parameters itself, in registration order (the forward order
+    of an ``nn.Sequential``, and of most models)."""
+    layers = [(name, [pn for pn, _ in m.named_parameters(recurse=False)])
+              for name, m in model.named_modules()]
+    layers = [(name, pns) for name, pns in layers if pns]
+    return {f"{name}.{pn}" if name else pn: len(layers) - 1 - d
+            for d, (name, pns) in enumerate(layers) for pn in pns}
+
+
+@register("freeze", reference_url="https://arxiv.org/abs/1801.06146")
+@dataclass(repr=False)  # keep Strategy.__repr__: only non-default fields
+class Freeze(Strategy):
+    """Train every layer on the first task, then only the chosen layers (seeds 001 and 003).
+
+    The classic transfer-learning recipe applied to continual updates: what the early layers
+    learned on earlier tasks is kept as it is, and later tasks only adapt the layers near the
+    output, so fewer weights can drift. It trades plasticity for stability: a frozen layer cannot
+    learn features the new task needs, so which layers to train depends on what changes between
+    tasks. On permuted digits (a new pixel order per task) training only the output layer (the
+    default) halves what new tasks reach, while training only the input layer
+    (``last_k: 0, trainable: ["net.1.*"]``) forgets a third less than finetune at about the same
+    average accuracy. Freezing sets ``requires_grad=False`` on every parameter
+    that is not chosen (it overrides what was set before), in ``before_task``; frozen parameters
+    get no gradient, no weight decay and no optimizer state (with
+    ``train.optimizer_state=keep``, a layer that is frozen and later unfrozen starts with fresh
+    moments). A strategy that adds parameters afterwards (a new head, an adapter) decides their
+    ``requires_grad`` itself.
+
+    Args:
+        last_k: Train only the last ``k`` layers, counted from the output. A layer is a module
+            that owns parameters (a Linear, a convolution, a norm layer), so in an MLP
+            ``last_k=1`` trains only the output layer. None: every layer stays trainable (to use
+            ``lr_decay`` alone).
+        trainable: Parameter-name patterns (shell-style, matched with fnmatch against names as
+            ``model.named_parameters()`` gives them, e.g. ``["net.4.*"]``); matching parameters
+            are trained too (in addition to the last ``last_k`` layers; set ``last_k=0`` to
+            choose by pattern only). A pattern that matches nothing is an error.
+        from_task: Index of the first task the freezing applies to. 1 (default): the first
+            task trains the whole network, later tasks only the chosen layers. 0 also freezes
+            during the first task (a pretrained model used as a fixed feature extractor).
+        lr_decay: Layer-wise learning-rate decay for the trained layers: the layer at depth
+            ``d`` from the output trains at ``lr * lr_decay**d`` (seed 003: "increasingly lower
+            learning rates the further the layers are from the final output"). 1.0 turns it off.
+            Applies from ``from_task`` on, like the freezing.
+
+    Reference:
+        Howard and Ruder, "Universal Language Model Fine-tuning for Text Classification" (2018):
+        gradual unfreezing and discriminative (layer-wise) learning rates.
+    """
+
+    last_k: int | None = 1
+    trainable: list[str] = field(default_factory=list)
+    from_task: int = 1
+    lr_decay: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.last_k is not None and (not isinstance(self.last_k, int) or self.last_k < 0):
+            raise ValueError(f"last_k must be an integer >= 0 or None, got {self.last_k!r}")
+        if not isinstance(self.trainable, list) or not all(
+                isinstance(p, str) and p for p in self.trainable):
+            raise ValueError(f"trainable must be a list of name patterns, got {self.trainable!r}")
+        if self.last_k is None and self.trainable:
+            raise ValueError("trainable patterns with last_k=None (train everything) choose "
+                             "nothing; set last_k=0 to train only the matching parameters")
+        if self.last_k == 0 and not self.trainable:
+            raise ValueError("last_k=0 with no trainable patterns would freeze every parameter; "
+                             "give last_k >= 1 or trainable patterns")
+        if not isinstance(self.from_task, int) or self.from_task < 0:
+            raise ValueError(f"from_task must be an integer >= 0, got {self.from_task!r}")
+        if not 0 < self.lr_decay <= 1:
+            raise ValueError(f"lr_decay must be in (0, 1], got {self.lr_decay}")
+
+    def chosen(self, model: nn.Module) -> set[str]:
+        """Names of the parameters that stay trainable."""
+        depths = layer_depths(model)
+        if self.last_k is None:
+            return set(depths)
+        names = {n for n, d in depths.items() if d < self.last_k}
+        for pattern in self.trainable:
+            hits = fnmatch.filter(depths, pattern)
+            if not hits:
+                few = ", ".join(list(depths)[:6])
+                raise Unsupported(f"freeze: trainable pattern {pattern!r} matches no parameter; "
+                                 f"the model's parameters are named like: {few}")
+            names.update(hits)
+        return names
+
+    def setup(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
+        self.chosen(model)  # fail before training on a pattern that matches nothing
+        return model
+
+    def before_task(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
+        if ctx.task_index >= self.from_task:
+            base = ctx.accelerator.unwrap_model(model)
+            keep = self.chosen(base)
+            for name, p in base.named_parameters():
+                p.requires_grad_(name in keep)
+        return model
+
+    def param_groups(self, groups: list[dict[str, Any]], model: nn.Module,
+                     ctx: TaskContext) -> list[dict[str, Any]]:
+        if self.lr_decay == 1.0 or ctx.task_index < self.from_task:
+            return groups
+        depths = layer_depths(model)
+        out = []
+        for g in groups:  # split each incoming group by depth, keeping its own scale and keys
+            by_depth: dict[int, dict[str, Any]] = {}
+            for p, n in zip(g["params"], g["names"]):
+                d = depths.get(n, 0)
+                if d not in by_depth:
+                    scale = float(g.get("lr_scale", 1.0)) * self.lr_decay**d
+                    by_depth[d] = {**g, "params": [], "names": [], "lr_scale": scale}
+                by_depth[d]["params"].append(p)
+                by_depth[d]["names"].append(n)
+            out.extend(by_depth[d] for d in sorted(by_depth))
+        return out

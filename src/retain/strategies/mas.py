@@ -1,0 +1,115 @@
+"""Memory Aware Synapses: importance from how sensitive the output is to each weight, no labels."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+from retain.strategies import register
+from retain.strategies._importance import (
+    anchored_penalty,
+    nbytes,
+    per_sample_importance,
+    subset,
+    trainable,
+)
+from retain.strategies.base import Strategy
+from retain.strategies.ewc import CLASS_IL
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from retain.train.context import TaskContext
+
+
+def squared_output_norm(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``||f(x)||^2`` per sample; for sequences, its mean over the attended positions."""
+    sq = logits.float().square()
+    if sq.dim() == 2:
+        return sq.sum(-1)
+    sq = sq.sum(-1).flatten(1)
+    mask = batch.get("attention_mask")
+    if mask is None or mask.shape != sq.shape:
+        return sq.mean(1)
+    mask = mask.float()
+    return (sq * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+
+
+@register("mas", reference_url="https://arxiv.org/abs/1711.09601")
+@dataclass(repr=False)  # keep Strategy.__repr__: only non-default fields
+class MAS(Strategy):
+    """Memory Aware Synapses: anchor the weights the model's outputs are most sensitive to.
+
+    After each task, a weight's importance is the mean over samples of the absolute gradient of
+    the squared L2 norm of the model's output (the logits) with respect to it: how much the
+    learned function changes when that weight moves. No labels are needed, so any unlabelled data
+    from the task would do (here: the task's training inputs). Importances are summed over tasks
+    (as online EWC with gamma 1 and as SI; the MAS code's running average only rescales ``lam``
+    by the number of tasks). Later tasks add ``lam * sum_i Omega_i (theta_i - theta*_i)^2`` with
+    theta* the weights at the end of the last task. ``stats()`` reports the memory held.
+
+    Args:
+        lam: Penalty strength. Larger keeps old tasks better and learns new ones worse; its scale
+            follows the logits' magnitude.
+        samples: Training samples per task used to estimate the importance (None: all of them).
+            Models ``torch.func.vmap`` cannot trace (transformers) take one backward per sample.
+
+    Reference: Aljundi et al., "Memory Aware Synapses: Learning what (not) to forget" (ECCV 2018).
+    """
+
+    lam: float = 1.0
+    samples: int | None = None
+
+    known_failures: ClassVar[dict[str, str]] = {"class_il": CLASS_IL}
+
+    def __post_init__(self) -> None:
+        if self.lam < 0:
+            raise ValueError(f"lam must be >= 0, got {self.lam}")
+        if self.samples is not None and self.samples < 1:
+            raise ValueError(f"samples must be >= 1 or None, got {self.samples}")
+        self.importance_: dict[str, torch.Tensor] = {}  # Omega, summed over tasks
+        self.anchor_: dict[str, torch.Tensor] = {}      # theta* at the end of the last task
+        self._terms: tuple[Any, ...] | None = None
+        self._last: dict[str, Any] = {}
+
+    def importance(self, model: nn.Module, ctx: TaskContext,
+                   method: str = "auto") -> dict[str, torch.Tensor]:
+        """Omega on ``samples`` of the current task's training data (float32, all-reduced)."""
+        data = subset(ctx.task.train, self.samples, ctx.generator)
+        t0 = time.perf_counter()
+        omega, used = per_sample_importance(
+            model, ctx, data, lambda out, b: squared_output_norm(ctx.logits(out), b),
+            power=1, method=method)
+        self._last = {"importance_seconds": time.perf_counter() - t0, "importance_method": used}
+        return omega
+
+    def after_task(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
+        base = ctx.accelerator.unwrap_model(model)
+        for n, omega in self.importance(base, ctx).items():
+            old = self.importance_.get(n)
+            self.importance_[n] = omega if old is None else old.to(omega.device) + omega
+        self.anchor_ = {n: p.detach().clone() for n, p in base.named_parameters()
+                        if n in self.importance_}
+        self._terms = None
+        return model
+
+    def loss(self, loss: torch.Tensor, out: Any, batch: dict[str, torch.Tensor],
+             ctx: TaskContext) -> torch.Tensor:
+        if not self.importance_ or self.lam == 0:
+            return loss
+        if self._terms is None or self._terms[0] is not ctx.model:
+            params = trainable(ctx.accelerator.unwrap_model(ctx.model))
+            penalty = anchored_penalty(params, self.importance_, self.anchor_, self.lam)
+            self._terms = (ctx.model, penalty)
+        penalty = self._terms[1]
+        return loss + penalty() if penalty.params else loss
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self._terms = None
+
+    def stats(self) -> dict[str, Any]:
+        return {"importance_bytes": nbytes(self.importance_) + nbytes(self.anchor_), **self._last}

@@ -1,0 +1,90 @@
+"""Progressive networks: a new column of layers per task; earlier columns are frozen."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from retain.models.progressive import ProgressiveNet
+from retain.models.stack import Unsupported, linear_stack
+from retain.strategies import register
+from retain.strategies.base import Strategy
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from retain.train.context import TaskContext
+
+_NEEDS_IDS = ("it answers each sample with the column of that sample's task, so it needs task "
+              "labels at test time; without them every sample goes to the newest column, which "
+              "has only been trained on the newest task. Use stream.setting=task_il")
+
+
+@register("progressive", reference_url="https://arxiv.org/abs/1606.04671")
+@dataclass(repr=False)  # keep Strategy.__repr__: only non-default fields
+class Progressive(Strategy):
+    """Progressive networks: a new column of layers per task; earlier columns frozen, never forget.
+
+    The model (retain's MLP, or an ``nn.Sequential`` of Linear layers and activations) becomes
+    the first column. Before each later task a new column with the same widths is added and
+    every earlier column is frozen (``requires_grad=False``, so it gets no optimizer state).
+    Layer ``l`` of the new column also reads layer ``l-1`` of every earlier column through a
+    lateral Linear map, so it can reuse what they learned without changing them. Each column
+    ends in its own output head, and each sample is answered by its task's column: earlier
+    tasks' answers stay bit-identical (zero forgetting) in the task-incremental setting, where
+    task labels are given at test time. The cost is growth: column ``k`` holds a copy of the
+    network plus ``k`` lateral maps per layer, so the parameter count grows quadratically with
+    the number of tasks (``stats()`` reports it per column).
+
+    Args:
+        laterals: Connect each new column to the earlier ones (forward transfer). False trains
+            independent networks, one per task: the ablation that shows what the lateral
+            connections add.
+
+    Reference:
+        Rusu et al., "Progressive Neural Networks" (2016), Eq. 1, with linear lateral maps
+        instead of the paper's adapter MLPs.
+    """
+
+    known_failures: ClassVar[dict[str, str]] = {"class_il": _NEEDS_IDS, "domain_il": _NEEDS_IDS}
+
+    laterals: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.laterals, bool):
+            raise ValueError(f"laterals must be true or false, got {self.laterals!r}")
+        self.columns_ = 1
+        self.column_params_: list[int] = []
+
+    def setup(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
+        if isinstance(model, ProgressiveNet):
+            raise Unsupported("'progressive' was given a ProgressiveNet: list it once per run")
+        net = ProgressiveNet(linear_stack(model, "progressive"), laterals=self.laterals)
+        while net.n_columns < self.columns_:  # resume: rebuild the columns, weights come next
+            net.add_column()
+        self._freeze(net)
+        return net
+
+    def before_task(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
+        net = ctx.accelerator.unwrap_model(model)
+        if not isinstance(net, ProgressiveNet):
+            raise Unsupported(f"'progressive' expected its ProgressiveNet before task "
+                              f"{ctx.task_index}, got {type(net).__name__}: another strategy "
+                              "replaced the model")
+        while net.n_columns <= ctx.task_index:
+            net.add_column()
+        self._freeze(net)
+        return net
+
+    def _freeze(self, net: ProgressiveNet) -> None:
+        for k, (column, lateral) in enumerate(zip(net.columns, net.laterals)):
+            for p in [*column.parameters(), *lateral.parameters()]:
+                p.requires_grad_(k == net.n_columns - 1)
+        self.columns_ = net.n_columns
+        self.column_params_ = net.column_params()
+
+    def stats(self) -> dict[str, Any]:
+        per = self.column_params_
+        total = sum(per)
+        return {"columns": self.columns_, "params_per_column": list(per), "params": total,
+                "growth": total / per[0] if per else 1.0}

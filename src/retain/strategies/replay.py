@@ -1,0 +1,111 @@
+"""Experience Replay: train every batch together with samples drawn from a memory of past data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+from retain.errors import ConfigError
+from retain.strategies import register
+from retain.strategies._buffer import POLICIES, Buffer
+from retain.strategies.base import Strategy
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from retain.train.context import TaskContext
+
+
+@register("replay", reference_url="https://arxiv.org/abs/1902.10486")
+@dataclass(repr=False)  # keep Strategy.__repr__: it shows only non-default fields
+class Replay(Strategy):
+    """Experience Replay: mix samples kept from earlier data into every training batch.
+
+    A fixed-size memory keeps a random subset of every sample trained on so far. Each incoming
+    batch is extended with samples drawn from the memory (appended after the incoming ones and
+    marked with a boolean ``batch["replayed"]``), and the ordinary loss is taken over the whole
+    batch; then the incoming samples are offered to the memory (samples another strategy already
+    marked as replayed are not). For language models this is the "mix 30-40% general data into the
+    domain data" recipe: keep general examples in the memory and set ``ratio: 0.3``.
+
+    Args:
+        size: Capacity of the memory in samples. Memory use is reported per task in
+            ``strategy_stats`` (``buffer_bytes``).
+        policy: Which samples the memory keeps. ``reservoir``: a uniform random subset of every
+            sample seen so far, so earlier tasks keep a share proportional to their size.
+            ``class_balanced``: the same number of samples per class where possible (use it when
+            classes or tasks have very different sizes); needs integer labels.
+        ratio: Fraction of each training batch taken from the memory, in [0, 1). 0.5 adds as many
+            memory samples as incoming ones (mammoth's setting); 0.3 gives a 70/30 mix.
+        batch_size: Number of memory samples added to each batch; overrides ``ratio`` when set
+            (mammoth's ``minibatch_size``). Under several processes it is per process.
+
+    Reference: Chaudhry et al., "On Tiny Episodic Memories in Continual Learning" (2019);
+    mammoth's ``models/er.py``.
+    """
+
+    size: int = 500
+    policy: str = "reservoir"
+    ratio: float = 0.5
+    batch_size: int | None = None
+
+    rehearsal: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        if self.size < 1:
+            raise ValueError(f"size must be >= 1, got {self.size}")
+        if self.policy not in POLICIES:
+            raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
+        if not 0.0 <= self.ratio < 1.0:
+            raise ValueError(f"ratio must be in [0, 1), got {self.ratio}")
+        if self.batch_size is not None and self.batch_size < 0:
+            raise ValueError(f"batch_size must be >= 0, got {self.batch_size}")
+        self.buffer_ = Buffer(self.size, self.policy)
+
+    def setup(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
+        if self.policy == "class_balanced" and ctx.stream.objective != "classification":
+            raise ConfigError(
+                f"replay: policy 'class_balanced' needs class labels, and this stream's objective "
+                f"is {ctx.stream.objective}; use policy 'reservoir'"
+            )
+        return model
+
+    def _n_memory(self, n_incoming: int) -> int:
+        """Memory samples to add to a batch of ``n_incoming`` so they make ``ratio`` of it."""
+        if self.batch_size is not None:
+            return self.batch_size
+        return round(n_incoming * self.ratio / (1.0 - self.ratio))
+
+    def batch(self, batch: dict[str, torch.Tensor], ctx: TaskContext) -> dict[str, torch.Tensor]:
+        incoming = {k: v for k, v in batch.items() if k != "replayed"}
+        n, device = len(batch["task"]), batch["task"].device
+        m = self._n_memory(n)
+        out = batch
+        if len(self.buffer_) and m > 0:
+            # Draw before adding (mammoth): a batch never replays its own samples.
+            mem = self.buffer_.sample(m, ctx.generator, ctx.accelerator.process_index,
+                                      ctx.num_processes, device=device)
+            missing = incoming.keys() - mem.keys()
+            if missing:
+                raise ValueError(f"replay: the memory has no {sorted(missing)} for this batch")
+            out = {k: torch.cat([v, mem[k]]) for k, v in incoming.items()}
+            was = batch.get("replayed")
+            out["replayed"] = torch.cat([
+                was if was is not None else torch.zeros(n, dtype=torch.bool, device=device),
+                torch.ones(len(mem["task"]), dtype=torch.bool, device=device),
+            ])
+        replayed = batch.get("replayed")
+        self.buffer_.add(incoming, ctx.generator, mask=None if replayed is None else ~replayed,
+                         accelerator=ctx.accelerator)
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        return {"buffer_samples": len(self.buffer_), "buffer_bytes": self.buffer_.nbytes}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"buffer_": self.buffer_.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.buffer_.load_state_dict(state["buffer_"])
