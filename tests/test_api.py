@@ -147,3 +147,17 @@ def test_schedule_scope_run_spans_all_tasks(tiny_stream):
     # 3 tasks x 18 steps; the last 20% (steps 44-54) decay: tasks 1 and 2 end in the stable phase.
     assert run_last[0] == 1.0 and run_last[1] == 1.0
     assert run_last[2] == pytest.approx(0.0, abs=0.01)  # one decay, at the end of the run
+
+
+def test_scores_on_the_validation_split_leave_the_test_sets_alone(digits):
+    from retain.config import EvalConfig
+
+    s = split(digits, n_tasks=2, classes=[0, 1, 2, 3], validation=0.2)
+    on_val = run(_mlp(4), s, ["finetune"], FAST, eval=EvalConfig(split="val"))
+    on_test = run(_mlp(4), s, ["finetune"], FAST)
+    assert on_val.matrix != on_test.matrix  # same training, scored on other samples
+    counts = on_val["per_class"]["counts"][0]
+    assert sum(map(sum, counts)) == sum(len(t.val) for t in s.tasks)
+    no_val = split(digits, n_tasks=2, classes=[0, 1, 2, 3])
+    with pytest.raises(Exception, match="stream.validation"):
+        run(_mlp(4), no_val, ["finetune"], FAST, eval=EvalConfig(split="val"))

@@ -146,6 +146,9 @@ def run(
     joint = any(s.joint for s in strategies)
     objective = make_objective(stream.objective, stream.n_outputs)
     metric = objective.default_metric if eval.metric == "auto" else eval.metric
+    if eval.split == "val" and any(t.val is None or len(t.val) == 0 for t in stream.tasks):
+        raise ConfigError("eval.split 'val' needs a validation split: set stream.validation, "
+                          "e.g. stream.validation=0.1")
     if metric not in objective.metrics and metric != "loss":
         raise ConfigError(
             f"eval.metric '{metric}' does not apply to {stream.objective}; "
@@ -214,8 +217,8 @@ def run(
         )
 
     if not rows:
-        rows.append(evaluate(model, stream, objective, acc, eval.batch_size, progress=progress,
-                             label="eval untrained"))
+        rows.append(evaluate(model, stream, objective, acc, eval.batch_size, split=eval.split,
+                             progress=progress, label="eval untrained"))
     optimizer = None
     if state is not None and state.get("rng"):
         set_rng_state(state["rng"])
@@ -258,8 +261,8 @@ def run(
             model = s.after_task(model, ctx)
         hook_seconds += time.perf_counter() - t_hooks
         t0 = time.perf_counter()
-        rows.append(evaluate(model, stream, objective, acc, eval.batch_size, progress=progress,
-                             label=f"eval after {task.name}"))
+        rows.append(evaluate(model, stream, objective, acc, eval.batch_size, split=eval.split,
+                             progress=progress, label=f"eval after {task.name}"))
         fits.append({
             "task": task.name, "steps": stats.steps, "samples": stats.samples,
             "train_seconds": stats.seconds, "hook_seconds": hook_seconds,

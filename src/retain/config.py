@@ -200,6 +200,10 @@ class EvalConfig:
     """Evaluation after each task, on every task's test set."""
 
     batch_size: int = _help("evaluation batch size", default=1024)
+    split: Literal["test", "val"] = _help(
+        "which split R is scored on: test, or val (the held-out part of each task's training "
+        "data, stream.validation > 0) to choose hyperparameters without touching the test sets",
+        default="test")
     metric: str = _help(
         "score of the matrix R: auto (accuracy for classification, mse for regression, loss for "
         "language models) or one of accuracy, mse, r2, loss, perplexity, token_accuracy",

@@ -114,6 +114,7 @@ def build_record(
         "tasks": stream.task_names,
         "task_classes": [list(t.classes) if t.classes is not None else None for t in stream.tasks],
         "score": metric,
+        "split": config.eval.split if config is not None else "test",
         "higher_is_better": higher,
         "matrix": matrices.get(metric, []),
         "matrices": matrices,
