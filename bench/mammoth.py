@@ -108,7 +108,7 @@ METHODS: dict[tuple[str, str], tuple[float, list[dict[str, Any]], dict[str, Any]
 }
 # Hyperparameters chosen on a validation split (10% of each task's training data, seed 0, scored
 # with eval.split=val): never on the test sets. The winner becomes the row "<method>-valsel".
-SELECT = {("pmnist", "oewc"): ("lam", [0.7, 2.0, 7.0, 20.0])}
+SELECT = {("pmnist", "oewc"): ("lam", [0.7, 2.0, 4.0, 7.0, 10.0, 20.0])}
 SELECTION = RESULTS / "selection.json"
 
 
@@ -195,6 +195,7 @@ def run_all(benches: list[str], methods: list[str] | None, seeds: list[int]) -> 
 def select() -> None:
     """Grid-search each SELECT entry on a validation split and record the best value."""
     from retain.config import RunConfig, from_dict
+    from retain.errors import RetainError
     from retain.runner import prepare_stream, run_config
 
     found = _selected()
@@ -212,10 +213,15 @@ def select() -> None:
                 import shutil
 
                 shutil.rmtree(out)
-            rec = run_config(from_dict(RunConfig, data), out, stream_info=prepared)
-            scores[str(value)] = 100 * rec["metrics"]["avg_accuracy"]
+            try:
+                rec = run_config(from_dict(RunConfig, data), out, stream_info=prepared)
+                scores[str(value)] = 100 * rec["metrics"]["avg_accuracy"]
+            except RetainError as e:  # e.g. the loss diverged: this value loses
+                scores[str(value)] = None
+                print(f"  {bench} {method} {param}={value}: failed ({e})", flush=True)
+                continue
             print(f"  {bench} {method} {param}={value}: validation {scores[str(value)]:.2f}", flush=True)
-        best = max(grid, key=lambda v: scores[str(v)])
+        best = max((v for v in grid if scores[str(v)] is not None), key=lambda v: scores[str(v)])
         found[f"{bench}_{method}"] = {"param": param, "grid": scores, "best": best,
                                       "protocol": "stream.validation=0.1, eval.split=val, seed 0"}
         print(f"{bench} {method}: best {param} = {best}")

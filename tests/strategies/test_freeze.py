@@ -18,7 +18,7 @@ from retain.train.optim import build_optimizer, default_groups
 
 def _ctx(task_index: int) -> SimpleNamespace:
     return SimpleNamespace(task_index=task_index,
-                           accelerator=SimpleNamespace(unwrap_model=lambda m: m))
+                           accelerator=SimpleNamespace(unwrap_model=lambda m: m), unwrap=lambda m: m)
 
 
 def _mlp() -> MLP:

@@ -21,7 +21,7 @@ from retain.strategies.progressive import Progressive
 
 def _ctx(task_index: int) -> SimpleNamespace:
     return SimpleNamespace(task_index=task_index,
-                           accelerator=SimpleNamespace(unwrap_model=lambda m: m))
+                           accelerator=SimpleNamespace(unwrap_model=lambda m: m), unwrap=lambda m: m)
 
 
 def test_columns_are_frozen_and_earlier_outputs_bit_identical():

@@ -39,3 +39,18 @@ def test_frozen_parameters_are_left_out():
     assert groups[0]["names"] == ["0.bias", "1.weight", "1.bias"]
     opt = build_optimizer(groups, TrainConfig(optimizer="adamw", lr=0.5))
     assert opt.param_groups[0]["base_lr"] == 0.5
+
+
+def test_unwrap_walks_wrappers_without_accelerate():
+    from retain.train.context import unwrap
+
+    inner = torch.nn.Linear(2, 2)
+    assert unwrap(inner) is inner
+    assert unwrap(torch.nn.DataParallel(inner)) is inner
+
+    class Compiled(torch.nn.Module):  # what torch.compile returns keeps the module in _orig_mod
+        def __init__(self, m):
+            super().__init__()
+            self._orig_mod = m
+
+    assert unwrap(Compiled(torch.nn.DataParallel(inner))) is inner

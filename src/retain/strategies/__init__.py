@@ -166,6 +166,8 @@ def _arg_docs(cls: type) -> dict[str, str]:
 
 def describe_all(markdown: bool = False) -> str:
     """Every registered strategy: summary, hyperparameters with defaults, reference."""
+    from retain.config import _type_name
+
     lines: list[str] = []
     for name in available():
         cls = get(name)
@@ -178,7 +180,7 @@ def describe_all(markdown: bool = False) -> str:
         for f in cls.hparam_fields():
             default = f.default if f.default is not dataclasses.MISSING else (
                 f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-            tp = getattr(hints.get(f.name), "__name__", str(hints.get(f.name))).replace("typing.", "")
+            tp = _type_name(hints[f.name])
             helptext = docs.get(f.name, "")
             if markdown:
                 lines.append(f"- `{f.name}` ({tp}, default `{default!r}`): {helptext}")

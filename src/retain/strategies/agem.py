@@ -61,7 +61,7 @@ class AGEM(Strategy):
                                   ctx.num_processes, ctx.device)
         # A separate forward on the unwrapped module: no DDP hooks, and the loop's .grad is
         # untouched (autograd.grad returns the reference gradient instead of accumulating it).
-        inner = ctx.accelerator.unwrap_model(model)
+        inner = ctx.unwrap(model)
         amp = ctx.accelerator.autocast if ctx.accelerator.mixed_precision != "no" else (
             contextlib.nullcontext)
         with torch.enable_grad(), amp():

@@ -134,7 +134,7 @@ class EWC(Strategy):
         return fisher
 
     def after_task(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
-        base = ctx.accelerator.unwrap_model(model)
+        base = ctx.unwrap(model)
         fisher = self.fisher_diagonal(base, ctx)
         if self.mode == "online" and self.fisher_:
             merged = {n: self.gamma * f.to(fisher[n].device) if n in fisher else self.gamma * f
@@ -154,10 +154,10 @@ class EWC(Strategy):
         """``sum_t F_t (theta - a_t)^2 = A (theta - m)^2 + const`` per weight, with
         ``A = sum_t F_t`` and ``m = sum_t F_t a_t / A``: separate mode costs one quadratic per
         step, like online.
-        Cached per model object (``unwrap_model`` alone costs ~2 ms, a whole MLP step)."""
+        Cached per model object."""
         if self._terms is not None and self._terms[0] is ctx.model:
             return self._terms[1], self._terms[2]
-        params = trainable(ctx.accelerator.unwrap_model(ctx.model))
+        params = trainable(ctx.unwrap(ctx.model))
         kept, totals, centers, const = [], [], [], 0.0
         for n, p in params.items():
             fs = [f[n].to(p.device).float() for f in self.fisher_ if n in f]

@@ -112,7 +112,7 @@ class Freeze(Strategy):
 
     def before_task(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
         if ctx.task_index >= self.from_task:
-            base = ctx.accelerator.unwrap_model(model)
+            base = ctx.unwrap(model)
             keep = self.chosen(base)
             for name, p in base.named_parameters():
                 p.requires_grad_(name in keep)

@@ -119,7 +119,7 @@ class GenerativeReplay(Strategy):
     def before_task(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
         self._teacher = None
         if ctx.task_index > 0:
-            self._teacher = copy.deepcopy(ctx.accelerator.unwrap_model(model)).eval()
+            self._teacher = copy.deepcopy(ctx.unwrap(model)).eval()
             self._teacher.requires_grad_(False)
             earlier = ctx.stream.tasks[: ctx.task_index]
             n_out = ctx.stream.n_outputs

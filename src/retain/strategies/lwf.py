@@ -79,7 +79,7 @@ class LwF(Strategy):
         self._teacher, self._old_classes = None, None
         if ctx.task_index == 0 or self.alpha == 0:
             return model
-        teacher = copy.deepcopy(ctx.accelerator.unwrap_model(model))
+        teacher = copy.deepcopy(ctx.unwrap(model))
         teacher.eval()
         teacher.requires_grad_(False)
         self._teacher = teacher

@@ -87,7 +87,7 @@ class MAS(Strategy):
         return omega
 
     def after_task(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
-        base = ctx.accelerator.unwrap_model(model)
+        base = ctx.unwrap(model)
         for n, omega in self.importance(base, ctx).items():
             old = self.importance_.get(n)
             self.importance_[n] = omega if old is None else old.to(omega.device) + omega
@@ -101,7 +101,7 @@ class MAS(Strategy):
         if not self.importance_ or self.lam == 0:
             return loss
         if self._terms is None or self._terms[0] is not ctx.model:
-            params = trainable(ctx.accelerator.unwrap_model(ctx.model))
+            params = trainable(ctx.unwrap(ctx.model))
             penalty = anchored_penalty(params, self.importance_, self.anchor_, self.lam)
             self._terms = (ctx.model, penalty)
         penalty = self._terms[1]

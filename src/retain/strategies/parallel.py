@@ -86,7 +86,7 @@ class Parallel(Strategy):
         return net
 
     def before_task(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
-        net = ctx.accelerator.unwrap_model(model)
+        net = ctx.unwrap(model)
         if not isinstance(net, ParallelNet):
             raise Unsupported(f"'parallel' expected its ParallelNet before task {ctx.task_index}, "
                               f"got {type(net).__name__}: another strategy replaced the model")

@@ -66,7 +66,7 @@ class Progressive(Strategy):
         return net
 
     def before_task(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
-        net = ctx.accelerator.unwrap_model(model)
+        net = ctx.unwrap(model)
         if not isinstance(net, ProgressiveNet):
             raise Unsupported(f"'progressive' expected its ProgressiveNet before task "
                               f"{ctx.task_index}, got {type(net).__name__}: another strategy "

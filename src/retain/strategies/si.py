@@ -75,7 +75,7 @@ class SynapticIntelligence(Strategy):
         return model
 
     def before_task(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
-        params = trainable(ctx.accelerator.unwrap_model(model))
+        params = trainable(ctx.unwrap(model))
         self._names, self._params = list(params), list(params.values())
         self._start = [p.detach().float().clone() for p in self._params]
         self._omega = [torch.zeros_like(p) for p in self._start]
