@@ -94,3 +94,48 @@ def _run_strategies(stream, strategies, train=None, seed=0, hidden=(100, 100)):
 def run_strategies():
     """``run_strategies(stream, [strategies], train=None, seed=0)`` -> RunResult."""
     return _run_strategies
+
+
+# ---------------------------------------------------------------- resume
+from dataclasses import dataclass, field  # noqa: E402
+
+from retain.strategies.base import Strategy  # noqa: E402
+
+
+@dataclass
+class CrashBefore(Strategy):
+    """Raises before training task ``at`` while armed: a crash in the middle of a run."""
+
+    at: int = 2
+    armed: bool = field(default=False, repr=False)
+
+    def before_task(self, model, ctx):
+        if self.armed and ctx.task_index == self.at:
+            raise KeyboardInterrupt("simulated crash")
+        return model
+
+
+def _crash_and_resume(stream, make, train, out_dir, model, seed=1, at=2):
+    """Run the strategies ``make()`` uninterrupted; run them again into ``out_dir`` crashing
+    before task ``at``; resume that run. Returns a namespace with ``full`` and ``resumed`` (the
+    results) and ``full_strategies`` and ``strategies`` (the two runs' strategy objects), so a
+    test can compare results and the restored state."""
+    from types import SimpleNamespace
+
+    from retain.api import run
+
+    whole = make()
+    full = run(model(), stream, [*whole, CrashBefore(at=at)], train, seed=seed)
+    with pytest.raises(KeyboardInterrupt):
+        run(model(), stream, [*make(), CrashBefore(at=at, armed=True)], train, seed=seed,
+            out_dir=out_dir)
+    used = make()
+    resumed = run(model(), stream, [*used, CrashBefore(at=at)], train, seed=seed,
+                  out_dir=out_dir, resume=True)
+    return SimpleNamespace(full=full, resumed=resumed, full_strategies=whole, strategies=used)
+
+
+@pytest.fixture
+def crash_and_resume():
+    """``crash_and_resume(stream, make_strategies, train, out_dir, make_model)``."""
+    return _crash_and_resume

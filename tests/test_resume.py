@@ -9,11 +9,12 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import CrashBefore
 
 from retain.api import run
 from retain.config import TrainConfig
@@ -22,19 +23,6 @@ from retain.models import MLP
 from retain.strategies.base import Strategy
 
 CFG = TrainConfig(epochs=2, batch_size=32, optimizer="adam", lr=1e-3, optimizer_state="keep")
-
-
-@dataclass
-class CrashBefore(Strategy):
-    """Raises before training task ``at`` while armed: a crash in the middle of a run."""
-
-    at: int = 2
-    armed: bool = field(default=False, repr=False)
-
-    def before_task(self, model, ctx):
-        if self.armed and ctx.task_index == self.at:
-            raise KeyboardInterrupt("simulated crash")
-        return model
 
 
 @dataclass
@@ -145,17 +133,13 @@ def test_resume_refuses_a_changed_config(tmp_path, capsys):
     assert (out / "result.json").read_text() == before
 
 
-def test_resume_keeps_optimizer_state_when_the_trainable_set_changes(tiny_stream, tmp_path):
+def test_resume_keeps_optimizer_state_when_the_trainable_set_changes(tiny_stream, tmp_path,
+                                                                     crash_and_resume):
     """Regression: with optimizer_state=keep, a strategy that freezes layers from task 2 on made
     the saved optimizer state (indexed by position) not fit the new optimizer on resume."""
     from retain.strategies.freeze import Freeze
 
     cfg = TrainConfig(epochs=1, batch_size=32, optimizer="adam", lr=1e-3, optimizer_state="keep")
-    full = run(_mlp(), tiny_stream, [Freeze(last_k=1, from_task=2), CrashBefore()], cfg, seed=2)
-    out = tmp_path / "r"
-    with pytest.raises(KeyboardInterrupt):
-        run(_mlp(), tiny_stream, [Freeze(last_k=1, from_task=2), CrashBefore(armed=True)], cfg,
-            seed=2, out_dir=out)
-    resumed = run(_mlp(), tiny_stream, [Freeze(last_k=1, from_task=2), CrashBefore()], cfg,
-                  seed=2, out_dir=out, resume=True)
-    assert resumed.matrix == full.matrix
+    r = crash_and_resume(tiny_stream, lambda: [Freeze(last_k=1, from_task=2)], cfg, tmp_path / "r",
+                         _mlp, seed=2)
+    assert r.resumed.matrix == r.full.matrix

@@ -3,17 +3,14 @@ distillation swap in the loss, its generator checkpointed, and the effect on cla
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import pytest
 import torch
 
-from retain.api import make_accelerator, run
+from retain.api import make_accelerator
 from retain.config import TrainConfig
 from retain.data.scenarios import split
 from retain.data.stream import Stream, Task, TensorData
 from retain.models import MLP
-from retain.strategies.base import Strategy
 from retain.strategies.generative_replay import GenerativeReplay
 from retain.train.context import TaskContext
 from retain.train.objectives import make_objective
@@ -112,24 +109,10 @@ def test_reduces_forgetting_in_class_il(digits_class_il, run_strategies):
     assert gr.metrics["avg_accuracy"] > fine.metrics["avg_accuracy"] + 0.1
 
 
-@dataclass
-class _CrashBefore(Strategy):
-    at: int = 2
-    armed: bool = field(default=False, repr=False)
-
-    def before_task(self, model, ctx):
-        if self.armed and ctx.task_index == self.at:
-            raise KeyboardInterrupt("simulated crash")
-        return model
-
-
-def test_resume_restores_the_generator(small, tmp_path):
-    def go(crash, **kw):
+def test_resume_restores_the_generator(small, tmp_path, crash_and_resume):
+    def mlp():
         torch.manual_seed(0)
-        return run(MLP(64, 6, [32]), small, [GenerativeReplay(vae_epochs=2), crash], CFG,
-                   seed=1, **kw)
+        return MLP(64, 6, [32])
 
-    full = go(_CrashBefore())
-    with pytest.raises(KeyboardInterrupt):
-        go(_CrashBefore(armed=True), out_dir=tmp_path / "r")
-    assert go(_CrashBefore(), out_dir=tmp_path / "r", resume=True).matrix == full.matrix
+    r = crash_and_resume(small, lambda: [GenerativeReplay(vae_epochs=2)], CFG, tmp_path / "r", mlp)
+    assert r.resumed.matrix == r.full.matrix

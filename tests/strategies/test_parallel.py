@@ -3,18 +3,15 @@ growth is reported, resume rebuilds the stages; and its effect on permuted digit
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
 
-from retain.api import run
 from retain.config import TrainConfig
 from retain.models import MLP
 from retain.models.parallel import ParallelNet
-from retain.strategies.base import Strategy
 from retain.strategies.parallel import Parallel
 
 
@@ -109,30 +106,15 @@ def test_with_task_ids_the_frozen_stages_keep_their_tasks(digits_permuted, run_s
     assert par.metrics["avg_accuracy"] > fine.metrics["avg_accuracy"] + 0.05
 
 
-@dataclass
-class _CrashBefore(Strategy):
-    at: int = 2
-    armed: bool = field(default=False, repr=False)
-
-    def before_task(self, model, ctx):
-        if self.armed and ctx.task_index == self.at:
-            raise KeyboardInterrupt("simulated crash")
-        return model
-
-
-def test_resume_rebuilds_the_stages(tiny_stream, tmp_path):
+def test_resume_rebuilds_the_stages(tiny_stream, tmp_path, crash_and_resume):
     cfg = TrainConfig(epochs=1, batch_size=32, optimizer="adam", lr=1e-3)
 
     def mlp():
         torch.manual_seed(0)
         return MLP(64, 6, [32])
 
-    full = run(mlp(), tiny_stream, [Parallel(), _CrashBefore()], cfg, seed=1)
-    out = tmp_path / "run"
-    with pytest.raises(KeyboardInterrupt):
-        run(mlp(), tiny_stream, [Parallel(), _CrashBefore(armed=True)], cfg, seed=1, out_dir=out)
-    strategy = Parallel()
-    resumed = run(mlp(), tiny_stream, [strategy, _CrashBefore()], cfg, seed=1, out_dir=out,
-                  resume=True)
-    assert resumed.matrix == full.matrix
+    r = crash_and_resume(tiny_stream, lambda: [Parallel()], cfg,
+                                                  tmp_path / "run", mlp)
+    (strategy,), resumed = r.strategies, r.resumed
+    assert resumed.matrix == r.full.matrix
     assert strategy.stages_ == 3 and resumed.model.n_stages == 3

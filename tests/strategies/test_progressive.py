@@ -3,7 +3,6 @@ growth reported, and resume rebuilds the columns."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 import pytest
@@ -15,7 +14,6 @@ from retain.config import TrainConfig
 from retain.data.scenarios import split
 from retain.models import MLP
 from retain.models.progressive import ProgressiveNet
-from retain.strategies.base import Strategy
 from retain.strategies.progressive import Progressive
 
 
@@ -86,18 +84,7 @@ def test_unsupported_models_are_refused():
                                                         nn.Linear(3, 2)), _ctx(0)), ProgressiveNet)
 
 
-@dataclass
-class _CrashBefore(Strategy):
-    at: int = 2
-    armed: bool = field(default=False, repr=False)
-
-    def before_task(self, model, ctx):
-        if self.armed and ctx.task_index == self.at:
-            raise KeyboardInterrupt("simulated crash")
-        return model
-
-
-def test_resume_rebuilds_the_columns(digits, tmp_path):
+def test_resume_rebuilds_the_columns(digits, tmp_path, crash_and_resume):
     stream = split(digits, n_tasks=3, classes=[0, 1, 2, 3, 4, 5], setting="task_il")
     cfg = TrainConfig(epochs=1, batch_size=32, optimizer="adam", lr=1e-3)
 
@@ -105,11 +92,8 @@ def test_resume_rebuilds_the_columns(digits, tmp_path):
         torch.manual_seed(0)
         return MLP(64, 6, [32])
 
-    full = run(mlp(), stream, [Progressive(), _CrashBefore()], cfg, seed=1)
-    out = tmp_path / "run"
-    with pytest.raises(KeyboardInterrupt):
-        run(mlp(), stream, [Progressive(), _CrashBefore(armed=True)], cfg, seed=1, out_dir=out)
-    strategy = Progressive()
-    resumed = run(mlp(), stream, [strategy, _CrashBefore()], cfg, seed=1, out_dir=out, resume=True)
-    assert resumed.matrix == full.matrix
+    r = crash_and_resume(stream, lambda: [Progressive()], cfg,
+                                                  tmp_path / "run", mlp)
+    (strategy,), resumed = r.strategies, r.resumed
+    assert resumed.matrix == r.full.matrix
     assert strategy.columns_ == 3 and resumed.model.n_columns == 3

@@ -4,8 +4,6 @@ one (for every rehearsal strategy of this family)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import pytest
 import torch
 
@@ -15,7 +13,6 @@ from retain.errors import ConfigError
 from retain.models import MLP
 from retain.strategies import build
 from retain.strategies.agem import AGEM
-from retain.strategies.base import Strategy
 from retain.strategies.der import DER
 from retain.strategies.replay import Replay
 from retain.train.context import TaskContext
@@ -115,37 +112,18 @@ def test_stats_report_the_memory_in_bytes(tiny_stream):
     assert all(s["buffer_bytes"] == 100 * (64 * 4 + 8 + 8) for s in per_task)  # x f32, y, task
 
 
-@dataclass
-class CrashBefore(Strategy):
-    """Raises before training task ``at`` while armed: a crash in the middle of a run."""
-
-    at: int = 2
-    armed: bool = field(default=False, repr=False)
-
-    def before_task(self, model, ctx):
-        if self.armed and ctx.task_index == self.at:
-            raise KeyboardInterrupt("simulated crash")
-        return model
-
-
 @pytest.mark.parametrize("make", [
     lambda: Replay(size=60), lambda: DER(size=60, beta=0.5), lambda: AGEM(size=60, batch_size=32),
 ], ids=["replay", "der", "agem"])
-def test_resume_with_a_non_empty_memory_gives_the_same_result(make, tiny_stream, tmp_path):
+def test_resume_with_a_non_empty_memory_gives_the_same_result(make, tiny_stream, tmp_path,
+                                                             crash_and_resume):
     cfg = TrainConfig(epochs=2, batch_size=32, optimizer="sgd", lr=0.05)
 
     def mlp():
         torch.manual_seed(0)
         return MLP(64, 6, [32])
 
-    whole = make()
-    full = run(mlp(), tiny_stream, [whole, CrashBefore()], cfg, seed=1)
-    out = tmp_path / "run"
-    with pytest.raises(KeyboardInterrupt):
-        run(mlp(), tiny_stream, [make(), CrashBefore(armed=True)], cfg, seed=1, out_dir=out)
-    resumed_strategy = make()
-    resumed = run(mlp(), tiny_stream, [resumed_strategy, CrashBefore()], cfg, seed=1, out_dir=out,
-                  resume=True)
-    assert resumed.matrix == full.matrix
-    a, b = whole.buffer_, resumed_strategy.buffer_
+    r = crash_and_resume(tiny_stream, lambda: [make()], cfg, tmp_path / "run", mlp)
+    assert r.resumed.matrix == r.full.matrix
+    a, b = r.full_strategies[0].buffer_, r.strategies[0].buffer_
     assert a.seen == b.seen and all(torch.equal(a.data[k], b.data[k]) for k in a.data)

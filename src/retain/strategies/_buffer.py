@@ -189,6 +189,10 @@ class Buffer:
         if self.data and next(iter(self.data.values())).device != device:
             self.data = {k: v.to(device) for k, v in self.data.items()}
 
+    def stats(self) -> dict[str, int]:
+        """What a strategy reports after each task: samples held and their memory."""
+        return {"buffer_samples": len(self), "buffer_bytes": self.nbytes}
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "capacity": self.capacity, "policy": self.policy, "seen": self.seen,

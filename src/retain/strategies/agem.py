@@ -95,10 +95,4 @@ class AGEM(Strategy):
         return model
 
     def stats(self) -> dict[str, Any]:
-        return {"buffer_samples": len(self.buffer_), "buffer_bytes": self.buffer_.nbytes}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"buffer_": self.buffer_.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.buffer_.load_state_dict(state["buffer_"])
+        return self.buffer_.stats()

@@ -95,12 +95,18 @@ class Strategy:
     # ------------------------------------------------------------------ state
 
     def state_dict(self) -> dict[str, Any]:
-        """Learned state: every public attribute whose name ends in ``_``."""
-        return {k: v for k, v in vars(self).items() if k.endswith("_") and not k.startswith("_")}
+        """Learned state: every public attribute whose name ends in ``_``. An attribute that has
+        its own ``state_dict``/``load_state_dict`` (a buffer, a module) is saved through them."""
+        return {k: v.state_dict() if _stateful(v) else v
+                for k, v in vars(self).items() if k.endswith("_") and not k.startswith("_")}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for k, v in state.items():
-            setattr(self, k, v)
+            current = getattr(self, k, None)
+            if _stateful(current):
+                current.load_state_dict(v)
+            else:
+                setattr(self, k, v)
 
     # ------------------------------------------------------------------ description
 
@@ -132,6 +138,11 @@ class Strategy:
     def summary(cls) -> str:
         doc = (cls.__doc__ or "").strip()
         return doc.splitlines()[0] if doc else ""
+
+
+def _stateful(value: Any) -> bool:
+    return callable(getattr(value, "state_dict", None)) and callable(
+        getattr(value, "load_state_dict", None))
 
 
 def overrides(strategy: Strategy, hook: str) -> bool:
