@@ -400,3 +400,14 @@ def test_fmt_is_consistent() -> None:
     assert fmt(0.9011, "mse") == "0.901" and fmt(2.3325, "loss") == "2.33"
     assert fmt(0.5, "mse") == "0.500" and fmt(1234.5, "perplexity") == "1,234"
     assert fmt(0.0, "mse") == "0" and fmt(None) == "–"
+
+
+def test_strategy_state_is_reported(tmp_path: Path, compare: dict[str, Any]) -> None:
+    run = compare["runs"]["replay"]
+    run["strategy_stats"] = [{"replay": {"buffer_samples": 100, "buffer_bytes": 27200}}] * len(
+        run["tasks"])
+    run["params"] = {"after_task": [1000] * len(run["tasks"])}
+    write_reports(tmp_path, compare, plots=False)
+    md = (tmp_path / "report.md").read_text()
+    assert "## Strategy state" in md
+    assert "replay.buffer_bytes=27200" in md and "1,000" in md
