@@ -250,7 +250,7 @@ def table() -> str:
                 continue
             recs, walls = [], []
             for d in sorted((OUT / f"{bench}_{m}").glob("s*")):
-                if (d / "result.json").is_file():
+                if (d / "result.json").is_file() and (d / "bench.json").is_file():
                     recs.append(json.loads((d / "result.json").read_text()))
                     walls.append(json.loads((d / "bench.json").read_text())["wall_seconds"])
             cells = []
