@@ -93,3 +93,15 @@ def test_mas_forgets_less_than_finetune(digits_permuted, finetune_permuted, run_
     r = run_strategies(digits_permuted, [MAS(lam=0.03)]).metrics
     assert r["forgetting"] < ft["forgetting"] - 0.08
     assert r["avg_accuracy"] > ft["avg_accuracy"] - 0.03
+
+
+def test_a_penalty_sgd_cannot_follow_is_refused_with_the_fix(digits_permuted, run_strategies):
+    """Regression: MAS at lam=1 with SGD diverged to a NaN loss reported as a learning-rate
+    problem; the cause is lam, and the largest stable value is known once Omega is."""
+    from retain.config import TrainConfig
+    from retain.errors import ConfigError
+    from retain.strategies.mas import MAS
+
+    with pytest.raises(ConfigError, match=r"mas: lam=1000 is too large for SGD at lr=0.05 .*use lam < "):
+        run_strategies(digits_permuted, [MAS(lam=1000.0)],
+                       TrainConfig(epochs=1, batch_size=32, optimizer="sgd", lr=0.05))

@@ -286,6 +286,29 @@ class QuadraticPenalty:
         return _Quadratic.apply(self, *self.params)
 
 
+def check_sgd_stable(strategy: str, param: str, scale: float,
+                     weights: list[torch.Tensor], ctx: Any) -> None:
+    """Refuse a quadratic penalty that plain SGD cannot follow.
+
+    Under SGD without momentum the penalty alone updates ``theta - c`` by the factor
+    ``1 - 2 * lr * scale * w`` per step: past ``w * scale * lr = 1`` it grows without bound and the
+    loss turns NaN a few hundred steps later, reported as a learning-rate problem. The importances
+    are known only after the first task, so this is checked when the penalty is built.
+    """
+    train = ctx.train
+    if train.optimizer != "sgd" or train.momentum != 0 or not weights or scale <= 0:
+        return
+    top = max(float(w.max()) for w in weights)
+    if 2 * train.lr * scale * top >= 2:
+        from retain.errors import ConfigError
+
+        limit = 1.0 / (train.lr * top)
+        raise ConfigError(
+            f"{strategy}: {param}={scale:g} is too large for SGD at lr={train.lr:g} (largest "
+            f"importance {top:.3g}): the penalty alone would diverge; use {param} < {limit:.3g}"
+        )
+
+
 def anchored_penalty(params: dict[str, torch.Tensor], importance: dict[str, torch.Tensor],
                      anchor: dict[str, torch.Tensor], scale: float) -> QuadraticPenalty:
     """``scale * sum_i Omega_i (theta_i - theta*_i)^2`` over the parameters that have an

@@ -11,6 +11,7 @@ import torch
 from retain.strategies import register
 from retain.strategies._importance import (
     QuadraticPenalty,
+    check_sgd_stable,
     nbytes,
     per_sample_importance,
     subset,
@@ -175,6 +176,7 @@ class EWC(Strategy):
             kept.append(p)
             totals.append(total)
             centers.append(center)
+        check_sgd_stable("ewc", "lam", self.lam, totals, ctx)
         penalty = QuadraticPenalty(kept, totals, centers, self.lam)
         self._terms = (ctx.model, penalty, self.lam * const)
         return self._terms[1], self._terms[2]

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from retain.strategies import register
-from retain.strategies._importance import anchored_penalty, nbytes, trainable
+from retain.strategies._importance import anchored_penalty, check_sgd_stable, nbytes, trainable
 from retain.strategies.base import Strategy
 from retain.strategies.ewc import CLASS_IL
 
@@ -112,6 +112,7 @@ class SynapticIntelligence(Strategy):
             return loss
         if self._terms is None or self._terms[0] is not self._params:
             params = dict(zip(self._names, self._params))
+            check_sgd_stable("si", "c", self.c, list(self.importance_.values()), ctx)
             penalty = anchored_penalty(params, self.importance_, self.anchor_, self.c)
             self._terms = (self._params, penalty)
         penalty = self._terms[1]
