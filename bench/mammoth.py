@@ -52,7 +52,8 @@ BENCH = {
 
 
 def ewc(lam: float) -> dict[str, Any]:
-    return {"name": "ewc", "mode": "online", "lam": lam, "gamma": 1.0, "fisher": "empirical_weighted"}
+    return {"name": "ewc", "mode": "online", "lam": lam, "gamma": 1.0, "fisher": "empirical_weighted",
+            "fisher_samples": None}  # mammoth: every training sample
 
 
 def er(size: int, mb: int) -> dict[str, Any]:

@@ -26,7 +26,8 @@ from mammoth import BENCH, METHODS, config_for  # noqa: E402
 
 # Strategies outside mammoth's tables, at their defaults (same lr as finetune on the benchmark).
 EXTRA = {
-    "mas": [{"name": "mas"}],
+    "ewc": [{"name": "ewc"}],  # retain's defaults: separate penalties, sampled Fisher on 5,000
+    "mas": [{"name": "mas", "lam": 0.05}],  # 0.1 is past SGD's stable limit at P-MNIST's lr 0.2
     "lwf": [{"name": "lwf"}],
     "generative_replay": [{"name": "generative_replay"}],
     "progressive": [{"name": "progressive"}],
@@ -34,6 +35,8 @@ EXTRA = {
     "parallel": [{"name": "parallel"}],
     "ewc+replay": [{"name": "ewc"}, {"name": "replay"}],
 }
+# A benchmark's table row with changed hyperparameters: its protocol and learning rate otherwise.
+VARIANTS = {"oewc-fisher5000": ("oewc", {"fisher_samples": 5000})}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -52,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
 
     table = [m for (b, m) in METHODS if b == args.bench and m != "joint"]
     if args.methods == "all":
-        methods = table + [m for m in EXTRA if m not in table]
+        methods = table + [m for m in [*VARIANTS, *EXTRA] if m not in table]
     elif args.methods == "mammoth":
         methods = table
     else:
@@ -62,6 +65,10 @@ def main(argv: list[str] | None = None) -> None:
     def cfg_for(method: str, seed: int) -> RunConfig:
         if (args.bench, method) in METHODS:
             data = config_for(args.bench, method)
+        elif method in VARIANTS:
+            data = config_for(args.bench, VARIANTS[method][0])
+            data["strategies"][0].update(VARIANTS[method][1])
+            data["name"] = f"{args.bench}_{method}"
         else:
             data = config_for(args.bench, "finetune")
             data["strategies"], data["train"]["lr"] = EXTRA[method], finetune_lr

@@ -122,16 +122,29 @@ def test_online_and_separate_accumulation(digits_permuted):
     params = dict(model.named_parameters())
     for ewc, terms in ((online, [(online.fisher_[0], online.anchor_[0])]),
                        (separate, list(zip(separate.fisher_, separate.anchor_)))):
-        got = ewc.loss(torch.zeros(()), None, {}, ctx)
-        got.backward()
-        grads = {n: p.grad.clone() for n, p in params.items()}
-        model.zero_grad()
         naive = 2.0 * sum((f[n] * (params[n] - a[n]) ** 2).sum() for f, a in terms for n in names)
         naive.backward()
+        want = {n: p.grad.clone() for n, p in params.items()}
+        model.zero_grad(set_to_none=True)
+        penalty = ewc.penalty(ctx)
+        assert penalty.via_grad  # one process, no loss scaler: the gradient path
+        # The gradient path: the loss is untouched and after_backward adds the gradient.
+        assert ewc.loss(torch.zeros(()), None, {}, ctx).item() == 0.0
+        ewc.after_backward(model, ctx)
+        torch.testing.assert_close(penalty.value(), naive.item(), rtol=1e-5, atol=1e-5)
+        for n in names:
+            torch.testing.assert_close(params[n].grad, want[n], rtol=1e-4, atol=1e-6)
+        # The loss path (fp16 scaling, sharded gradients): the same value and gradient.
+        model.zero_grad(set_to_none=True)
+        penalty.via_grad = False
+        got = ewc.loss(torch.zeros(()), None, {}, ctx)
+        got.backward()
         torch.testing.assert_close(got, naive, rtol=1e-5, atol=1e-5)
         for n in names:
-            torch.testing.assert_close(grads[n], params[n].grad, rtol=1e-4, atol=1e-6)
-        model.zero_grad()
+            torch.testing.assert_close(params[n].grad, want[n], rtol=1e-4, atol=1e-6)
+        model.zero_grad(set_to_none=True)
+        ewc.invalidate()  # as after_task does: the value reached is kept for the report
+        assert ewc.stats()["penalty_at_task_end"] == pytest.approx(naive.item(), rel=1e-5)
 
 
 def test_validation():
@@ -174,8 +187,7 @@ def test_ewc_on_a_causal_lm(tiny_causal_lm, fisher):
     assert all(torch.isfinite(f).all() for fisher_ in ewc.fisher_ for f in fisher_.values())
     assert sum(float(f.sum()) for f in ewc.fisher_[0].values()) > 0
     ctx = make_ctx(stream, 1, r.model)
-    penalty = ewc.loss(torch.zeros(()), None, {}, ctx)
-    penalty = float(penalty.detach())
+    penalty = ewc.penalty(ctx).value()
     assert math.isfinite(penalty) and penalty > 0  # task a's anchor is behind us
 
 

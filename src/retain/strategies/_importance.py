@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from retain.strategies.base import Strategy
+
 if TYPE_CHECKING:
     from retain.data.stream import TensorData
     from retain.train.context import TaskContext
@@ -259,8 +261,11 @@ class QuadraticPenalty:
     """
 
     def __init__(self, params: list[torch.Tensor], weights: list[torch.Tensor],
-                 centers: list[torch.Tensor], scale: float = 1.0) -> None:
+                 centers: list[torch.Tensor], scale: float = 1.0, const: float = 0.0,
+                 via_grad: bool = False) -> None:
         self.params = params
+        self.const = const          # added to the value (EWC's separate-mode remainder)
+        self.via_grad = via_grad    # how the owning strategy applies it (see Penalized)
         self.roots = [w.float().clamp_min(0.0).sqrt().mul_(math.sqrt(scale)) for w in weights]
         neg_rc = torch._foreach_mul(self.roots, [c.float() for c in centers])
         torch._foreach_neg_(neg_rc)
@@ -283,7 +288,108 @@ class QuadraticPenalty:
         return self._views, torch.dot(self._buffer, self._buffer)
 
     def __call__(self) -> torch.Tensor:
-        return _Quadratic.apply(self, *self.params)
+        value = _Quadratic.apply(self, *self.params)
+        return value + self.const if self.const else value
+
+    @torch.no_grad()
+    def add_to_grad(self) -> None:
+        """Add the gradient ``2 r (r theta - r c)`` into each parameter's ``.grad`` (created where
+        None), outside autograd: three fused kernels and no graph node (a quarter of the cost of
+        ``__call__`` + backward on a 784-100-100-10 MLP step)."""
+        rdiff = self._rdiff()
+        torch._foreach_mul_(rdiff, self.roots)
+        grads = [p.grad for p in self.params]
+        if all(g is not None and g.dtype == torch.float32 for g in grads):
+            torch._foreach_add_(grads, rdiff, alpha=2.0)
+            return
+        for p, d in zip(self.params, rdiff):
+            if p.grad is None:
+                p.grad = (2.0 * d).to(p.dtype)
+            else:
+                p.grad.add_(d.to(p.grad.dtype), alpha=2.0)
+
+    @torch.no_grad()
+    def value(self) -> float:
+        """The penalty's current value, without a graph."""
+        rdiff = self._rdiff()
+        return float(torch.stack(torch._foreach_norm(rdiff)).square().sum()) + self.const
+
+    def _rdiff(self) -> list[torch.Tensor]:
+        """``r theta - r c`` in the persistent buffer when it is free, else in new tensors."""
+        params = [p.detach().float() for p in self.params]
+        if self._buffer is None or self._busy:
+            return torch._foreach_addcmul(self.neg_rc, self.roots, params)
+        self._buffer.copy_(self._flat_neg_rc)
+        torch._foreach_addcmul_(self._views, self.roots, params)
+        return self._views
+
+
+def grad_path(ctx: Any) -> bool:
+    """Whether a penalty's gradient may be added to ``.grad`` after backward instead of through
+    autograd: the gradients must be whole (not sharded by FSDP or DeepSpeed) and unscaled (no fp16
+    loss scaler). Under DDP the gradients are already averaged over ranks when it runs, and the
+    penalty's gradient is the same on every rank, so the sum is the same as through the loss."""
+    from accelerate.utils import DistributedType
+
+    acc = ctx.accelerator
+    return acc.scaler is None and acc.distributed_type in (
+        DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
+
+
+class Penalized(Strategy):
+    """Base of the strategies whose only training-time effect is a quadratic penalty (EWC, SI,
+    MAS): subclasses build it in ``build_penalty``; this class caches it per model object and
+    applies it.
+
+    Where ``grad_path`` allows (one process, DDP), the penalty's gradient is added to ``.grad`` in
+    ``after_backward``, before clipping and before later strategies' gradient hooks, rather than
+    added to the loss: on P-MNIST's MLP a step then costs 7 % more instead of 28 %. The gradient is
+    the same, but the training loss logged is the task loss alone (``stats()`` reports the penalty
+    at the end of each task). Elsewhere (fp16 loss scaling, sharded gradients) it goes through the
+    loss.
+    """
+
+    def build_penalty(self, ctx: TaskContext) -> QuadraticPenalty | None:
+        """The penalty for the current state, or None when there is nothing to protect yet."""
+        raise NotImplementedError
+
+    def penalty(self, ctx: TaskContext) -> QuadraticPenalty | None:
+        cached = self.__dict__.get("_penalty_cache")
+        if cached is None or cached[0] is not ctx.model:
+            penalty = self.build_penalty(ctx)
+            if penalty is not None and not penalty.params:
+                penalty = None
+            if penalty is not None:
+                penalty.via_grad = grad_path(ctx)
+            cached = self._penalty_cache = (ctx.model, penalty)
+        return cached[1]
+
+    def invalidate(self) -> None:
+        """Call when the importances or anchors change (after a task): records the penalty's value
+        at the weights reached, for ``stats()``, then drops it."""
+        cached = self.__dict__.get("_penalty_cache")
+        if cached is not None and cached[1] is not None:
+            self._penalty_end = cached[1].value()
+        self._penalty_cache = None
+
+    def loss(self, loss: torch.Tensor, out: Any, batch: dict[str, torch.Tensor],
+             ctx: TaskContext) -> torch.Tensor:
+        penalty = self.penalty(ctx)
+        return loss if penalty is None or penalty.via_grad else loss + penalty()
+
+    def after_backward(self, model: nn.Module, ctx: TaskContext) -> None:
+        penalty = self.penalty(ctx)
+        if penalty is not None and penalty.via_grad:
+            penalty.add_to_grad()
+
+    def penalty_stats(self) -> dict[str, float]:
+        """For ``stats()``: the penalty's value when the last task ended (none on the first)."""
+        end = self.__dict__.get("_penalty_end")
+        return {} if end is None else {"penalty_at_task_end": end}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self._penalty_cache = None
 
 
 def check_sgd_stable(strategy: str, param: str, scale: float,

@@ -10,6 +10,8 @@ import torch
 
 from retain.strategies import register
 from retain.strategies._importance import (
+    Penalized,
+    QuadraticPenalty,
     anchored_penalty,
     check_sgd_stable,
     nbytes,
@@ -17,7 +19,6 @@ from retain.strategies._importance import (
     subset,
     trainable,
 )
-from retain.strategies.base import Strategy
 from retain.strategies.ewc import CLASS_IL
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ def squared_output_norm(logits: torch.Tensor, batch: dict[str, torch.Tensor]) ->
 
 @register("mas", reference_url="https://arxiv.org/abs/1711.09601")
 @dataclass(repr=False)  # keep Strategy.__repr__: only non-default fields
-class MAS(Strategy):
+class MAS(Penalized):
     """Memory Aware Synapses: anchor the weights the model's outputs are most sensitive to.
 
     After each task, a weight's importance is the mean over samples of the absolute gradient of
@@ -57,14 +58,16 @@ class MAS(Strategy):
             follows the logits' magnitude (Omega reached ~110 on Seq-MNIST's MLP, EWC's Fisher
             0.03), so the default is small: with plain SGD, ``2 * lr * lam * max(Omega)`` must
             stay below 2 or the penalty diverges, and retain stops with the largest stable value.
-        samples: Training samples per task used to estimate the importance (None: all of them).
-            Models ``torch.func.vmap`` cannot trace (transformers) take one backward per sample.
+        samples: Training samples per task used to estimate the importance, drawn at random
+            (None: all of them). As EWC's ``fisher_samples``, 5,000 bounds the pass's cost (about
+            half an epoch on all samples). Models ``torch.func.vmap`` cannot trace (transformers)
+            take one backward per sample: set a few hundred there.
 
     Reference: Aljundi et al., "Memory Aware Synapses: Learning what (not) to forget" (ECCV 2018).
     """
 
     lam: float = 0.1
-    samples: int | None = None
+    samples: int | None = 5000
 
     known_failures: ClassVar[dict[str, str]] = {"class_il": CLASS_IL}
 
@@ -75,7 +78,6 @@ class MAS(Strategy):
             raise ValueError(f"samples must be >= 1 or None, got {self.samples}")
         self.importance_: dict[str, torch.Tensor] = {}  # Omega, summed over tasks
         self.anchor_: dict[str, torch.Tensor] = {}      # theta* at the end of the last task
-        self._terms: tuple[Any, ...] | None = None
         self._last: dict[str, Any] = {}
 
     def importance(self, model: nn.Module, ctx: TaskContext,
@@ -96,24 +98,16 @@ class MAS(Strategy):
             self.importance_[n] = omega if old is None else old.to(omega.device) + omega
         self.anchor_ = {n: p.detach().clone() for n, p in base.named_parameters()
                         if n in self.importance_}
-        self._terms = None
+        self.invalidate()
         return model
 
-    def loss(self, loss: torch.Tensor, out: Any, batch: dict[str, torch.Tensor],
-             ctx: TaskContext) -> torch.Tensor:
+    def build_penalty(self, ctx: TaskContext) -> QuadraticPenalty | None:
         if not self.importance_ or self.lam == 0:
-            return loss
-        if self._terms is None or self._terms[0] is not ctx.model:
-            params = trainable(ctx.unwrap(ctx.model))
-            check_sgd_stable("mas", "lam", self.lam, list(self.importance_.values()), ctx)
-            penalty = anchored_penalty(params, self.importance_, self.anchor_, self.lam)
-            self._terms = (ctx.model, penalty)
-        penalty = self._terms[1]
-        return loss + penalty() if penalty.params else loss
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self._terms = None
+            return None
+        check_sgd_stable("mas", "lam", self.lam, list(self.importance_.values()), ctx)
+        return anchored_penalty(trainable(ctx.unwrap(ctx.model)), self.importance_,
+                                self.anchor_, self.lam)
 
     def stats(self) -> dict[str, Any]:
-        return {"importance_bytes": nbytes(self.importance_) + nbytes(self.anchor_), **self._last}
+        return {"importance_bytes": nbytes(self.importance_) + nbytes(self.anchor_), **self._last,
+                **self.penalty_stats()}

@@ -8,8 +8,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from retain.strategies import register
-from retain.strategies._importance import anchored_penalty, check_sgd_stable, nbytes, trainable
-from retain.strategies.base import Strategy
+from retain.strategies._importance import (
+    Penalized,
+    QuadraticPenalty,
+    anchored_penalty,
+    check_sgd_stable,
+    nbytes,
+    trainable,
+)
 from retain.strategies.ewc import CLASS_IL
 
 if TYPE_CHECKING:
@@ -20,7 +26,7 @@ if TYPE_CHECKING:
 
 @register("si", reference_url="https://arxiv.org/abs/1703.04200")
 @dataclass(repr=False)  # keep Strategy.__repr__: only non-default fields
-class SynapticIntelligence(Strategy):
+class SynapticIntelligence(Penalized):
     """Synaptic Intelligence: penalise drift of weights that contributed most to past loss decrease.
 
     While a task trains, every step adds ``-g * delta_theta`` per weight to a running path integral
@@ -66,7 +72,6 @@ class SynapticIntelligence(Strategy):
         self._grad: list[torch.Tensor] = []             # this step's gradient
         self._prev: list[torch.Tensor] = []             # weights before this step
         self._start: list[torch.Tensor] = []
-        self._terms: tuple[Any, ...] | None = None
 
     def setup(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
         if ctx.accelerator.scaler is not None:
@@ -83,6 +88,7 @@ class SynapticIntelligence(Strategy):
         return model
 
     def after_backward(self, model: nn.Module, ctx: TaskContext) -> None:
+        super().after_backward(model, ctx)  # the penalty's gradient, when not through the loss
         if self.clip_value is not None:
             torch.nn.utils.clip_grad_value_(self._params, self.clip_value)
         # References, not copies: later in-place edits (A-GEM, train.grad_clip) are seen, so omega
@@ -103,24 +109,16 @@ class SynapticIntelligence(Strategy):
             old = self.importance_.get(n)
             self.importance_[n] = new if old is None else old.to(new.device) + new
             self.anchor_[n] = p.detach().clone()
-        self._terms = None
+        self.invalidate()
         return model
 
-    def loss(self, loss: torch.Tensor, out: Any, batch: dict[str, torch.Tensor],
-             ctx: TaskContext) -> torch.Tensor:
+    def build_penalty(self, ctx: TaskContext) -> QuadraticPenalty | None:
         if not self.importance_ or self.c == 0:
-            return loss
-        if self._terms is None or self._terms[0] is not self._params:
-            params = dict(zip(self._names, self._params))
-            check_sgd_stable("si", "c", self.c, list(self.importance_.values()), ctx)
-            penalty = anchored_penalty(params, self.importance_, self.anchor_, self.c)
-            self._terms = (self._params, penalty)
-        penalty = self._terms[1]
-        return loss + penalty() if penalty.params else loss
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self._terms = None
+            return None
+        check_sgd_stable("si", "c", self.c, list(self.importance_.values()), ctx)
+        return anchored_penalty(dict(zip(self._names, self._params)), self.importance_,
+                                self.anchor_, self.c)
 
     def stats(self) -> dict[str, Any]:
-        return {"importance_bytes": nbytes(self.importance_) + nbytes(self.anchor_)}
+        return {"importance_bytes": nbytes(self.importance_) + nbytes(self.anchor_),
+                **self.penalty_stats()}
