@@ -45,7 +45,7 @@ def main() -> None:
 
     def log_p(params, x, y):
         out = functional_call(net, params, (x.unsqueeze(0),))
-        return F.log_softmax(out, -1)[0, y]
+        return F.log_softmax(out, -1)[0].gather(0, y.view(1))[0]  # vmap: no indexing by y
 
     per_sample = vmap(grad(log_p), in_dims=(None, 0, 0))
 

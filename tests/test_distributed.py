@@ -26,19 +26,32 @@ from retain.models import MLP
 from retain.utils.state import flatten
 
 out = sys.argv[1]
-specs = json.loads(sys.argv[2])
+from retain.strategies import build_all
+
+specs = build_all(json.loads(sys.argv[2]))
 stream = split(load_builtin("digits").with_test_split(0.25, 0), n_tasks=2, classes=[0, 1, 2, 3])
 torch.manual_seed(0)
 result = run(MLP(64, 4, [32]), stream, specs, TrainConfig(epochs=2, batch_size=16, optimizer="sgd",
              lr=0.05), out_dir=out + "/run", seed=0)
-from retain import strategies as registry
 rank = int(os.environ["RANK"])
-digest = hashlib.sha256()
-for name, param in result.model.state_dict().items():
-    digest.update(name.encode()); digest.update(param.detach().cpu().numpy().tobytes())
+
+
+def digest(tensors):
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        h.update(name.encode()); h.update(tensors[name].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+states = {}
+for i, s in enumerate(specs):
+    tensors = {}
+    plain = flatten(s.state_dict(), tensors)
+    states[f"{i}.{type(s).__name__}"] = {"tensors": digest(tensors), "plain": repr(plain),
+                                        "n_tensors": len(tensors)}
 with open(f"{out}/rank{rank}.json", "w") as f:
-    json.dump({"weights": digest.hexdigest(), "record": result.record["matrix"],
-               "processes": result.record["num_processes"]}, f)
+    json.dump({"weights": digest(result.model.state_dict()), "record": result.record["matrix"],
+               "processes": result.record["num_processes"], "states": states}, f)
 '''
 
 
@@ -78,3 +91,15 @@ def test_two_processes_train_one_model(tmp_path):
     torch.manual_seed(0)
     single = run(MLP(64, 4, [32]), stream, ["finetune"], TrainConfig(epochs=1, optimizer="sgd"))
     assert rec["matrix"][0] == single.matrix[0]
+
+
+def test_strategy_state_agrees_across_ranks(tmp_path):
+    # Each rank trains on its own shard, yet EWC's Fisher (all-reduced sums over both shards) and
+    # replay's buffer (filled from the gathered batch) must be the same on both ranks: otherwise
+    # the replicas' penalties and rehearsal would differ and DDP would average unlike gradients.
+    ranks = _launch(tmp_path, [{"name": "ewc", "lam": 5.0}, {"name": "replay", "size": 40}])
+    states = [r["states"] for r in ranks]
+    assert set(states[0]) == {"0.EWC", "1.Replay"}
+    assert states[0]["0.EWC"]["n_tensors"] > 0 and states[0]["1.Replay"]["n_tensors"] > 0
+    assert states[0] == states[1]
+    assert ranks[0]["weights"] == ranks[1]["weights"]
