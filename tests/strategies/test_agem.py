@@ -6,38 +6,20 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import CONVERGED, finetune_baseline, task_ctx
 
 from retain.config import TrainConfig
 from retain.models import MLP
 from retain.strategies.agem import AGEM
-from retain.train.context import TaskContext
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: faster, and steady on a shared CPU
-    yield
-    torch.set_num_threads(n)
-
-
-def _ctx(stream, model, task_index=0) -> TaskContext:
-    from retain.api import make_accelerator
-    from retain.train.objectives import make_objective
-
-    train = TrainConfig(batch_size=8)
-    return TaskContext(
-        stream=stream, task=stream.tasks[task_index], task_index=task_index,
-        objective=make_objective(stream.objective, stream.n_outputs),
-        accelerator=make_accelerator(train), train=train, seed=0,
-        generator=torch.Generator().manual_seed(task_index), model=model,
-    )
+pytestmark = pytest.mark.usefixtures("one_thread")
+TRAIN = TrainConfig(batch_size=8)  # for hooks called by hand
 
 
 def test_memory_holds_size_over_n_tasks_samples_of_each_task(tiny_stream):
     model, agem = MLP(64, 6, [16]), AGEM(size=31)
     for i, task in enumerate(tiny_stream.tasks):
-        agem.after_task(model, _ctx(tiny_stream, model, i))
+        agem.after_task(model, task_ctx(tiny_stream, i, model, train=TRAIN, seed=i))
         held = agem.buffer_.data
         assert len(agem.buffer_) == 10 * (i + 1)  # 31 // 3 tasks
         assert held["task"][10 * i: 10 * (i + 1)].tolist() == [i] * 10
@@ -59,7 +41,7 @@ def _set_grads(model, flat):
 def test_gradient_is_projected_only_when_it_conflicts(tiny_stream):
     torch.manual_seed(0)
     model = MLP(64, 6, [16])
-    ctx = _ctx(tiny_stream, model)
+    ctx = task_ctx(tiny_stream, 0, model, train=TRAIN)
     agem = AGEM(size=30, batch_size=64)  # the reference batch is the whole memory (10 samples)
     agem.after_task(model, ctx)
     mem = {k: v[:10] for k, v in agem.buffer_.data.items()}
@@ -87,8 +69,7 @@ def test_agem_reduces_forgetting_on_permuted_digits(digits_permuted, run_strateg
     # In class-IL A-GEM is weak, as in mammoth (Seq-MNIST 46.7% vs ER 86.1%): with the fixture's
     # default it gains +0.17..+0.22 avg over finetune (seeds 0-2) but trained to convergence it
     # forgets like finetune (0.195 vs 0.193 avg, forgetting 0.99), so it is tested here.
-    cfg = TrainConfig(epochs=10, batch_size=32, optimizer="sgd", lr=0.1)
-    base = run_strategies(digits_permuted, ["finetune"], train=cfg).metrics
-    m = run_strategies(digits_permuted, [AGEM(batch_size=64)], train=cfg).metrics
+    base = finetune_baseline(digits_permuted, CONVERGED).metrics
+    m = run_strategies(digits_permuted, [AGEM(batch_size=64)], train=CONVERGED).metrics
     assert m["avg_accuracy"] >= base["avg_accuracy"] + 0.12
     assert m["forgetting"] <= base["forgetting"] - 0.15

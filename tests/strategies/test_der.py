@@ -6,35 +6,16 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import CONVERGED, finetune_baseline, task_ctx
 
 from retain.config import TrainConfig
 from retain.models import MLP
 from retain.strategies import build
 from retain.strategies.der import DER
-from retain.train.context import TaskContext
 
-CONVERGED = TrainConfig(epochs=10, batch_size=32, optimizer="sgd", lr=0.1)
+pytestmark = pytest.mark.usefixtures("one_thread")
+TRAIN = TrainConfig(batch_size=8)  # for hooks called by hand
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: faster, and steady on a shared CPU
-    yield
-    torch.set_num_threads(n)
-
-
-def _ctx(stream, model, batch_size=8) -> TaskContext:
-    from retain.api import make_accelerator
-    from retain.train.objectives import make_objective
-
-    train = TrainConfig(batch_size=batch_size)
-    return TaskContext(
-        stream=stream, task=stream.tasks[0], task_index=0,
-        objective=make_objective(stream.objective, stream.n_outputs),
-        accelerator=make_accelerator(train), train=train, seed=0,
-        generator=torch.Generator().manual_seed(0), class_mask=stream.class_mask(), model=model,
-    )
 
 
 @pytest.mark.slow
@@ -42,7 +23,7 @@ def test_der_and_derpp_reduce_forgetting(digits_class_il, run_strategies):
     # Measured (seed 0, trained to convergence): finetune avg 0.193, forgetting 0.995; DER
     # (alpha 0.5) 0.864, 0.156; DER++ preset 0.868, 0.148. With the fixture's default (each task
     # half-learned, stored logits unsure) DER needs alpha ~3-10 and DER++ gives 0.52 / 0.55.
-    base = run_strategies(digits_class_il, ["finetune"], train=CONVERGED).metrics
+    base = finetune_baseline(digits_class_il, CONVERGED).metrics
     for spec in ({"name": "der"}, {"preset": "derpp"}):
         m = run_strategies(digits_class_il, [build(spec)], train=CONVERGED).metrics
         assert m["avg_accuracy"] >= base["avg_accuracy"] + 0.45, spec
@@ -57,7 +38,7 @@ def test_loss_is_ce_plus_alpha_mse_on_logits_plus_beta_ce_on_labels(digits_class
         nn = torch.nn
         model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.BatchNorm1d(16), nn.ReLU(),
                               nn.Linear(16, 10))
-    ctx = _ctx(digits_class_il, model)
+    ctx = task_ctx(digits_class_il, 0, model, train=TRAIN)
     data = digits_class_il.tasks[0].train
     old, new = data.batch(torch.arange(8)), data.batch(torch.arange(8, 16))
     der = DER(size=8, alpha=0.7, beta=0.3, batch_size=8)  # each draw takes the whole memory
@@ -81,7 +62,7 @@ def test_loss_is_ce_plus_alpha_mse_on_logits_plus_beta_ce_on_labels(digits_class
 def test_memory_keeps_raw_logits_of_incoming_samples_only(digits_task_il):
     torch.manual_seed(0)
     model = MLP(64, 10, [16])
-    ctx = _ctx(digits_task_il, model)
+    ctx = task_ctx(digits_task_il, 0, model, train=TRAIN)
     batch = digits_task_il.tasks[1].train.batch(torch.arange(6))
     batch["replayed"] = torch.tensor([False, True, False, True, False, False])
     out = ctx.forward(model, batch)

@@ -4,11 +4,11 @@ and, on permuted digits, less forgetting than finetune."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import pytest
 import torch
+from conftest import task_ctx
 from torch import nn
 
 from retain.api import run
@@ -17,23 +17,6 @@ from retain.data.stream import Stream, Task, TensorData
 from retain.models import MLP
 from retain.strategies.base import Strategy
 from retain.strategies.ewc import EWC
-
-
-def make_ctx(stream, i=0, model=None, n=None, seed=0):
-    from accelerate import Accelerator
-
-    from retain.train.context import TaskContext
-    from retain.train.objectives import make_objective
-
-    task = stream.tasks[i]
-    if n is not None:
-        task = dataclasses.replace(task, train=task.train[torch.arange(n)])
-    ctx = TaskContext(stream=stream, task=task, task_index=i,
-                      objective=make_objective(stream.objective, stream.n_outputs),
-                      accelerator=Accelerator(cpu=True), train=TrainConfig(), seed=seed,
-                      generator=torch.Generator().manual_seed(seed), class_mask=stream.class_mask())
-    ctx.model = model
-    return ctx
 
 
 def slow_fisher(model, x, y, mode, generator):
@@ -63,11 +46,11 @@ def _nonlinear_model():
 def test_fast_fisher_equals_a_loop_over_samples(digits_permuted, mode):
     for model, methods in ((MLP(64, 10, [32, 16]), ("auto", "linear", "vmap", "loop")),
                            (_nonlinear_model(), ("auto", "vmap", "loop"))):
-        ctx = make_ctx(digits_permuted, n=40)
+        ctx = task_ctx(digits_permuted, n=40)
         data = ctx.task.train
         expected = slow_fisher(model, data.x, data.y, mode, torch.Generator().manual_seed(0))
         for method in methods:
-            ctx = make_ctx(digits_permuted, n=40)
+            ctx = task_ctx(digits_permuted, n=40)
             ewc = EWC(fisher=mode)
             got = ewc.fisher_diagonal(model, ctx, method=method)
             assert method == "auto" or ewc.stats()["fisher_method"] == method
@@ -81,7 +64,7 @@ def test_fisher_variants_differ_and_auto_picks_the_closed_form(digits_permuted):
     got = {}
     for mode in ("sampled", "empirical", "empirical_weighted"):
         ewc = EWC(fisher=mode)
-        got[mode] = ewc.fisher_diagonal(model, make_ctx(digits_permuted, n=64))
+        got[mode] = ewc.fisher_diagonal(model, task_ctx(digits_permuted, n=64))
         assert ewc.stats()["fisher_method"] == "linear"
     w = "net.3.weight"
     # Weighting by p(y|x) <= 1 can only shrink the empirical Fisher.
@@ -105,7 +88,7 @@ def test_online_and_separate_accumulation(digits_permuted):
         _fake_fisher(ewc, [f1, f2])
     for i in range(2):
         anchors.append({n: p.detach().clone() for n, p in model.named_parameters()})
-        ctx = make_ctx(digits_permuted, i, model)
+        ctx = task_ctx(digits_permuted, i, model)
         online.after_task(model, ctx)
         separate.after_task(model, ctx)
         with torch.no_grad():
@@ -118,7 +101,7 @@ def test_online_and_separate_accumulation(digits_permuted):
         assert torch.equal(separate.fisher_[1][n], f2[n])
         assert torch.equal(separate.anchor_[0][n], anchors[0][n])
     assert len(online.fisher_) == 1 and len(separate.fisher_) == 2
-    ctx = make_ctx(digits_permuted, 1, model)
+    ctx = task_ctx(digits_permuted, 1, model)
     params = dict(model.named_parameters())
     for ewc, terms in ((online, [(online.fisher_[0], online.anchor_[0])]),
                        (separate, list(zip(separate.fisher_, separate.anchor_)))):
@@ -186,13 +169,13 @@ def test_ewc_on_a_causal_lm(tiny_causal_lm, fisher):
     assert len(ewc.fisher_) == 2
     assert all(torch.isfinite(f).all() for fisher_ in ewc.fisher_ for f in fisher_.values())
     assert sum(float(f.sum()) for f in ewc.fisher_[0].values()) > 0
-    ctx = make_ctx(stream, 1, r.model)
+    ctx = task_ctx(stream, 1, r.model)
     penalty = ewc.penalty(ctx).value()
     assert math.isfinite(penalty) and penalty > 0  # task a's anchor is behind us
 
 
 def test_regression_needs_the_empirical_fisher(digits_permuted):
-    ctx = make_ctx(digits_permuted)
+    ctx = task_ctx(digits_permuted)
     ctx.objective = type("Regression", (), {"name": "regression"})()
     with pytest.raises(ValueError, match="empirical"):
         EWC().setup(nn.Linear(2, 1), ctx)
@@ -200,13 +183,6 @@ def test_regression_needs_the_empirical_fisher(digits_permuted):
 
 
 # --------------------------------------------------------------------------- effect
-
-@pytest.fixture(scope="module")
-def finetune_permuted(digits_permuted):
-    from conftest import _run_strategies
-
-    return _run_strategies(digits_permuted, ["finetune"])
-
 
 @pytest.mark.slow
 @pytest.mark.parametrize("spec, margin", [

@@ -99,15 +99,6 @@ def test_frozen_layers_never_change(tiny_stream):
     assert not torch.equal(end["net.3.weight"], start["net.3.weight"])
 
 
-_FINETUNE: dict[str, dict] = {}
-
-
-@pytest.fixture
-def permuted_finetune(digits_permuted, run_strategies):
-    """Finetune's metrics on permuted digits, computed once per test module."""
-    if "m" not in _FINETUNE:
-        _FINETUNE["m"] = run_strategies(digits_permuted, ["finetune"]).metrics
-    return _FINETUNE["m"]
 
 
 @pytest.mark.parametrize("spec, forgetting_drop, max_avg_loss", [
@@ -119,16 +110,16 @@ def permuted_finetune(digits_permuted, run_strategies):
 ], ids=["input_layer_only", "lr_decay"])
 def test_reduces_forgetting_on_permuted_digits(spec, forgetting_drop, max_avg_loss,
                                                digits_permuted, run_strategies,
-                                               permuted_finetune):
+                                               finetune_permuted):
     m = run_strategies(digits_permuted, [Freeze(**spec)]).metrics
-    assert m["forgetting"] < permuted_finetune["forgetting"] - forgetting_drop
-    assert m["avg_accuracy"] > permuted_finetune["avg_accuracy"] - max_avg_loss
+    assert m["forgetting"] < finetune_permuted.metrics["forgetting"] - forgetting_drop
+    assert m["avg_accuracy"] > finetune_permuted.metrics["avg_accuracy"] - max_avg_loss
 
 
 def test_defaults_trade_plasticity_for_stability(digits_permuted, run_strategies,
-                                                 permuted_finetune):
+                                                 finetune_permuted):
     # Measured: only the output layer trains after task 1, so a new permutation cannot be
     # learned well: forgetting 0.286 (finetune 0.360) but plasticity 0.438 (finetune 0.810).
     m = run_strategies(digits_permuted, ["freeze"]).metrics
-    assert m["forgetting"] < permuted_finetune["forgetting"] - 0.03
-    assert m["plasticity"] < permuted_finetune["plasticity"] - 0.2
+    assert m["forgetting"] < finetune_permuted.metrics["forgetting"] - 0.03
+    assert m["plasticity"] < finetune_permuted.metrics["plasticity"] - 0.2

@@ -5,24 +5,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import finetune_baseline, task_ctx
 
-from retain.api import make_accelerator
 from retain.config import TrainConfig
 from retain.data.scenarios import split
 from retain.data.stream import Stream, Task, TensorData
 from retain.models import MLP
 from retain.strategies.generative_replay import GenerativeReplay
-from retain.train.context import TaskContext
-from retain.train.objectives import make_objective
 
 CFG = TrainConfig(epochs=1, batch_size=32, optimizer="sgd", lr=0.05)
-
-
-def _ctx(stream: Stream, task_index: int) -> TaskContext:
-    return TaskContext(stream=stream, task=stream.tasks[task_index], task_index=task_index,
-                       objective=make_objective(stream.objective, stream.n_outputs),
-                       accelerator=make_accelerator(CFG), train=CFG, seed=0,
-                       generator=torch.Generator().manual_seed(0))
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +25,10 @@ def test_batch_adds_generated_rows_labelled_from_earlier_classes(small):
     torch.manual_seed(0)
     model = MLP(64, 6, [32])
     gr = GenerativeReplay(vae_epochs=1, ratio=0.6)
-    model = gr.setup(model, _ctx(small, 0))
-    gr.after_task(model, _ctx(small, 0))
+    model = gr.setup(model, task_ctx(small, 0, train=CFG))
+    gr.after_task(model, task_ctx(small, 0, train=CFG))
     assert gr.vae_ and all(torch.equal(v, gr._vae.state_dict()[k]) for k, v in gr.vae_.items())
-    ctx = _ctx(small, 2)
+    ctx = task_ctx(small, 2, train=CFG)
     model = gr.before_task(model, ctx)
     n = 10
     batch = {"x": small.tasks[2].train.x[:n], "y": small.tasks[2].train.y[:n],
@@ -74,8 +65,8 @@ def test_vae_trains_at_its_own_batch_size(small, monkeypatch):
     real_loss = VAE.loss
     monkeypatch.setattr(VAE, "loss", lambda self, x: sizes.append(len(x)) or real_loss(self, x))
     gr = GenerativeReplay(vae_epochs=1, vae_batch_size=64)
-    gr.setup(MLP(64, 6, [8]), _ctx(small, 0))
-    gr.after_task(None, _ctx(small, 0))
+    gr.setup(MLP(64, 6, [8]), task_ctx(small, 0, train=CFG))
+    gr.after_task(None, task_ctx(small, 0, train=CFG))
     n = len(small.tasks[0].train)
     assert CFG.batch_size != 64 and n > 64
     assert sizes == [64] * (n // 64) + ([n % 64] if n % 64 else [])
@@ -85,11 +76,11 @@ def test_vae_trains_at_its_own_batch_size(small, monkeypatch):
 
 def test_generator_weights_are_state_and_rebuilt_in_setup(small):
     gr = GenerativeReplay(vae_epochs=1)
-    gr.setup(MLP(64, 6, [8]), _ctx(small, 0))
-    gr.after_task(None, _ctx(small, 0))
+    gr.setup(MLP(64, 6, [8]), task_ctx(small, 0, train=CFG))
+    gr.after_task(None, task_ctx(small, 0, train=CFG))
     fresh = GenerativeReplay(vae_epochs=1)
     fresh.load_state_dict(gr.state_dict())
-    fresh.setup(MLP(64, 6, [8]), _ctx(small, 0))
+    fresh.setup(MLP(64, 6, [8]), task_ctx(small, 0, train=CFG))
     torch.manual_seed(3)
     a = gr._vae.sample(5)
     torch.manual_seed(3)
@@ -108,10 +99,10 @@ def test_inputs_outside_0_1_and_other_objectives_are_refused():
     from retain.errors import ConfigError
 
     with pytest.raises(ValueError, match=r"inputs in \[0, 1\].*\[0, 16\]") as e:
-        GenerativeReplay().setup(None, _ctx(_stream(torch.linspace(0, 16, 12).view(4, 3)), 0))
+        GenerativeReplay().setup(None, task_ctx(_stream(torch.linspace(0, 16, 12).view(4, 3)), train=CFG))
     assert isinstance(e.value, ConfigError)  # the command line reports it in one line
     with pytest.raises(ValueError, match="classification"):
-        GenerativeReplay().setup(None, _ctx(_stream(torch.rand(4, 3), "regression"), 0))
+        GenerativeReplay().setup(None, task_ctx(_stream(torch.rand(4, 3), "regression"), train=CFG))
     with pytest.raises(ValueError, match="ratio"):
         GenerativeReplay(ratio=1.0)
 
@@ -120,7 +111,7 @@ def test_reduces_forgetting_in_class_il(digits_class_il, run_strategies):
     # Measured (seed 0, 5 epochs of SGD per task): finetune avg 0.182, forgetting 0.884;
     # generative_replay avg 0.365, forgetting 0.235 (VAE batch 32: 0.387, 0.237; hard labels:
     # 0.275, 0.528). With 20 epochs per task it reaches avg 0.75 against finetune's 0.19.
-    fine = run_strategies(digits_class_il, ["finetune"])
+    fine = finetune_baseline(digits_class_il)
     gr = run_strategies(digits_class_il, ["generative_replay"])
     assert gr.metrics["forgetting"] < fine.metrics["forgetting"] - 0.4
     assert gr.metrics["avg_accuracy"] > fine.metrics["avg_accuracy"] + 0.1

@@ -6,25 +6,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import task_ctx
 
-from retain.config import TrainConfig
 from retain.data.stream import Stream, Task, TensorData
 from retain.models import MLP
 from retain.strategies.lwf import LwF, distillation_loss
-
-
-def make_ctx(stream, i=0, model=None):
-    from accelerate import Accelerator
-
-    from retain.train.context import TaskContext
-    from retain.train.objectives import make_objective
-
-    ctx = TaskContext(stream=stream, task=stream.tasks[i], task_index=i,
-                      objective=make_objective(stream.objective, stream.n_outputs),
-                      accelerator=Accelerator(cpu=True), train=TrainConfig(), seed=0,
-                      generator=torch.Generator().manual_seed(0), class_mask=stream.class_mask())
-    ctx.model = model
-    return ctx
 
 
 def _value(t):
@@ -44,10 +30,10 @@ def test_zero_when_the_student_is_the_teacher_and_old_classes_only(digits_class_
     torch.manual_seed(0)
     model = MLP(64, 10, [16])
     lwf = LwF(alpha=1.0)
-    ctx = make_ctx(digits_class_il, 0, model)
+    ctx = task_ctx(digits_class_il, 0, model)
     lwf.before_task(model, ctx)
     assert lwf._teacher is None  # nothing to distil on the first task
-    ctx = make_ctx(digits_class_il, 2, model)
+    ctx = task_ctx(digits_class_il, 2, model)
     lwf.before_task(model, ctx)
     batch = ctx.task.train.batch(torch.arange(16))
     out = model(batch["x"])
@@ -73,7 +59,7 @@ def test_causal_lm_token_distillation_masks_padding(tiny_causal_lm):
     stream = Stream((Task("a", data, data), Task("b", data, data)), objective="causal_lm",
                     setting="domain_il")
     lwf = LwF(temperature=1.0)
-    ctx = make_ctx(stream, 1, tiny_causal_lm)
+    ctx = task_ctx(stream, 1, tiny_causal_lm)
     lwf.before_task(tiny_causal_lm, ctx)
     batch = data.batch(torch.arange(3))
     out = ctx.forward(tiny_causal_lm, batch)
@@ -89,13 +75,6 @@ def test_validation():
     for bad in ({"alpha": -1}, {"temperature": 0}):
         with pytest.raises(ValueError):
             LwF(**bad)
-
-
-@pytest.fixture(scope="module")
-def finetune_permuted(digits_permuted):
-    from conftest import _run_strategies
-
-    return _run_strategies(digits_permuted, ["finetune"])
 
 
 @pytest.mark.slow

@@ -3,32 +3,14 @@ a loop over samples), it sums over tasks, and on permuted digits MAS forgets les
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
+from conftest import task_ctx
 from torch import nn
 
 from retain.config import TrainConfig
 from retain.models import MLP
 from retain.strategies.mas import MAS
-
-
-def make_ctx(stream, i=0, model=None, n=None):
-    from accelerate import Accelerator
-
-    from retain.train.context import TaskContext
-    from retain.train.objectives import make_objective
-
-    task = stream.tasks[i]
-    if n is not None:
-        task = dataclasses.replace(task, train=task.train[torch.arange(n)])
-    ctx = TaskContext(stream=stream, task=task, task_index=i,
-                      objective=make_objective(stream.objective, stream.n_outputs),
-                      accelerator=Accelerator(cpu=True), train=TrainConfig(), seed=0,
-                      generator=torch.Generator().manual_seed(0))
-    ctx.model = model
-    return ctx
 
 
 def slow_importance(model, x):
@@ -45,7 +27,7 @@ def slow_importance(model, x):
 def test_importance_equals_a_loop_over_samples(digits_permuted, method):
     torch.manual_seed(0)
     model = MLP(64, 10, [32, 16])
-    ctx = make_ctx(digits_permuted, n=40)
+    ctx = task_ctx(digits_permuted, n=40)
     expected = slow_importance(model, ctx.task.train.x)
     got = MAS().importance(model, ctx, method=method)
     for n, v in expected.items():
@@ -56,12 +38,12 @@ def test_importance_sums_over_tasks_and_the_penalty(digits_permuted):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.LayerNorm(8), nn.Linear(8, 10))
     mas = MAS(lam=3.0, samples=16)
-    ctx0, ctx1 = make_ctx(digits_permuted, 0, model), make_ctx(digits_permuted, 1, model)
+    ctx0, ctx1 = task_ctx(digits_permuted, 0, model), task_ctx(digits_permuted, 1, model)
     mas.after_task(model, ctx0)
     first = {n: v.clone() for n, v in mas.importance_.items()}
     assert mas.stats()["importance_method"] == "vmap"
     mas.after_task(model, ctx1)
-    second = MAS(samples=16).importance(model, make_ctx(digits_permuted, 1, model))
+    second = MAS(samples=16).importance(model, task_ctx(digits_permuted, 1, model))
     for n in first:
         torch.testing.assert_close(mas.importance_[n], first[n] + second[n])
     with torch.no_grad():
@@ -79,13 +61,6 @@ def test_validation():
             MAS(**bad)
 
 
-@pytest.fixture(scope="module")
-def finetune_permuted(digits_permuted):
-    from conftest import _run_strategies
-
-    return _run_strategies(digits_permuted, ["finetune"])
-
-
 @pytest.mark.slow
 def test_mas_forgets_less_than_finetune(digits_permuted, finetune_permuted, run_strategies):
     # Measured with seed 0: finetune forgetting 0.360 (avg 0.522); MAS lam=0.03 -> 0.219 (0.561).
@@ -98,7 +73,6 @@ def test_mas_forgets_less_than_finetune(digits_permuted, finetune_permuted, run_
 def test_a_penalty_sgd_cannot_follow_is_refused_with_the_fix(digits_permuted, run_strategies):
     """Regression: MAS at lam=1 with SGD diverged to a NaN loss reported as a learning-rate
     problem; the cause is lam, and the largest stable value is known once Omega is."""
-    from retain.config import TrainConfig
     from retain.errors import ConfigError
     from retain.strategies.mas import MAS
 

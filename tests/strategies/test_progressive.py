@@ -92,8 +92,7 @@ def test_resume_rebuilds_the_columns(digits, tmp_path, crash_and_resume):
         torch.manual_seed(0)
         return MLP(64, 6, [32])
 
-    r = crash_and_resume(stream, lambda: [Progressive()], cfg,
-                                                  tmp_path / "run", mlp)
+    r = crash_and_resume(stream, lambda: [Progressive()], cfg, tmp_path / "run", mlp)
     (strategy,), resumed = r.strategies, r.resumed
     assert resumed.matrix == r.full.matrix
     assert strategy.columns_ == 3 and resumed.model.n_columns == 3

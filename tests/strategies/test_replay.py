@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import CONVERGED, finetune_baseline, task_ctx
 
-from retain.api import make_accelerator, run
+from retain.api import run
 from retain.config import TrainConfig
 from retain.errors import ConfigError
 from retain.models import MLP
@@ -15,33 +16,13 @@ from retain.strategies import build
 from retain.strategies.agem import AGEM
 from retain.strategies.der import DER
 from retain.strategies.replay import Replay
-from retain.train.context import TaskContext
-from retain.train.objectives import make_objective
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models run faster on one intra-op thread, and steadily on a shared CPU (two threads
-    # under load made this file 5x slower).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
+TRAIN = TrainConfig(batch_size=8)  # for hooks called by hand
 
 
 # Trained to convergence on each task (finetune then forgets all but the last: forgetting ~1.0).
 # The fixture's default (lr 0.05, 5 epochs) leaves each task half-learned and every method weak.
-CONVERGED = TrainConfig(epochs=10, batch_size=32, optimizer="sgd", lr=0.1)
-
-
-def make_ctx(stream, batch_size=8, seed=0):
-    train = TrainConfig(batch_size=batch_size)
-    return TaskContext(
-        stream=stream, task=stream.tasks[0], task_index=0,
-        objective=make_objective(stream.objective, stream.n_outputs),
-        accelerator=make_accelerator(train), train=train, seed=seed,
-        generator=torch.Generator().manual_seed(seed),
-    )
 
 
 def _batch(ids, replayed=None):
@@ -61,14 +42,14 @@ def _held(buf):
 def test_replay_reduces_forgetting(digits_class_il, run_strategies):
     # Measured (seed 0): finetune avg 0.193, forgetting 0.995; replay 0.883, 0.100.
     # (Fixture defaults: finetune 0.182 / 0.884, replay 0.386 / 0.575.)
-    base = run_strategies(digits_class_il, ["finetune"], train=CONVERGED).metrics
+    base = finetune_baseline(digits_class_il, CONVERGED).metrics
     rep = run_strategies(digits_class_il, [Replay()], train=CONVERGED).metrics
     assert rep["avg_accuracy"] >= base["avg_accuracy"] + 0.45
     assert rep["forgetting"] <= base["forgetting"] - 0.6
 
 
 def test_replayed_samples_are_marked_appended_and_not_stored_again(tiny_stream):
-    ctx, r = make_ctx(tiny_stream), Replay(size=100)
+    ctx, r = task_ctx(tiny_stream, train=TRAIN), Replay(size=100)
     first = _batch(range(8))
     assert r.batch(first, ctx) is first  # empty memory: the batch passes through
     out = r.batch(_batch(range(100, 108)), ctx)
@@ -83,7 +64,7 @@ def test_replayed_samples_are_marked_appended_and_not_stored_again(tiny_stream):
 
 
 def test_ratio_and_batch_size_set_the_memory_share(tiny_stream):
-    ctx = make_ctx(tiny_stream)
+    ctx = task_ctx(tiny_stream, train=TRAIN)
     cases = [(Replay(ratio=0.3), 14), (Replay(batch_size=5), 5), (Replay(ratio=0.0), 0)]
     for strategy, extra in cases:
         strategy.batch(_batch(range(40)), ctx)

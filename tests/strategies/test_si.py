@@ -9,24 +9,10 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import task_ctx
 
-from retain.config import TrainConfig
 from retain.models import MLP
 from retain.strategies.si import SynapticIntelligence
-
-
-def make_ctx(stream, i=0, model=None):
-    from accelerate import Accelerator
-
-    from retain.train.context import TaskContext
-    from retain.train.objectives import make_objective
-
-    ctx = TaskContext(stream=stream, task=stream.tasks[i], task_index=i,
-                      objective=make_objective(stream.objective, stream.n_outputs),
-                      accelerator=Accelerator(cpu=True), train=TrainConfig(), seed=0,
-                      generator=torch.Generator().manual_seed(0))
-    ctx.model = model
-    return ctx
 
 
 def _train(si, model, ctx, x, y, lr, steps, clip):
@@ -53,7 +39,7 @@ def test_path_integral_is_lr_g2_for_plain_sgd(digits_permuted):
     model = MLP(64, 10, [16])
     data = digits_permuted.tasks[0].train
     si = SynapticIntelligence(c=0.5, xi=0.1, clip_value=0.05)
-    ctx = make_ctx(digits_permuted, 0, model)
+    ctx = task_ctx(digits_permuted, 0, model)
     si.before_task(model, ctx)
     start = {n: p.detach().clone() for n, p in model.named_parameters()}
     expected = _train(si, model, ctx, data.x, data.y, lr=0.1, steps=6, clip=0.05)
@@ -65,7 +51,7 @@ def test_path_integral_is_lr_g2_for_plain_sgd(digits_permuted):
         torch.testing.assert_close(si.importance_[n], want, rtol=1e-3, atol=1e-9)
         assert torch.equal(si.anchor_[n], p.detach())
     # Task 2: the penalty is c * sum Omega (theta - theta*)^2 and Omega accumulates.
-    ctx2 = make_ctx(digits_permuted, 1, model)
+    ctx2 = task_ctx(digits_permuted, 1, model)
     si.before_task(model, ctx2)
     with torch.no_grad():
         for p in model.parameters():
@@ -91,13 +77,6 @@ def test_validation_and_state_roundtrip():
     b.load_state_dict(a.state_dict())
     assert torch.equal(b.importance_["w"], a.importance_["w"])
     assert dataclasses.asdict(b) == dataclasses.asdict(a)
-
-
-@pytest.fixture(scope="module")
-def finetune_permuted(digits_permuted):
-    from conftest import _run_strategies
-
-    return _run_strategies(digits_permuted, ["finetune"])
 
 
 @pytest.mark.slow
