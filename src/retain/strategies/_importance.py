@@ -5,8 +5,9 @@ Per-sample statistics ``mean_n  v_n * |d loss_n / d theta|^p`` (p = 2: a Fisher 
 MAS) are computed three ways, fastest first, with identical results:
 
 * ``linear``: every trainable parameter belongs to an ``nn.Linear`` applied once to a ``[N, in]``
-  input and used nowhere else (MLPs, linear heads; checked on the first batch, except uses of a
-  weight outside its module's ``forward``). A sample's weight gradient is then the outer product
+  input (one row per sample) and used nowhere else (MLPs, linear heads; checked on the first
+  batch, with no in-place change to a Linear's input or output afterwards; uses of a weight
+  outside its module's ``forward`` are not detected). A sample's weight gradient is then the outer product
   ``g_n a_n^T``, so ``sum_n v_n |g_n a_n^T|^p = (v * |G|^p)^T |A|^p``: one batched forward, one
   backward to the layer outputs and one matmul per layer, never materialising per-sample
   gradients. That is about the arithmetic of one training epoch's forward and weight gradients,
@@ -105,18 +106,32 @@ def _pow(t: torch.Tensor, power: int) -> torch.Tensor:
 
 
 def _linear_pass(model, linears, batch, prepare, sample_loss, power, acc, ctx) -> None:
-    calls: list[tuple[str, torch.Tensor, torch.Tensor]] = []
-    hooks = [m.register_forward_hook(lambda _m, inp, out, k=k: calls.append((k, inp[0], out)))
+    calls: list[tuple[str, torch.Tensor, torch.Tensor, int, int]] = []
+
+    def record(k, inp, out):
+        calls.append((k, inp[0], out, inp[0]._version, out._version))
+
+    hooks = [m.register_forward_hook(lambda _m, inp, out, k=k: record(k, inp, out))
              for k, m in linears.items()]
     try:
         out = ctx.forward(model, batch)
     finally:
         for h in hooks:
             h.remove()
-    if len(calls) != len(linears) or any(a.dim() != 2 for _, a, _ in calls):
+    n = len(next(iter(batch.values())))
+    # One row per sample (not tokens flattened into rows), and neither tensor rewritten in place
+    # after the hook saw it (an in-place ReLU would make the gradient w.r.t. ``out`` the
+    # post-activation one).
+    if len(calls) != len(linears) or any(
+        a.dim() != 2 or len(a) != n or a._version != va or z._version != vz
+        for _, a, z, va, vz in calls
+    ):
         raise _NotLinear
-    with torch.no_grad():
-        batch, weight = prepare(out, batch)
+    calls = [(k, a, z) for k, a, z, _, _ in calls]
+    weight = None
+    if prepare is not None:
+        with torch.no_grad():
+            batch, weight = prepare(out, batch)
     losses = sample_loss(out, batch)
     grads = torch.autograd.grad(losses.sum(), [z for _, _, z in calls])
     for (k, a, _), g in zip(calls, grads):
@@ -162,13 +177,12 @@ def per_sample_importance(
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    prepare = prepare or (lambda out, batch: (batch, None))
     params = trainable(model)
     names = list(params)
     acc = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
+    linears = _linears(model, names) if method in ("auto", "linear") else None
     if method == "auto":
-        method = "linear" if _linears(model, names) is not None else "vmap"
-    linears = _linears(model, names) if method == "linear" else None
+        method = "linear" if linears is not None else "vmap"
     if method == "linear" and linears is None:
         raise ValueError("method 'linear' needs every trainable parameter to be in an nn.Linear")
     n_params = sum(p.numel() for p in params.values())
@@ -196,8 +210,10 @@ def per_sample_importance(
                 except _NotLinear:  # raised on the first batch, before anything was drawn
                     return per_sample_importance(model, ctx, data, sample_loss, prepare, power,
                                                  "vmap", batch_size)
-            with torch.no_grad():
-                batch, weight = prepare(ctx.forward(model, batch), batch)
+            weight = None
+            if prepare is not None:  # else no forward is needed before the gradients
+                with torch.no_grad():
+                    batch, weight = prepare(ctx.forward(model, batch), batch)
             if method == "vmap":
                 try:
                     g = per_sample_grads(detached, batch)
