@@ -44,11 +44,23 @@ def test_freezing_starts_at_from_task_and_combines_last_k_with_patterns():
     assert _trainable(model) == set(layer_depths(model))  # the first task trains everything
     s.before_task(model, _ctx(1))
     assert _trainable(model) == {"net.5.weight", "net.5.bias"}
+    model = _mlp()  # Freeze never unfreezes: each setting on a fresh model
     Freeze(last_k=2, trainable=["net.1.w*"]).before_task(model, _ctx(1))
     assert _trainable(model) == {"net.1.weight", "net.3.weight", "net.3.bias", "net.5.weight",
                                  "net.5.bias"}
+    model = _mlp()
     Freeze(last_k=0, trainable=["net.1.*"], from_task=0).before_task(model, _ctx(0))
     assert _trainable(model) == {"net.1.weight", "net.1.bias"}
+
+
+def test_freeze_never_unfreezes():
+    # Regression: before_task set requires_grad=True on every chosen parameter, so Freeze with
+    # lr_decay alone (last_k=None) unfroze what the user or progressive had frozen.
+    for spec in ({"last_k": None, "lr_decay": 0.5}, {"last_k": 1}):
+        model = _mlp()
+        model.net[5].bias.requires_grad_(False)  # frozen by someone else, in a chosen layer
+        Freeze(**spec).before_task(model, _ctx(1))
+        assert "net.5.bias" not in _trainable(model)
 
 
 def test_lr_decay_gives_one_group_per_depth():

@@ -29,10 +29,16 @@ def _train(net: nn.Module, x: torch.Tensor, steps: int = 5) -> None:
         opt.step()
 
 
+def _single_linear():
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 5))
+
+
+@pytest.mark.parametrize("make", [lambda: MLP(64, 5, [16, 8]), _single_linear],
+                         ids=["mlp", "single_linear"])  # regression: a single Linear IndexError'd
 @pytest.mark.parametrize("features", ["penultimate", "logits"])
-def test_new_stage_starts_as_exactly_the_old_function(features):
+def test_new_stage_starts_as_exactly_the_old_function(features, make):
     torch.manual_seed(0)
-    model = MLP(64, 5, [16, 8])
+    model = make()
     x = torch.rand(30, 1, 8, 8)
     reference = model(x).detach()
     strategy = Parallel(features=features)
@@ -51,7 +57,7 @@ def test_new_stage_starts_as_exactly_the_old_function(features):
         assert all(torch.equal(p, frozen[n]) for n, p in net.named_parameters() if n in frozen)
     stats = strategy.stats()
     assert stats["stages"] == 4 and stats["params"] == sum(p.numel() for p in net.parameters())
-    assert stats["params_per_stage"][0] == sum(p.numel() for p in MLP(64, 5, [16, 8]).parameters())
+    assert stats["params_per_stage"][0] == sum(p.numel() for p in make().parameters())
 
 
 def test_fresh_stage_without_init_from_old():

@@ -56,9 +56,10 @@ class ParallelNet(nn.Module):
         last = self.stages[-1]
         first = last.layers[0]
         p = first.weight
-        width = last.layers[-1 if self.features == "logits" else -2].out_features
-        if len(last.layers) == 1 and self.features == "penultimate":
-            width = first.in_features  # a single Linear: its "penultimate activation" is x
+        # The features passed on: the logits, or the input of the last layer (x itself for a
+        # single Linear).
+        out = last.layers[-1]
+        width = out.out_features if self.features == "logits" else out.in_features
         new_map = nn.Linear(width, first.out_features, bias=False, device=p.device, dtype=p.dtype)
         if init_from_old:
             layers = [copy.deepcopy(lin) for lin in last.layers]

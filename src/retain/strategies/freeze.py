@@ -41,11 +41,10 @@ class Freeze(Strategy):
     default) halves what new tasks reach, while training only the input layer
     (``last_k: 0, trainable: ["net.1.*"]``) forgets a third less than finetune at about the same
     average accuracy. Freezing sets ``requires_grad=False`` on every parameter
-    that is not chosen (it overrides what was set before), in ``before_task``; frozen parameters
-    get no gradient, no weight decay and no optimizer state (with
-    ``train.optimizer_state=keep``, a layer that is frozen and later unfrozen starts with fresh
-    moments). A strategy that adds parameters afterwards (a new head, an adapter) decides their
-    ``requires_grad`` itself.
+    that is not chosen, in ``before_task``; it never unfreezes one, so parameters the user or
+    another strategy froze (progressive's earlier columns) stay frozen. Frozen parameters
+    get no gradient, no weight decay and no optimizer state. A strategy that adds parameters
+    afterwards (a new head, an adapter) decides their ``requires_grad`` itself.
 
     Args:
         last_k: Train only the last ``k`` layers, counted from the output. A layer is a module
@@ -111,11 +110,12 @@ class Freeze(Strategy):
         return model
 
     def before_task(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
-        if ctx.task_index >= self.from_task:
+        if ctx.task_index >= self.from_task and self.last_k is not None:  # None: lr_decay only
             base = ctx.unwrap(model)
             keep = self.chosen(base)
             for name, p in base.named_parameters():
-                p.requires_grad_(name in keep)
+                if name not in keep:
+                    p.requires_grad_(False)
         return model
 
     def param_groups(self, groups: list[dict[str, Any]], model: nn.Module,
