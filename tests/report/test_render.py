@@ -319,7 +319,10 @@ def test_incomplete_compare_renders(tmp_path: Path, compare: dict[str, Any]) -> 
     # One finished non-joint strategy: naming it "best" would say nothing.
     assert not any(line.startswith("Best non-joint") for line in lines)
     write_reports(tmp_path, compare, plots=True)
-    assert "replay (incomplete)" in (tmp_path / "report.md").read_text()
+    md = (tmp_path / "report.md").read_text()
+    assert "replay (incomplete)" in md
+    # Regression: the Metrics table still put the only finished one in bold as "best".
+    assert "| **finetune** |" not in md and "| finetune |" in md
 
 
 def test_per_class_vanished(tmp_path: Path) -> None:
@@ -328,9 +331,12 @@ def test_per_class_vanished(tmp_path: Path) -> None:
     split_record["stream"]["setting"] = "class_il"
     # In a class-incremental split earlier classes are absent from the last task by design.
     assert not any("vanished" in line for line in summary_lines(split_record))
+    # Regression: the per-class table still marked them vanished (the rule was in the summary).
+    md = render_markdown(split_record)
+    assert "vanished from the last task" not in md and "pooled" not in md
     record["stream"]["setting"] = "domain_il"
     ft = record["runs"]["finetune"]
-    assert vanished_classes(ft) == [0]
+    assert vanished_classes(record, ft) == [0]
     # cat 0/10, dog (7 + 5)/15, eel 9/10 after the last task.
     assert class_accuracy(ft)[-1] == pytest.approx([0.0, 0.8, 0.9])
     assert class_accuracy(record["runs"]["joint"])[-1] == pytest.approx([0.8, 14 / 15, 0.9])

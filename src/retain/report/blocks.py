@@ -156,7 +156,7 @@ def _per_class_blocks(record: Record, runs: dict[str, Record]) -> list[Block]:
     if not runs:
         return []
     first = next(iter(runs.values()))
-    gone = set(vanished_classes(first))
+    gone = set(vanished_classes(record, first))
     finals = {label: (class_accuracy(r) or [[]])[-1] for label, r in runs.items()}
     n = len(first["per_class"]["counts"][0][0])
     blocks: list[Block] = [("h", 2, "Per-class accuracy"), ("p", PER_CLASS_NOTE)]

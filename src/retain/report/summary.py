@@ -89,14 +89,15 @@ def row_labels(run: Record) -> list[str]:
 
 
 def best_strategy(record: Record) -> str | None:
-    """The finished non-joint strategy with the best average final score (``None``: none)."""
+    """The finished non-joint strategy with the best average final score (``None`` unless there
+    are two or more: naming the only one "best" would say nothing)."""
     done = {
         label: r["metrics"]["avg_accuracy"]
         for label, r in runs_of(record).items()
         if is_complete(r) and not r.get("joint")
     }
     pick = max if record.get("higher_is_better", True) else min
-    return pick(done, key=done.__getitem__) if done else None
+    return pick(done, key=done.__getitem__) if len(done) > 1 else None
 
 
 def _mean(values: list[float]) -> float | None:
@@ -125,10 +126,12 @@ def class_accuracy(run: Record) -> list[list[float | None]]:
     return out
 
 
-def vanished_classes(run: Record) -> list[int]:
-    """Classes with test data in some task but none in the last task's test set."""
+def vanished_classes(record: Record, run: Record) -> list[int]:
+    """Classes with test data in some task but none in the last task's test set, in a stream
+    where every task shares one label space (prior shift, domains): in a class-incremental split
+    every earlier class is absent from the last task by design, and none is reported."""
     counts = (run.get("per_class") or {}).get("counts") or []
-    if not counts:
+    if not counts or (record.get("stream") or {}).get("setting") != "domain_il":
         return []
     last = counts[-1][-1]
     return [c for c in range(len(last)) if last[c] == 0 and any(t[c] for t in counts[-1])]
@@ -245,7 +248,7 @@ def _compare_lines(record: Record) -> list[str]:
         else:
             head = f"{label} ends at average {name} {fmt(avg, score)}{order}."
         lines.append(" ".join(s for s in (head, _loss_sentence(run)) if s))
-    best = best_strategy(record) if len(done) > 1 else None
+    best = best_strategy(record)
     if best is not None:
         avg = done[best]["metrics"]["avg_accuracy"]
         tail = f", {_versus(avg, ref, score, higher)} joint training" if ref is not None else ""
@@ -255,14 +258,10 @@ def _compare_lines(record: Record) -> list[str]:
 
 
 def _vanished_lines(record: Record) -> list[str]:
-    # Only where every task shares one label space (prior shift, domains): in a class-incremental
-    # split every earlier class is absent from the last task by design.
-    if (record.get("stream") or {}).get("setting") != "domain_il":
-        return []
     runs = {label: r for label, r in runs_of(record).items() if r.get("per_class")}
     if not runs:
         return []
-    gone = vanished_classes(next(iter(runs.values())))
+    gone = vanished_classes(record, next(iter(runs.values())))
     if not gone:
         return []
     names = [class_label(record, c) for c in gone]
