@@ -156,6 +156,8 @@ def test_scores_on_the_validation_split_leave_the_test_sets_alone(digits):
     on_val = run(_mlp(4), s, ["finetune"], FAST, eval=EvalConfig(split="val"))
     on_test = run(_mlp(4), s, ["finetune"], FAST)
     assert on_val.matrix != on_test.matrix  # same training, scored on other samples
+    # Regression: the record said "test" for the Python API (it read the config, absent here).
+    assert on_val.record["split"] == "val" and on_test.record["split"] == "test"
     counts = on_val["per_class"]["counts"][0]
     assert sum(map(sum, counts)) == sum(len(t.val) for t in s.tasks)
     no_val = split(digits, n_tasks=2, classes=[0, 1, 2, 3])

@@ -211,7 +211,7 @@ def run(
         return build_record(
             stream=stream, strategies=strategies, rows=rows, fits=fits, params=params,
             strategy_stats=strategy_stats,
-            metric=metric, joint=joint, seed=seed, config=config, train=train,
+            metric=metric, split=eval.split, joint=joint, seed=seed, config=config, train=train,
             warnings=warnings, started=started, status=status,
             memory=_peak_memory_mb(acc.device), device=str(acc.device), num_processes=world,
         )

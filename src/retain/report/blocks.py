@@ -138,6 +138,9 @@ def _head_blocks(record: Record, runs: dict[str, Record]) -> list[Block]:
         f"objective: {stream.get('objective')}",
         f"score: {score_name(score)} ({'higher' if higher else 'lower'} is better)",
     ]
+    if record.get("split") == "val":
+        items.append("evaluated on each task's validation split, not its test set "
+                     "(eval.split=val): where the notes below say test set, read validation split")
     classes = next(iter(runs.values()), {}).get("task_classes") or []
     if any(c is not None for c in classes):
         items.append(
