@@ -197,6 +197,7 @@ def test_compare_writes_all_files(tmp_path: Path, compare: dict[str, Any]) -> No
 
 
 def test_metrics_csv_numbers(tmp_path: Path, compare: dict[str, Any]) -> None:
+    compare["runs"]["replay"]["timing"]["hook_seconds"] = 0.25  # strategies' between-task work
     write_reports(tmp_path, compare, plots=False)
     with open(tmp_path / "metrics.csv", newline="") as f:
         rows = {r["strategy"]: r for r in csv.DictReader(f)}
@@ -213,6 +214,10 @@ def test_metrics_csv_numbers(tmp_path: Path, compare: dict[str, Any]) -> None:
     assert rows["joint"]["bwt"] == rows["joint"]["forgetting"] == ""  # None is an empty cell
     assert float(rows["joint"]["avg_accuracy"]) == pytest.approx(0.8)
     assert float(rows["replay"]["gap_to_joint"]) == pytest.approx(0.05)
+    # Regression: the report and the CSV showed the loop's time only, hiding EWC's Fisher pass.
+    assert float(rows["replay"]["hook_seconds"]) == 0.25
+    md = (tmp_path / "report.md").read_text()
+    assert "| strategy s |" in md and "| 0.25 |" in md
 
 
 def test_matrix_csv_long_format(tmp_path: Path, compare: dict[str, Any]) -> None:

@@ -38,17 +38,20 @@ SETTINGS = {
     "domain_il": "domain-incremental: the same outputs throughout while the inputs shift",
 }
 METRIC_KEYS = ("avg_accuracy", "bwt", "fwt", "forgetting", "plasticity", "gap_to_joint")
-CSV_FIELDS = ("strategy", "score", *METRIC_KEYS, "train_seconds", "samples_per_s", "peak_rss_mb")
+CSV_FIELDS = ("strategy", "score", *METRIC_KEYS, "train_seconds", "hook_seconds", "samples_per_s",
+              "peak_rss_mb")
 MAX_CLASS_COLUMNS = 20  # wider per-class tables per training step would not fit a page
 # Scores where lower is better, for the extra matrices (the record states only the main score's).
 LOWER_IS_BETTER = frozenset({"mse", "loss", "perplexity"})
 SCORES_HEAD = ("BWT", "FWT", "forgetting", "plasticity", "gap to joint")
-COSTS_HEAD = ("train s", "samples/s", "peak RSS MB")
-TIMING_HEAD = ("strategy", "task", "steps", "samples", "train s", "eval s", "samples/s")
+COSTS_HEAD = ("train s", "strategy s", "samples/s", "peak RSS MB")
+TIMING_HEAD = ("strategy", "task", "steps", "samples", "train s", "strategy s", "eval s",
+               "samples/s")
 
 METRICS_NOTE = (
     "One row per strategy; definitions and denominators are at the end. The best non-joint "
-    "strategy is in bold."
+    "strategy is in bold. train s: the training loop; strategy s: the strategies' work between "
+    "tasks (Fisher passes, buffer selection, generator training)."
 )
 MATRIX_NOTE = (
     'Row "after tk" is the model after training task k; each column is the score on one task\'s '
@@ -100,6 +103,7 @@ def _metrics_row(label: str, run: Record) -> list[str]:
     rss = (run.get("memory") or {}).get("peak_rss_mb")
     cells += [
         f"{secs:.2f}" if secs is not None else "–",
+        f"{timing.get('hook_seconds', 0.0):.2f}",
         f"{rate:,.0f}" if rate else "–",
         f"{rss:.0f}" if rss is not None else "–",
     ]
@@ -192,6 +196,7 @@ def _per_class_blocks(record: Record, runs: dict[str, Record]) -> list[Block]:
 def _timing_cells(t: dict[str, Any]) -> list[str]:
     return [
         f"{t.get('train_seconds', 0):.2f}",
+        f"{t.get('hook_seconds', 0):.2f}",
         f"{t.get('eval_seconds', 0):.3f}",
         f"{t.get('samples_per_s', 0):,.0f}",
     ]

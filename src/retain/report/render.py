@@ -162,6 +162,7 @@ def metrics_rows(record: Record) -> list[list[Any]]:
             + [_cell(m.get(k)) for k in METRIC_KEYS]
             + [
                 _cell(timing.get("train_seconds")),
+                _cell(timing.get("hook_seconds")),
                 _cell(timing.get("samples_per_s")),
                 _cell((run.get("memory") or {}).get("peak_rss_mb")),
             ]

@@ -135,8 +135,9 @@ def build_record(
         rec["metrics_by_score"] = {}
     train_s = [f["train_seconds"] for f in fits]
     rec["timing"] = {
-        "per_task": [{k: f.get(k, 0.0) for k in ("task", "steps", "samples", "train_seconds",
-                                                  "hook_seconds", "eval_seconds", "samples_per_s")}
+        "per_task": [{**{k: f[k] for k in ("task", "steps", "samples", "train_seconds",
+                                            "eval_seconds", "samples_per_s")},
+                      "hook_seconds": f.get("hook_seconds", 0.0)}  # older checkpoints lack it
                      for f in fits],
         "train_seconds": sum(train_s),
         # Work strategies do between tasks (Fisher passes, buffer selection, generator training).
