@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import task_ctx
 from torch import nn
 
 from retain.config import TrainConfig
@@ -111,6 +112,26 @@ def test_with_task_ids_the_frozen_stages_keep_their_tasks(digits_permuted, run_s
     # average gains less than the forgetting drop: later stages fit their task less well
     # (plasticity 0.611 against 0.810), the price of the extra, unhelpful frozen features.
     assert par.metrics["avg_accuracy"] > fine.metrics["avg_accuracy"] + 0.05
+
+
+@pytest.mark.parametrize("setting, newest_learns", [("class_il", True), ("task_il", False)])
+def test_replayed_samples_train_the_stage_that_answers_them(digits, setting, newest_learns):
+    # Regression: training always routed by task id, so an earlier task's replayed samples went
+    # to a frozen stage and gave the newest one (which answers everything at test time in
+    # class-IL) no gradient: replay did nothing. Ids are now used where evaluation uses them.
+    from retain.data.scenarios import split
+
+    stream = split(digits, n_tasks=2, classes=[0, 1, 2, 3], setting=setting)
+    torch.manual_seed(0)
+    strategy = Parallel()
+    net = strategy.setup(MLP(64, 4, [16]), _ctx(0))
+    net = strategy.before_task(net, _ctx(1))
+    old = stream.tasks[0].train
+    batch = {"x": old.x[:16], "y": old.y[:16], "task": torch.zeros(16, dtype=torch.long)}
+    ctx = task_ctx(stream, 1, net)
+    ctx.task_loss(ctx.forward(net, batch), batch).backward()
+    grad = sum(float(p.grad.abs().sum()) for p in net.stages[1].parameters() if p.grad is not None)
+    assert (grad > 0) == newest_learns
 
 
 def test_resume_rebuilds_the_stages(tiny_stream, tmp_path, crash_and_resume):

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from retain.data.loader import TensorLoader
+from retain.train.objectives import task_known
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -39,7 +40,7 @@ def evaluate(
         task_view = torch.zeros(len(stream.tasks), stream.n_outputs, dtype=torch.bool)
         for i, t in enumerate(stream.tasks):
             task_view[i, list(t.classes)] = True
-    task_known = stream.setting == "task_il"
+    known = task_known(stream.setting)
     device = accelerator.device
     if class_mask is not None:
         class_mask = class_mask.to(device)
@@ -60,7 +61,7 @@ def evaluate(
             total: dict[str, torch.Tensor] = {}
             for batch in loader:
                 with accelerator.autocast():
-                    out = objective.forward(model, batch, task_known=task_known)
+                    out = objective.forward(model, batch, task_known=known)
                 t = batch["task"]
                 s = objective.stats(
                     out, batch,

@@ -102,11 +102,11 @@ class TaskContext:
         return self.class_mask.to(batch["task"].device)[batch["task"]]
 
     def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> Any:
-        """The model's output on ``batch`` (logits, or a transformers ModelOutput).
+        """The model's output on ``batch`` (logits, or a transformers ModelOutput); task-aware
+        models get the task ids where evaluation gives them (``objectives.task_known``)."""
+        from retain.train.objectives import task_known
 
-        During training the task of every sample is known (it is the task being trained, or a
-        stored one for replayed samples), so task-aware models receive it."""
-        return self.objective.forward(model, batch)
+        return self.objective.forward(model, batch, task_known(self.stream.setting))
 
     def logits(self, out: Any) -> torch.Tensor:
         from retain.train.objectives import logits_of

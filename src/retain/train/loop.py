@@ -19,6 +19,7 @@ import torch
 
 from retain.errors import RetainError
 from retain.strategies.base import overrides
+from retain.train.objectives import task_known
 from retain.train.optim import Schedule, set_lr
 
 if TYPE_CHECKING:
@@ -93,6 +94,7 @@ def fit_task(
     batch_hooks, loss_hooks = _hooks(strategies, "batch"), _hooks(strategies, "loss")
     grad_hooks, step_hooks = _hooks(strategies, "after_backward"), _hooks(strategies, "after_step")
     objective, mask_for = ctx.objective, ctx.mask_for
+    known = task_known(ctx.stream.setting)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     # Unwrapped fast path (see api.needs_wrappers): plain backward, no autocast context.
     wrapped = hasattr(optimizer, "optimizer") or acc.scaler is not None
@@ -122,7 +124,7 @@ def fit_task(
             for s in batch_hooks:
                 batch = s.batch(batch, ctx)
             with autocast():
-                out = objective.forward(model, batch)
+                out = objective.forward(model, batch, known)
                 loss = objective.loss(out, batch, mask_for(batch))
                 for s in loss_hooks:
                     loss = s.loss(loss, out, batch, ctx)

@@ -4,9 +4,11 @@ An objective knows how to call the model on a batch, the training loss, and the 
 statistics an evaluation accumulates over batches (so scores are exact over a whole test set and
 can be all-reduced across processes before they are divided).
 
-Task identity: a model with ``task_aware = True`` is called as ``model(x, task=ids)``. During
-training the ids are always known; at evaluation they are given only in the ``task_il`` setting
-(``task=None`` otherwise), so a task-aware model cannot read the answer in class-IL or domain-IL.
+Task identity: a model with ``task_aware = True`` is called as ``model(x, task=ids)`` in the
+``task_il`` setting, and with ``task=None`` otherwise, in training as at evaluation
+(``task_known``): a task-aware model cannot read the answer in class-IL or domain-IL, and it is
+trained the way it is scored (routing replayed samples by their stored task sent them to frozen
+columns that evaluation never consults, so replay taught the model nothing).
 
 Task-incremental masking: in the ``task_il`` setting the logits of classes outside each sample's
 task are set to the most negative float before the loss and the argmax (``mask`` below, one row
@@ -31,6 +33,11 @@ HIGHER_IS_BETTER = {
     "perplexity": False,
     "token_accuracy": True,
 }
+
+
+def task_known(setting: str) -> bool:
+    """Whether task-aware models get the task ids (see the module docstring)."""
+    return setting == "task_il"
 
 
 def _task_aware(model: nn.Module) -> bool:
