@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -353,9 +353,27 @@ class Penalized(Strategy):
     loss.
     """
 
+    #: SI, MAS: the hyperparameter that scales their one summed importance ``importance_``
+    #: (anchored at ``anchor_``); EWC keeps its own state and overrides ``build_penalty``.
+    strength: ClassVar[str] = ""
+
+    def consolidate(self, new: dict[str, torch.Tensor], model: nn.Module) -> None:
+        """After a task: ``importance_ += new``, the anchor becomes the current weights."""
+        for n, v in new.items():
+            old = self.importance_.get(n)
+            self.importance_[n] = v if old is None else old.to(v.device) + v
+        self.anchor_ = {n: p.detach().clone() for n, p in model.named_parameters()
+                        if n in self.importance_}
+        self.invalidate()
+
     def build_penalty(self, ctx: TaskContext) -> QuadraticPenalty | None:
         """The penalty for the current state, or None when there is nothing to protect yet."""
-        raise NotImplementedError
+        scale = getattr(self, self.strength)
+        if not self.importance_ or scale == 0:
+            return None
+        check_sgd_stable(self.name, self.strength, scale, list(self.importance_.values()), ctx)
+        return anchored_penalty(trainable(ctx.unwrap(ctx.model)), self.importance_, self.anchor_,
+                                scale)
 
     def penalty(self, ctx: TaskContext) -> QuadraticPenalty | None:
         cached = self.__dict__.get("_penalty_cache")

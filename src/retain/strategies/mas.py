@@ -11,13 +11,9 @@ import torch
 from retain.strategies import register
 from retain.strategies._importance import (
     Penalized,
-    QuadraticPenalty,
-    anchored_penalty,
-    check_sgd_stable,
     nbytes,
     per_sample_importance,
     subset,
-    trainable,
 )
 from retain.strategies.ewc import CLASS_IL
 
@@ -70,6 +66,7 @@ class MAS(Penalized):
     samples: int | None = 5000
 
     known_failures: ClassVar[dict[str, str]] = {"class_il": CLASS_IL}
+    strength: ClassVar[str] = "lam"
 
     def __post_init__(self) -> None:
         if self.lam < 0:
@@ -93,20 +90,8 @@ class MAS(Penalized):
 
     def after_task(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
         base = ctx.unwrap(model)
-        for n, omega in self.importance(base, ctx).items():
-            old = self.importance_.get(n)
-            self.importance_[n] = omega if old is None else old.to(omega.device) + omega
-        self.anchor_ = {n: p.detach().clone() for n, p in base.named_parameters()
-                        if n in self.importance_}
-        self.invalidate()
+        self.consolidate(self.importance(base, ctx), base)
         return model
-
-    def build_penalty(self, ctx: TaskContext) -> QuadraticPenalty | None:
-        if not self.importance_ or self.lam == 0:
-            return None
-        check_sgd_stable("mas", "lam", self.lam, list(self.importance_.values()), ctx)
-        return anchored_penalty(trainable(ctx.unwrap(ctx.model)), self.importance_,
-                                self.anchor_, self.lam)
 
     def stats(self) -> dict[str, Any]:
         return {"importance_bytes": nbytes(self.importance_) + nbytes(self.anchor_), **self._last,

@@ -10,9 +10,6 @@ import torch
 from retain.strategies import register
 from retain.strategies._importance import (
     Penalized,
-    QuadraticPenalty,
-    anchored_penalty,
-    check_sgd_stable,
     nbytes,
     trainable,
 )
@@ -56,6 +53,7 @@ class SynapticIntelligence(Penalized):
     clip_value: float | None = 1.0
 
     known_failures: ClassVar[dict[str, str]] = {"class_il": CLASS_IL}
+    strength: ClassVar[str] = "c"
 
     def __post_init__(self) -> None:
         if self.c < 0:
@@ -103,21 +101,11 @@ class SynapticIntelligence(Penalized):
         self._grad = []
 
     def after_task(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
-        for n, p, start, omega in zip(self._names, self._params, self._start, self._omega):
-            end = p.detach().float()
-            new = (omega / ((end - start) ** 2 + self.xi)).clamp_min(0.0)
-            old = self.importance_.get(n)
-            self.importance_[n] = new if old is None else old.to(new.device) + new
-            self.anchor_[n] = p.detach().clone()
-        self.invalidate()
+        self.consolidate({n: (omega / ((p.detach().float() - start) ** 2 + self.xi)).clamp_min(0.0)
+                          for n, p, start, omega
+                          in zip(self._names, self._params, self._start, self._omega)},
+                         ctx.unwrap(model))
         return model
-
-    def build_penalty(self, ctx: TaskContext) -> QuadraticPenalty | None:
-        if not self.importance_ or self.c == 0:
-            return None
-        check_sgd_stable("si", "c", self.c, list(self.importance_.values()), ctx)
-        return anchored_penalty(dict(zip(self._names, self._params)), self.importance_,
-                                self.anchor_, self.c)
 
     def stats(self) -> dict[str, Any]:
         return {"importance_bytes": nbytes(self.importance_) + nbytes(self.anchor_),
