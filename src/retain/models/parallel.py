@@ -23,7 +23,7 @@ import copy
 import torch
 from torch import nn
 
-from retain.models.stack import LinearStack, as_flat, n_params
+from retain.models.stack import LinearStack, as_flat, fresh_like
 
 
 class Stage(nn.Module):
@@ -66,16 +66,10 @@ class ParallelNet(nn.Module):
             lateral = [copy.deepcopy(m) for m in last.lateral]
             nn.init.zeros_(new_map.weight)
         else:
-            layers = [nn.Linear(lin.in_features, lin.out_features, bias=lin.bias is not None,
-                                device=p.device, dtype=p.dtype) for lin in last.layers]
-            lateral = [nn.Linear(m.in_features, m.out_features, bias=False, device=p.device,
-                                 dtype=p.dtype) for m in last.lateral]
+            layers, lateral = fresh_like(list(last.layers)), fresh_like(list(last.lateral), False)
         for m in [*layers, *lateral, new_map]:
             m.requires_grad_(True)
         self.stages.append(Stage(layers, [*lateral, new_map]))
-
-    def stage_params(self) -> list[int]:
-        return [n_params(s) for s in self.stages]
 
     def forward(self, x: torch.Tensor, task: torch.Tensor | None = None) -> torch.Tensor:
         x = as_flat(x, self.flatten)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from retain.models.stack import LinearStack, as_flat, n_params
+from retain.models.stack import LinearStack, as_flat, fresh_like
 
 
 class ProgressiveNet(nn.Module):
@@ -39,22 +39,13 @@ class ProgressiveNet(nn.Module):
 
     def add_column(self) -> None:
         """Append a freshly initialised column with laterals from every earlier column."""
-        first = self.columns[0]
-        p = first[0].weight
-        layers = [nn.Linear(lin.in_features, lin.out_features, bias=lin.bias is not None,
-                            device=p.device, dtype=p.dtype) for lin in first]
-        lateral = nn.ModuleList()
-        for lin in layers[1:]:
-            lateral.append(nn.ModuleList(
-                nn.Linear(lin.in_features, lin.out_features, bias=False,
-                          device=p.device, dtype=p.dtype)
-                for _ in range(self.n_columns if self.use_laterals else 0)
-            ))
+        layers = fresh_like(list(self.columns[0]))
+        lateral = nn.ModuleList(
+            nn.ModuleList(fresh_like([lin] * (self.n_columns if self.use_laterals else 0), False))
+            for lin in layers[1:]
+        )
         self.columns.append(nn.ModuleList(layers))
         self.laterals.append(lateral)
-
-    def column_params(self) -> list[int]:
-        return [n_params(c, lat) for c, lat in zip(self.columns, self.laterals)]
 
     def forward(self, x: torch.Tensor, task: torch.Tensor | None = None) -> torch.Tensor:
         x = as_flat(x, self.flatten)

@@ -8,7 +8,6 @@ dropout between the layers); anything else is refused with :class:`Unsupported`.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
@@ -30,18 +29,6 @@ class LinearStack:
     linears: list[nn.Linear]
     between: list[nn.Sequential]
 
-    @property
-    def widths(self) -> list[int]:
-        return [self.linears[0].in_features] + [lin.out_features for lin in self.linears]
-
-    def fresh_linears(self) -> list[nn.Linear]:
-        """New layers with the same shapes, PyTorch's default initialisation, same device/dtype."""
-        p = self.linears[0].weight
-        return [nn.Linear(lin.in_features, lin.out_features, bias=lin.bias is not None,
-                          device=p.device, dtype=p.dtype) for lin in self.linears]
-
-    def copied_linears(self) -> list[nn.Linear]:
-        return [copy.deepcopy(lin) for lin in self.linears]
 
 
 def linear_stack(model: nn.Module, who: str) -> LinearStack:
@@ -78,8 +65,12 @@ def linear_stack(model: nn.Module, who: str) -> LinearStack:
     return LinearStack(flatten, linears, [nn.Sequential(*b) for b in between[:-1]])
 
 
-def n_params(*modules: nn.Module) -> int:
-    return sum(p.numel() for m in modules for p in m.parameters())
+def fresh_like(layers: list[nn.Linear], bias: bool | None = None) -> list[nn.Linear]:
+    """New Linears with the shapes, device and dtype of ``layers`` (PyTorch's default init);
+    ``bias`` None keeps each layer's."""
+    return [nn.Linear(lin.in_features, lin.out_features,
+                      bias=(lin.bias is not None) if bias is None else bias,
+                      device=lin.weight.device, dtype=lin.weight.dtype) for lin in layers]
 
 
 def as_flat(x: torch.Tensor, flatten: bool) -> torch.Tensor:

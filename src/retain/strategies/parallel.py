@@ -3,24 +3,23 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from retain.models.parallel import ParallelNet
-from retain.models.stack import Unsupported, linear_stack
+from retain.models.stack import linear_stack
 from retain.strategies import register
-from retain.strategies.base import Strategy
+from retain.strategies._growing import Growing
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from retain.train.context import TaskContext
 
 FEATURES = ("penultimate", "logits")
 
 
 @register("parallel")
 @dataclass(repr=False)  # keep Strategy.__repr__: only non-default fields
-class Parallel(Strategy):
+class Parallel(Growing):
     """Freeze the trained network and train a new one beside it that also reads its features.
 
     Seed 003's proposal: fine-tuning a new network on top of a frozen one limits what it can
@@ -66,6 +65,8 @@ class Parallel(Strategy):
         "or compose with replay"
         for setting in ("class_il", "domain_il")
     }
+    unit: ClassVar[str] = "stage"
+    net_type: ClassVar[type] = ParallelNet
 
     def __post_init__(self) -> None:
         if self.features not in FEATURES:
@@ -73,36 +74,17 @@ class Parallel(Strategy):
                              f"got {self.features!r}")
         if not isinstance(self.init_from_old, bool):
             raise ValueError(f"init_from_old must be true or false, got {self.init_from_old!r}")
-        self.stages_ = 1
-        self.stage_params_: list[int] = []
+        super().__post_init__()
 
-    def setup(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
-        if isinstance(model, ParallelNet):
-            raise Unsupported("'parallel' was given a ParallelNet: list it once per run")
-        net = ParallelNet(linear_stack(model, "parallel"), self.features, self.route)
-        while net.n_stages < self.stages_:  # resume: rebuild the stages, weights come next
-            net.add_stage(self.init_from_old)
-        self._freeze(net)
-        return net
+    @property
+    def stages_(self) -> int:
+        return self.units_
 
-    def before_task(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
-        net = ctx.unwrap(model)
-        if not isinstance(net, ParallelNet):
-            raise Unsupported(f"'parallel' expected its ParallelNet before task {ctx.task_index}, "
-                              f"got {type(net).__name__}: another strategy replaced the model")
-        while net.n_stages <= ctx.task_index:
-            net.add_stage(self.init_from_old)
-        self._freeze(net)
-        return net
+    def build(self, model: nn.Module) -> nn.Module:
+        return ParallelNet(linear_stack(model, "parallel"), self.features, self.route)
 
-    def _freeze(self, net: ParallelNet) -> None:
-        for k, stage in enumerate(net.stages):
-            stage.requires_grad_(k == net.n_stages - 1)
-        self.stages_ = net.n_stages
-        self.stage_params_ = net.stage_params()
+    def grow(self, net: ParallelNet) -> None:
+        net.add_stage(self.init_from_old)
 
-    def stats(self) -> dict[str, Any]:
-        per = self.stage_params_
-        total = sum(per)
-        return {"stages": self.stages_, "params_per_stage": list(per), "params": total,
-                "growth": total / per[0] if per else 1.0}
+    def parts(self, net: ParallelNet) -> list[nn.Module]:
+        return list(net.stages)

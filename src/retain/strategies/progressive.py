@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import ClassVar
+
+from torch import nn
 
 from retain.models.progressive import ProgressiveNet
-from retain.models.stack import Unsupported, linear_stack
+from retain.models.stack import linear_stack
 from retain.strategies import register
-from retain.strategies.base import Strategy
-
-if TYPE_CHECKING:
-    from torch import nn
-
-    from retain.train.context import TaskContext
+from retain.strategies._growing import Growing
 
 _NEEDS_IDS = ("it answers each sample with the column of that sample's task, so it needs task "
               "labels at test time; without them every sample goes to the newest column, which "
@@ -22,7 +19,7 @@ _NEEDS_IDS = ("it answers each sample with the column of that sample's task, so 
 
 @register("progressive", reference_url="https://arxiv.org/abs/1606.04671")
 @dataclass(repr=False)  # keep Strategy.__repr__: only non-default fields
-class Progressive(Strategy):
+class Progressive(Growing):
     """Progressive networks: a new column of layers per task; earlier columns frozen, never forget.
 
     The model (retain's MLP, or an ``nn.Sequential`` of Linear layers and activations) becomes
@@ -47,44 +44,25 @@ class Progressive(Strategy):
     """
 
     known_failures: ClassVar[dict[str, str]] = {"class_il": _NEEDS_IDS, "domain_il": _NEEDS_IDS}
+    unit: ClassVar[str] = "column"
+    net_type: ClassVar[type] = ProgressiveNet
 
     laterals: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.laterals, bool):
             raise ValueError(f"laterals must be true or false, got {self.laterals!r}")
-        self.columns_ = 1
-        self.column_params_: list[int] = []
+        super().__post_init__()
 
-    def setup(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
-        if isinstance(model, ProgressiveNet):
-            raise Unsupported("'progressive' was given a ProgressiveNet: list it once per run")
-        net = ProgressiveNet(linear_stack(model, "progressive"), laterals=self.laterals)
-        while net.n_columns < self.columns_:  # resume: rebuild the columns, weights come next
-            net.add_column()
-        self._freeze(net)
-        return net
+    @property
+    def columns_(self) -> int:
+        return self.units_
 
-    def before_task(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
-        net = ctx.unwrap(model)
-        if not isinstance(net, ProgressiveNet):
-            raise Unsupported(f"'progressive' expected its ProgressiveNet before task "
-                              f"{ctx.task_index}, got {type(net).__name__}: another strategy "
-                              "replaced the model")
-        while net.n_columns <= ctx.task_index:
-            net.add_column()
-        self._freeze(net)
-        return net
+    def build(self, model: nn.Module) -> nn.Module:
+        return ProgressiveNet(linear_stack(model, "progressive"), laterals=self.laterals)
 
-    def _freeze(self, net: ProgressiveNet) -> None:
-        for k, (column, lateral) in enumerate(zip(net.columns, net.laterals)):
-            for p in [*column.parameters(), *lateral.parameters()]:
-                p.requires_grad_(k == net.n_columns - 1)
-        self.columns_ = net.n_columns
-        self.column_params_ = net.column_params()
+    def grow(self, net: ProgressiveNet) -> None:
+        net.add_column()
 
-    def stats(self) -> dict[str, Any]:
-        per = self.column_params_
-        total = sum(per)
-        return {"columns": self.columns_, "params_per_column": list(per), "params": total,
-                "growth": total / per[0] if per else 1.0}
+    def parts(self, net: ProgressiveNet) -> list[nn.Module]:
+        return [nn.ModuleList([c, lat]) for c, lat in zip(net.columns, net.laterals)]
