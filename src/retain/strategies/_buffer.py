@@ -60,6 +60,21 @@ class Buffer:
         """Bytes held by the (preallocated) memory tensors."""
         return sum(v.numel() * v.element_size() for v in self.data.values())
 
+    # ------------------------------------------------------------------ in a strategy's hooks
+
+    def offer(self, batch: dict[str, torch.Tensor], ctx: Any, **extra: torch.Tensor) -> None:
+        """``add`` the batch's own rows, not those a rehearsal strategy appended (marked
+        ``batch["replayed"]``), with ``extra`` fields (DER's logits); all processes' rows."""
+        replayed = batch.get("replayed")
+        rows = {**{k: v for k, v in batch.items() if k != "replayed"}, **extra}
+        self.add(rows, ctx.generator, mask=None if replayed is None else ~replayed,
+                 accelerator=ctx.accelerator)
+
+    def draw(self, n: int, ctx: Any, device: torch.device) -> dict[str, torch.Tensor]:
+        """``sample`` this process's share of ``n`` per process, with the run's generator."""
+        return self.sample(n, ctx.generator, ctx.accelerator.process_index, ctx.num_processes,
+                           device)
+
     # ------------------------------------------------------------------ add
 
     def add(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None,

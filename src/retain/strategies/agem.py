@@ -57,8 +57,7 @@ class AGEM(Strategy):
         if not len(self.buffer_):
             return
         params = [p for p in model.parameters() if p.requires_grad]
-        mem = self.buffer_.sample(self.batch_size, ctx.generator, ctx.accelerator.process_index,
-                                  ctx.num_processes, ctx.device)
+        mem = self.buffer_.draw(self.batch_size, ctx, ctx.device)
         # A separate forward on the unwrapped module: no DDP hooks, and the loop's .grad is
         # untouched (autograd.grad returns the reference gradient instead of accumulating it).
         inner = ctx.unwrap(model)

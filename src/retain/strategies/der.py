@@ -74,8 +74,7 @@ class DER(Strategy):
         return model
 
     def _draw(self, ctx: TaskContext, device: torch.device) -> dict[str, torch.Tensor]:
-        return self.buffer_.sample(self.batch_size or ctx.train.batch_size, ctx.generator,
-                                   ctx.accelerator.process_index, ctx.num_processes, device)
+        return self.buffer_.draw(self.batch_size or ctx.train.batch_size, ctx, device)
 
     def loss(self, loss: torch.Tensor, out: Any, batch: dict[str, torch.Tensor],
              ctx: TaskContext) -> torch.Tensor:
@@ -95,11 +94,7 @@ class DER(Strategy):
             if b is not None:
                 loss = loss + self.beta * ctx.task_loss(out_b, b)
         # Store raw logits (no task-IL mask) of the incoming samples only, as trained on now.
-        new = {k: v for k, v in batch.items() if k != "replayed"}
-        new["logits"] = logits.detach()
-        replayed = batch.get("replayed")
-        self.buffer_.add(new, ctx.generator, mask=None if replayed is None else ~replayed,
-                         accelerator=ctx.accelerator)
+        self.buffer_.offer(batch, ctx, logits=logits.detach())
         return loss
 
     def stats(self) -> dict[str, Any]:

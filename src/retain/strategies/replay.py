@@ -85,8 +85,7 @@ class Replay(Strategy):
         out = batch
         if len(self.buffer_) and m > 0:
             # Draw before adding (mammoth): a batch never replays its own samples.
-            mem = self.buffer_.sample(m, ctx.generator, ctx.accelerator.process_index,
-                                      ctx.num_processes, device=device)
+            mem = self.buffer_.draw(m, ctx, device)
             missing = incoming.keys() - mem.keys()
             if missing:
                 raise ValueError(f"replay: the memory has no {sorted(missing)} for this batch")
@@ -96,9 +95,7 @@ class Replay(Strategy):
                 was if was is not None else torch.zeros(n, dtype=torch.bool, device=device),
                 torch.ones(len(mem["task"]), dtype=torch.bool, device=device),
             ])
-        replayed = batch.get("replayed")
-        self.buffer_.add(incoming, ctx.generator, mask=None if replayed is None else ~replayed,
-                         accelerator=ctx.accelerator)
+        self.buffer_.offer(batch, ctx)
         return out
 
     def stats(self) -> dict[str, Any]:
