@@ -82,6 +82,17 @@ def test_class_balanced_needs_integer_labels():
         Buffer(4, "fifo")
 
 
+def test_a_negative_label_is_refused_before_the_memory_changes():
+    # Regression: rows before the bad one had already been counted in seen/class_seen.
+    buf = Buffer(4, "class_balanced")
+    buf.add({"x": torch.zeros(2, 1), "y": torch.tensor([0, 1])}, torch.Generator().manual_seed(0))
+    before = (buf.seen, list(buf.class_seen), buf.filled)
+    with pytest.raises(ValueError, match="must be >= 0"):
+        buf.add({"x": torch.zeros(3, 1), "y": torch.tensor([1, 0, -1])},
+                torch.Generator().manual_seed(0))
+    assert (buf.seen, list(buf.class_seen), buf.filled) == before
+
+
 @pytest.mark.parametrize("policy", ["reservoir", "class_balanced"])
 def test_state_round_trips_and_continues_identically(policy):
     a = Buffer(20, policy)

@@ -140,9 +140,10 @@ class Buffer:
         # Python ints, no pass over the whole memory (avalanche#650/#653 took hours for that).
         rng = random.Random(int(torch.randint(2**62, (1,), generator=generator)))
         writes: dict[int, int] = {}  # slot -> row; a later row overwrites an earlier one
-        for row, c in zip(offered.tolist(), y[torch.from_numpy(offered).to(y.device)].tolist()):
-            if c < 0:
-                raise ValueError(f"class labels must be >= 0, got {c}")
+        classes = y[torch.from_numpy(offered).to(y.device)].tolist()
+        if classes and min(classes) < 0:  # before any state changes
+            raise ValueError(f"class labels must be >= 0, got {min(classes)}")
+        for row, c in zip(offered.tolist(), classes):
             if c >= len(counts):
                 counts.extend([0] * (c + 1 - len(counts)))
                 seen.extend([0] * (c + 1 - len(seen)))
