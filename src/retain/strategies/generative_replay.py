@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 
 from retain.models.stack import Unsupported
 from retain.models.vae import VAE
 from retain.strategies import register
 from retain.strategies.base import Strategy
+from retain.strategies.lwf import distillation_loss
 from retain.utils.seed import derive_seed
 
 if TYPE_CHECKING:
@@ -176,9 +176,7 @@ class GenerativeReplay(Strategy):
         hard = ctx.task_loss(student, rows)
         # Over all outputs: the teacher gives zero probability to classes no earlier task has,
         # so the student is also taught to keep the newest classes off the old inputs.
-        t = self.temperature
-        kd = F.kl_div(F.log_softmax(student / t, -1), F.softmax(teacher / t, -1),
-                      reduction="batchmean") * t * t
+        kd = distillation_loss(student, teacher, self.temperature)
         return loss + (m / total) * (kd - hard)
 
     def after_task(self, model: nn.Module, ctx: TaskContext) -> nn.Module:

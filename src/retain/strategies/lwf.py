@@ -25,11 +25,12 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature:
 
     The last dimension holds the outputs; ``valid`` (the leading dimensions' shape) selects the
     rows that count (tokens that are not padding). T^2 keeps the gradient's scale independent of
-    T (Hinton et al. 2015).
+    T (Hinton et al. 2015). A teacher logit of -inf (a class the teacher never predicts, as
+    generative replay masks them) is a zero probability and contributes nothing.
     """
-    log_p = F.log_softmax(teacher.float() / temperature, -1)
+    p = F.softmax(teacher.float() / temperature, -1)
     log_q = F.log_softmax(student.float() / temperature, -1)
-    kl = (log_p.exp() * (log_p - log_q)).sum(-1)
+    kl = (torch.xlogy(p, p) - p * log_q).sum(-1)
     if valid is None:
         return kl.mean() * temperature**2
     valid = valid.float()
