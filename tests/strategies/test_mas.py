@@ -55,6 +55,19 @@ def test_importance_sums_over_tasks_and_the_penalty(digits_permuted):
     assert got == pytest.approx(want.item(), rel=1e-5, abs=1e-9)
 
 
+def test_out_of_memory_is_not_mistaken_for_an_untraceable_model(digits_permuted, monkeypatch):
+    # Regression: any exception from vmap switched to one backward per sample, OOM included.
+    def oom(*args, **kwargs):
+        def raise_oom(*a, **k):
+            raise torch.OutOfMemoryError("simulated")
+        return raise_oom
+
+    monkeypatch.setattr(torch.func, "vmap", oom)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.LayerNorm(8), nn.Linear(8, 10))
+    with pytest.raises(torch.OutOfMemoryError):
+        MAS(samples=8).importance(model, task_ctx(digits_permuted, 0, model), method="vmap")
+
+
 def test_validation():
     for bad in ({"lam": -1}, {"samples": 0}):
         with pytest.raises(ValueError):

@@ -219,6 +219,8 @@ def per_sample_importance(
                     g = per_sample_grads(detached, batch)
                     _accumulate(acc, names, [g[f"model.{n}"] for n in names], weight, power)
                     continue
+                except torch.OutOfMemoryError:
+                    raise  # not a tracing failure: the loop would hide it behind hours of work
                 except Exception:  # noqa: BLE001  vmap cannot trace it (data-dependent control
                     method = "loop"  # flow); the loop below still raises a genuine error
             for i in range(len(next(iter(batch.values())))):
