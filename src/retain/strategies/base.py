@@ -45,6 +45,14 @@ HOOKS = (
 )
 
 
+def fails_in_class_il(what: str) -> str:
+    """The ``known_failures["class_il"]`` message of a method that protects old tasks by ``what``
+    alone (regularisation, distillation)."""
+    return (f"{what} alone does not prevent forgetting in class-incremental learning without "
+            "replay or task labels (van de Ven et al. 2022); compose it with a rehearsal "
+            "strategy (e.g. replay) or use the task_il setting")
+
+
 @dataclass
 class Strategy:
     """Base class: every hook is a no-op. Subclass it, add fields, override hooks, register it."""

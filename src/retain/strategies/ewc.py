@@ -18,6 +18,7 @@ from retain.strategies._importance import (
     subset,
     trainable,
 )
+from retain.strategies.base import fails_in_class_il
 from retain.train.objectives import masked
 
 if TYPE_CHECKING:
@@ -25,9 +26,7 @@ if TYPE_CHECKING:
 
     from retain.train.context import TaskContext
 
-CLASS_IL = ("regularising weights alone does not prevent forgetting in class-incremental learning "
-            "without replay or task labels (van de Ven et al. 2022); compose it with a rehearsal "
-            "strategy (e.g. replay) or use the task_il setting")
+CLASS_IL = fails_in_class_il("regularising weights")
 
 
 def sample_labels(out: Any, batch: dict[str, torch.Tensor],

@@ -10,8 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from retain.strategies import register
-from retain.strategies.base import Strategy
-from retain.strategies.ewc import CLASS_IL
+from retain.strategies.base import Strategy, fails_in_class_il
 
 if TYPE_CHECKING:
     from torch import nn
@@ -62,8 +61,8 @@ class LwF(Strategy):
     alpha: float = 1.0
     temperature: float = 2.0
 
-    known_failures: ClassVar[dict[str, str]] = {"class_il": CLASS_IL.replace(
-        "regularising weights alone", "distillation on new-task data alone")}
+    known_failures: ClassVar[dict[str, str]] = {
+        "class_il": fails_in_class_il("distillation on new-task data")}
 
     def __post_init__(self) -> None:
         if self.alpha < 0:
