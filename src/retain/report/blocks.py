@@ -20,6 +20,7 @@ from retain.report.summary import (
     fmt,
     is_complete,
     pooled_accuracy,
+    report_title,
     row_labels,
     runs_of,
     score_name,
@@ -121,7 +122,7 @@ def _matrix_table(run: Record, key: str) -> Block:
 def _head_blocks(record: Record, runs: dict[str, Record]) -> list[Block]:
     stream, tasks = record.get("stream") or {}, record.get("tasks") or []
     score, higher = record.get("score"), record.get("higher_is_better", True)
-    title = record.get("name") or stream.get("name") or "run"
+    title = report_title(record)
     blocks: list[Block] = [("h", 1, f"retain report: {title}")]
     if record.get("kind") == "compare":
         what = f"Comparison of {len(runs)} strategies trained on the same stream from the same "

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from retain.report.blocks import CSV_FIELDS, METRIC_KEYS, build_blocks
-from retain.report.summary import Record, runs_of, summary_lines
+from retain.report.summary import Record, report_title, runs_of, summary_lines
 
 __all__ = ["render_html", "render_markdown", "summary_lines", "write_atomic", "write_reports"]
 
@@ -117,7 +117,7 @@ def render_html(record: Record, images: dict[str, Path] | None = None) -> str:
                 f'<figure><img alt="{e(block[2])}" src="data:image/png;base64,{data}">'
                 f"<figcaption>{e(block[2])}</figcaption></figure>"
             )
-    title = e(record.get("name") or (record.get("stream") or {}).get("name") or "run")
+    title = e(report_title(record))
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>retain report: {title}</title><style>{CSS}</style></head>\n<body>\n"

@@ -88,6 +88,11 @@ def row_labels(run: Record) -> list[str]:
     return (["untrained"] + [f"after {t}" for t in after])[:n]
 
 
+def report_title(record: Record) -> str:
+    """The run's name, else its stream's, else "run"."""
+    return record.get("name") or (record.get("stream") or {}).get("name") or "run"
+
+
 def best_strategy(record: Record) -> str | None:
     """The finished non-joint strategy with the best average final score (``None`` unless there
     are two or more: naming the only one "best" would say nothing)."""
