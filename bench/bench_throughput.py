@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from retain.api import run
-from retain.config import EvalConfig, TrainConfig
+from retain.config import EvalConfig, RunConfig, TrainConfig
 from retain.data.builtin import load_builtin
 from retain.data.scenarios import split
 from retain.models import MLP
@@ -49,7 +49,8 @@ def plain_loop(model, stream, cfg: TrainConfig, seed: int) -> tuple[int, float]:
 
 
 def retain_loop(model, stream, cfg: TrainConfig, seed: int) -> tuple[int, float]:
-    r = run(model, stream, ["finetune"], cfg, eval=EvalConfig(batch_size=4096), seed=seed)
+    r = run(model, stream, ["finetune"],
+            RunConfig(train=cfg, eval=EvalConfig(batch_size=4096), seed=seed))
     t = r["timing"]["per_task"]
     return sum(x["samples"] for x in t), sum(x["train_seconds"] for x in t)
 

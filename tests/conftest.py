@@ -33,22 +33,20 @@ def task_ctx(stream, i=0, model=None, *, n=None, train=None, seed=0):
     its first ``n`` training samples when given), on the CPU, with the stream's class mask."""
     import dataclasses
 
-    from retain.api import make_accelerator
     from retain.config import TrainConfig
-    from retain.train.context import TaskContext
     from retain.train.objectives import make_objective
+    from retain.train.runtime import make_accelerator, task_context
 
     train = train or TrainConfig()
     task = stream.tasks[i]
     if n is not None:
         task = dataclasses.replace(task, train=task.train[torch.arange(n)])
-    return TaskContext(
-        stream=stream, task=task, task_index=i,
-        objective=make_objective(stream.objective, stream.n_outputs),
-        accelerator=make_accelerator(dataclasses.replace(train, cpu=True)), train=train,
-        seed=seed, generator=torch.Generator().manual_seed(seed),
-        class_mask=stream.class_mask(), model=model,
+    ctx = task_context(
+        make_accelerator(dataclasses.replace(train, cpu=True)), train, stream, task, i,
+        make_objective(stream.objective, stream.n_outputs), seed,
+        torch.Generator().manual_seed(seed), stream.class_mask(),
     )
+    return dataclasses.replace(ctx, model=model)
 
 
 @pytest.fixture(scope="session")
@@ -117,12 +115,12 @@ def _run_strategies(stream, strategies, train=None, seed=0, hidden=(100, 100)):
     0.18 average accuracy (forgetting ~0.88); on digits_permuted near 0.52 (forgetting ~0.36).
     """
     from retain.api import run
-    from retain.config import TrainConfig
+    from retain.config import RunConfig, TrainConfig
 
     torch.manual_seed(seed)
     model = MLP(64, stream.n_outputs, list(hidden))
     train = train or TrainConfig(epochs=5, batch_size=32, optimizer="sgd", lr=0.05)
-    return run(model, stream, strategies, train, seed=seed)
+    return run(model, stream, strategies, RunConfig(train=train, seed=seed))
 
 
 @pytest.fixture
@@ -178,14 +176,17 @@ def _crash_and_resume(stream, make, train, out_dir, model, seed=1, at=2):
     from types import SimpleNamespace
 
     from retain.api import run
+    from retain.config import RunConfig
 
     whole = make()
-    full = run(model(), stream, [*whole, CrashBefore(at=at)], train, seed=seed)
+    full = run(model(), stream, [*whole, CrashBefore(at=at)], RunConfig(train=train, seed=seed))
     with pytest.raises(KeyboardInterrupt):
-        run(model(), stream, [*make(), CrashBefore(at=at, armed=True)], train, seed=seed,
+        run(model(), stream, [*make(), CrashBefore(at=at, armed=True)],
+            RunConfig(train=train, seed=seed),
             out_dir=out_dir)
     used = make()
-    resumed = run(model(), stream, [*used, CrashBefore(at=at)], train, seed=seed,
+    resumed = run(model(), stream, [*used, CrashBefore(at=at)],
+                  RunConfig(train=train, seed=seed),
                   out_dir=out_dir, resume=True)
     return SimpleNamespace(full=full, resumed=resumed, full_strategies=whole, strategies=used)
 

@@ -19,7 +19,7 @@ WORKER = '''
 import hashlib, json, os, sys
 import torch
 from retain.api import run
-from retain.config import TrainConfig
+from retain.config import RunConfig, TrainConfig
 from retain.data.builtin import load_builtin
 from retain.data.scenarios import split
 from retain.models import MLP
@@ -31,8 +31,8 @@ from retain.strategies import build_all
 specs = build_all(json.loads(sys.argv[2]))
 stream = split(load_builtin("digits").with_test_split(0.25, 0), n_tasks=2, classes=[0, 1, 2, 3])
 torch.manual_seed(0)
-result = run(MLP(64, 4, [32]), stream, specs, TrainConfig(epochs=2, batch_size=16, optimizer="sgd",
-             lr=0.05), out_dir=out + "/run", seed=0)
+config = RunConfig(train=TrainConfig(epochs=2, batch_size=16, optimizer="sgd", lr=0.05), seed=0)
+result = run(MLP(64, 4, [32]), stream, specs, config, out_dir=out + "/run")
 rank = int(os.environ["RANK"])
 
 
@@ -82,14 +82,15 @@ def test_two_processes_train_one_model(tmp_path):
     import torch
 
     from retain.api import run
-    from retain.config import TrainConfig
+    from retain.config import RunConfig, TrainConfig
     from retain.data.builtin import load_builtin
     from retain.data.scenarios import split
     from retain.models import MLP
 
     stream = split(load_builtin("digits").with_test_split(0.25, 0), n_tasks=2, classes=[0, 1, 2, 3])
     torch.manual_seed(0)
-    single = run(MLP(64, 4, [32]), stream, ["finetune"], TrainConfig(epochs=1, optimizer="sgd"))
+    single = run(MLP(64, 4, [32]), stream, ["finetune"],
+                 RunConfig(train=TrainConfig(epochs=1, optimizer="sgd")))
     assert rec["matrix"][0] == single.matrix[0]
 
 

@@ -17,7 +17,7 @@ import torch
 from conftest import CrashBefore
 
 from retain.api import run
-from retain.config import TrainConfig
+from retain.config import RunConfig, TrainConfig
 from retain.errors import RunDirError
 from retain.models import MLP
 from retain.strategies.base import Strategy
@@ -45,14 +45,16 @@ def _mlp():
 
 
 def test_resume_after_a_crash_gives_the_same_result(tiny_stream, tmp_path):
-    full = run(_mlp(), tiny_stream, [Counter(), CrashBefore()], CFG, seed=1)
+    full = run(_mlp(), tiny_stream, [Counter(), CrashBefore()], RunConfig(train=CFG, seed=1))
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
-        run(_mlp(), tiny_stream, [Counter(), CrashBefore(armed=True)], CFG, seed=1, out_dir=out)
+        run(_mlp(), tiny_stream, [Counter(), CrashBefore(armed=True)], RunConfig(train=CFG, seed=1),
+            out_dir=out)
     assert json.loads((out / "checkpoints" / "LATEST.json").read_text())["tasks_done"] == 2
     assert json.loads((out / "result.json").read_text())["status"] == "running"
     counter = Counter()
-    resumed = run(_mlp(), tiny_stream, [counter, CrashBefore()], CFG, seed=1, out_dir=out, resume=True)
+    resumed = run(_mlp(), tiny_stream, [counter, CrashBefore()], RunConfig(train=CFG, seed=1), out_dir=out,
+                  resume=True)
     assert resumed.matrix == full.matrix
     assert resumed.metrics == full.metrics
     assert counter.tasks_done_ == 3 and counter.seen_.tolist() == [len(t.train) for t in tiny_stream]
@@ -60,7 +62,7 @@ def test_resume_after_a_crash_gives_the_same_result(tiny_stream, tmp_path):
 
 
 def test_run_directory_holds_no_pickles(tiny_stream, tmp_path):
-    run(_mlp(), tiny_stream, [Counter()], CFG, out_dir=tmp_path / "r")
+    run(_mlp(), tiny_stream, [Counter()], RunConfig(train=CFG), out_dir=tmp_path / "r")
     files = [p for p in (tmp_path / "r").rglob("*") if p.is_file()]
     assert files
     assert {p.suffix for p in files} <= {".json", ".safetensors", ".yaml"}
@@ -76,7 +78,7 @@ def test_existing_run_dir_is_refused_and_left_intact(tiny_stream, tmp_path):
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
     with pytest.raises(RunDirError, match="already exists; pass --resume"):
-        run(_mlp(), tiny_stream, ["finetune"], CFG, out_dir=out)
+        run(_mlp(), tiny_stream, ["finetune"], RunConfig(train=CFG), out_dir=out)
     assert (out / "notes.txt").read_text() == "keep me"
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
 

@@ -209,10 +209,15 @@ class EvalConfig:
         "language models) or one of accuracy, mse, r2, loss, perplexity, token_accuracy",
         default="auto",
     )
+    every_steps: int | None = _help(
+        "also evaluate on every task every N optimizer steps while a task trains (recorded in "
+        "the run's curves); default: only after each task", default=None)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ConfigError(f"eval.batch_size must be >= 1, got {self.batch_size}")
+        if self.every_steps is not None and self.every_steps < 1:
+            raise ConfigError(f"eval.every_steps must be >= 1, got {self.every_steps}")
 
 
 @dataclass

@@ -55,11 +55,8 @@ def run_config(cfg: RunConfig, out: str | Path | None, resume: bool = False,
     RunDir(out).ensure_new_or_resumable(resume)
     stream, info = stream_info or prepare_stream(cfg)
     model = _model(cfg, stream)
-    result = run(
-        model, stream, strategies, cfg.train, eval=cfg.eval, seed=cfg.seed, out_dir=out,
-        resume=resume, config=cfg, progress=progress, warn=warn,
-        keep_checkpoints=cfg.output.keep_checkpoints, checkpoints=cfg.output.checkpoints,
-    )
+    result = run(model, stream, strategies, cfg, out_dir=out, resume=resume, progress=progress,
+                 warn=warn)
     record = result.record
     record["data"] = info
     record["out_dir"] = str(out)

@@ -11,13 +11,14 @@ import torch
 
 from retain import strategies as registry
 from retain.api import run
-from retain.config import TrainConfig
+from retain.config import RunConfig, TrainConfig
 from retain.data.scenarios import split
 from retain.models import MLP
+from retain.strategies.joint import Joint
 from retain.utils.checkpoint import RunDir
 from retain.utils.state import flatten
 
-CFG = TrainConfig(epochs=1, batch_size=32, optimizer="sgd", lr=0.05)
+CFG = RunConfig(train=TrainConfig(epochs=1, batch_size=32, optimizer="sgd", lr=0.05), seed=0)
 NAMES = registry.available()
 
 
@@ -40,8 +41,8 @@ def _finite(rec):
 @pytest.mark.parametrize("name", NAMES)
 def test_contract(name, stream, tmp_path):
     cls = registry.get(name)
-    a = run(_model(), stream, [cls()], CFG, seed=0, out_dir=tmp_path / "a")
-    b = run(_model(), stream, [cls()], CFG, seed=0)
+    a = run(_model(), stream, [cls()], CFG, out_dir=tmp_path / "a")
+    b = run(_model(), stream, [cls()], CFG)
     assert _finite(a.record)
     assert a.matrix == b.matrix
     # State round-trips through the checkpoint (safetensors + JSON).
@@ -62,11 +63,11 @@ def test_composes_with_replay(name, stream):
     if "replay" not in NAMES:
         pytest.skip("replay is not registered yet")
     cls = registry.get(name)
-    if cls.joint:
+    if issubclass(cls, Joint):
         with pytest.raises(Exception, match="cannot be combined"):
             registry.build_all([cls(), registry.get("replay")()])
         return
-    r = run(_model(), stream, [cls(), registry.get("replay")()], CFG, seed=0)
+    r = run(_model(), stream, [cls(), registry.get("replay")()], CFG)
     assert _finite(r.record)
 
 

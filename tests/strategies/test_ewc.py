@@ -4,6 +4,7 @@ and, on permuted digits, less forgetting than finetune."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -12,7 +13,7 @@ from conftest import task_ctx
 from torch import nn
 
 from retain.api import run
-from retain.config import EvalConfig, TrainConfig
+from retain.config import EvalConfig, RunConfig, TrainConfig
 from retain.data.stream import Stream, Task, TensorData
 from retain.models import MLP
 from retain.strategies.base import Strategy
@@ -162,10 +163,12 @@ def test_validation():
 def test_warns_once_in_class_il_unless_composed_with_rehearsal(digits_class_il):
     cfg = TrainConfig(steps=2, batch_size=32)
     messages: list[str] = []
-    run(MLP(64, 10, [16]), digits_class_il, [EWC(fisher_samples=32)], cfg, warn=messages.append)
+    run(MLP(64, 10, [16]), digits_class_il, [EWC(fisher_samples=32)], RunConfig(train=cfg),
+        warn=messages.append)
     assert len(messages) == 1 and "class_il" in messages[0] and "'ewc'" in messages[0]
     messages.clear()
-    run(MLP(64, 10, [16]), digits_class_il, [EWC(fisher_samples=32), "cumulative"], cfg,
+    run(MLP(64, 10, [16]), digits_class_il, [EWC(fisher_samples=32), "cumulative"],
+        RunConfig(train=cfg),
         warn=messages.append)
     assert messages == []
 
@@ -186,7 +189,7 @@ def test_ewc_on_a_causal_lm(tiny_causal_lm, fisher):
                     setting="domain_il")
     ewc = EWC(fisher=fisher, fisher_samples=6, lam=1.0)
     cfg = TrainConfig(steps=4, batch_size=4, optimizer="adamw", lr=3e-3)
-    r = run(tiny_causal_lm, stream, [ewc], cfg, eval=EvalConfig(batch_size=8))
+    r = run(tiny_causal_lm, stream, [ewc], RunConfig(train=cfg, eval=EvalConfig(batch_size=8)))
     assert all(math.isfinite(v) for task in r["curves"]["loss"] for _, v in task)
     assert len(ewc.fisher_) == 2
     assert all(torch.isfinite(f).all() for fisher_ in ewc.fisher_ for f in fisher_.values())
@@ -197,8 +200,8 @@ def test_ewc_on_a_causal_lm(tiny_causal_lm, fisher):
 
 
 def test_regression_needs_the_empirical_fisher(digits_permuted):
-    ctx = task_ctx(digits_permuted)
-    ctx.objective = type("Regression", (), {"name": "regression"})()
+    ctx = dataclasses.replace(task_ctx(digits_permuted),
+                              objective=type("Regression", (), {"name": "regression"})())
     with pytest.raises(ValueError, match="empirical"):
         EWC().setup(nn.Linear(2, 1), ctx)
     assert EWC(fisher="empirical").setup(nn.Linear(2, 1), ctx) is not None
@@ -241,11 +244,13 @@ def test_resume_gives_the_uninterrupted_result(tiny_stream, tmp_path, spec):
     # LwF's teacher is rebuilt from the restored weights.
     cfg = TrainConfig(epochs=1, batch_size=32, optimizer="sgd", lr=0.05)
     torch.manual_seed(0)
-    full = run(MLP(64, 6, [32]), tiny_stream, [dict(spec), _CrashBefore()], cfg, seed=1)
+    full = run(MLP(64, 6, [32]), tiny_stream, [dict(spec), _CrashBefore()], RunConfig(train=cfg, seed=1))
     torch.manual_seed(0)
     with pytest.raises(KeyboardInterrupt):
-        run(MLP(64, 6, [32]), tiny_stream, [dict(spec), _CrashBefore(armed=True)], cfg, seed=1,
+        run(MLP(64, 6, [32]), tiny_stream, [dict(spec), _CrashBefore(armed=True)],
+            RunConfig(train=cfg, seed=1),
             out_dir=tmp_path / "r")
-    resumed = run(MLP(64, 6, [32]), tiny_stream, [dict(spec), _CrashBefore()], cfg, seed=1,
+    resumed = run(MLP(64, 6, [32]), tiny_stream, [dict(spec), _CrashBefore()],
+                  RunConfig(train=cfg, seed=1),
                   out_dir=tmp_path / "r", resume=True)
     assert resumed.matrix == full.matrix

@@ -10,15 +10,14 @@ import pytest
 import torch
 
 from retain.api import run
-from retain.config import TrainConfig
+from retain.config import RunConfig, TrainConfig
 from retain.models import MLP
 from retain.strategies.freeze import Freeze, layer_depths
 from retain.train.optim import build_optimizer, default_groups
 
 
 def _ctx(task_index: int) -> SimpleNamespace:
-    return SimpleNamespace(task_index=task_index,
-                           accelerator=SimpleNamespace(unwrap_model=lambda m: m), unwrap=lambda m: m)
+    return SimpleNamespace(task_index=task_index, unwrap=lambda m: m)
 
 
 def _mlp() -> MLP:
@@ -105,7 +104,8 @@ def test_validation():
 def test_frozen_layers_never_change(tiny_stream):
     model = MLP(64, 6, [16])
     start = copy.deepcopy(model.state_dict())
-    r = run(model, tiny_stream, [Freeze(from_task=0)], TrainConfig(epochs=1))
+    r = run(model, tiny_stream, [Freeze(from_task=0)],
+            RunConfig(train=TrainConfig(epochs=1)))
     end = r.model.state_dict()
     assert torch.equal(end["net.1.weight"], start["net.1.weight"])
     assert not torch.equal(end["net.3.weight"], start["net.3.weight"])

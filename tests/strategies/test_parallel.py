@@ -17,8 +17,7 @@ from retain.strategies.parallel import Parallel
 
 
 def _ctx(task_index: int) -> SimpleNamespace:
-    return SimpleNamespace(task_index=task_index,
-                           accelerator=SimpleNamespace(unwrap_model=lambda m: m), unwrap=lambda m: m)
+    return SimpleNamespace(task_index=task_index, unwrap=lambda m: m)
 
 
 def _train(net: nn.Module, x: torch.Tensor, steps: int = 5) -> None:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from retain.api import run
-from retain.config import TrainConfig
+from retain.config import RunConfig, TrainConfig
 from retain.data.scenarios import split
 from retain.models import MLP
 from retain.models.progressive import ProgressiveNet
@@ -18,8 +18,7 @@ from retain.strategies.progressive import Progressive
 
 
 def _ctx(task_index: int) -> SimpleNamespace:
-    return SimpleNamespace(task_index=task_index,
-                           accelerator=SimpleNamespace(unwrap_model=lambda m: m), unwrap=lambda m: m)
+    return SimpleNamespace(task_index=task_index, unwrap=lambda m: m)
 
 
 def test_columns_are_frozen_and_earlier_outputs_bit_identical():
@@ -69,7 +68,7 @@ def test_zero_forgetting_in_task_il(digits_task_il, run_strategies):
 def test_class_il_warns_but_runs(tiny_stream):
     warnings = []
     torch.manual_seed(0)
-    r = run(MLP(64, 6, [16]), tiny_stream, ["progressive"], TrainConfig(epochs=1),
+    r = run(MLP(64, 6, [16]), tiny_stream, ["progressive"], RunConfig(train=TrainConfig(epochs=1)),
             warn=warnings.append)
     assert len(r.matrix) == 4 and any("task labels at test time" in w for w in warnings)
 

@@ -9,7 +9,7 @@ import torch
 from conftest import CONVERGED, finetune_baseline, task_ctx
 
 from retain.api import run
-from retain.config import TrainConfig
+from retain.config import RunConfig, TrainConfig
 from retain.errors import ConfigError
 from retain.models import MLP
 from retain.strategies import build
@@ -78,7 +78,7 @@ def test_ratio_and_batch_size_set_the_memory_share(tiny_stream):
 def test_composed_replays_each_store_only_incoming_samples(tiny_stream):
     a, b = Replay(size=50), Replay(size=40, ratio=0.3, policy="class_balanced")
     cfg = TrainConfig(epochs=1, batch_size=32, optimizer="sgd", lr=0.05)
-    result = run(MLP(64, 6, [32]), tiny_stream, [a, b], cfg, seed=0)
+    result = run(MLP(64, 6, [32]), tiny_stream, [a, b], RunConfig(train=cfg, seed=0))
     offered = sum(len(t.train) for t in tiny_stream.tasks)
     assert a.buffer_.seen == b.buffer_.seen == offered
     stats = result.record["strategy_stats"][-1]["replay"]  # the later one of the two names
@@ -87,7 +87,7 @@ def test_composed_replays_each_store_only_incoming_samples(tiny_stream):
 
 def test_stats_report_the_memory_in_bytes(tiny_stream):
     cfg = TrainConfig(epochs=1, batch_size=32, optimizer="sgd", lr=0.05)
-    result = run(MLP(64, 6, [32]), tiny_stream, [Replay(size=100)], cfg, seed=0)
+    result = run(MLP(64, 6, [32]), tiny_stream, [Replay(size=100)], RunConfig(train=cfg, seed=0))
     per_task = [s["replay"] for s in result.record["strategy_stats"]]
     assert [s["buffer_samples"] for s in per_task] == [100, 100, 100]
     assert all(s["buffer_bytes"] == 100 * (64 * 4 + 8 + 8) for s in per_task)  # x f32, y, task

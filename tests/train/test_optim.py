@@ -42,7 +42,7 @@ def test_frozen_parameters_are_left_out():
 
 
 def test_unwrap_walks_wrappers_without_accelerate():
-    from retain.train.context import unwrap
+    from retain.strategies.context import unwrap
 
     inner = torch.nn.Linear(2, 2)
     assert unwrap(inner) is inner

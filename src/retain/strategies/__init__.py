@@ -127,8 +127,10 @@ def build(spec: dict[str, Any] | str | Strategy, where: str = "strategies") -> S
 
 
 def build_all(specs: list[Any]) -> list[Strategy]:
+    from retain.strategies.joint import Joint
+
     strategies = [build(s, f"strategies.{i}") for i, s in enumerate(specs)]
-    if any(s.joint for s in strategies) and len(strategies) > 1:
+    if any(isinstance(s, Joint) for s in strategies) and len(strategies) > 1:
         raise ConfigError(
             "'joint' trains one fresh model on all tasks at once and cannot be combined with "
             "other strategies; compare them side by side with `retain compare` instead"

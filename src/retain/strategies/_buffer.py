@@ -5,8 +5,8 @@ extras such as DER's ``logits``), kept on the device of the batches it is given.
 made on the CPU from a seeded ``torch.Generator`` and applied with one indexed write per key, so an
 ``add`` or a ``sample`` never synchronises the GPU (except the two cases named in ``add``).
 
-Several processes: pass the accelerator to ``add`` and the incoming samples of every rank are
-gathered first; with a generator seeded identically on every rank (``ctx.generator`` is), every
+Several processes: pass ``gather`` (``ctx.gather``) to ``add`` and the incoming samples of every
+rank are gathered first; with a generator seeded identically on every rank (``ctx.generator`` is), every
 rank then makes the same decisions on the same samples and holds the same memory. Without this,
 each rank keeps its own buffer and they diverge (arthurdouillard/dytox#5, an erratum).
 ``sample(..., rank, world_size)`` draws one set for all ranks and gives each its own share, so the
@@ -68,27 +68,26 @@ class Buffer:
         replayed = batch.get("replayed")
         rows = {**{k: v for k, v in batch.items() if k != "replayed"}, **extra}
         self.add(rows, ctx.generator, mask=None if replayed is None else ~replayed,
-                 accelerator=ctx.accelerator)
+                 gather=ctx.gather if ctx.world_size > 1 else None)
 
     def draw(self, n: int, ctx: Any, device: torch.device) -> dict[str, torch.Tensor]:
         """``sample`` this process's share of ``n`` per process, with the run's generator."""
-        return self.sample(n, ctx.generator, ctx.accelerator.process_index, ctx.num_processes,
-                           device)
+        return self.sample(n, ctx.generator, ctx.rank, ctx.world_size, device)
 
     # ------------------------------------------------------------------ add
 
     def add(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None,
-            mask: torch.Tensor | None = None, accelerator: Any = None) -> None:
+            mask: torch.Tensor | None = None, gather: Any = None) -> None:
         """Offer the samples of ``batch`` (only rows where ``mask`` is true) to the memory.
 
         Two samples of one batch that pick the same slot: the later one wins, as in a sequential
         pass. The GPU is synchronised once when a ``mask`` is given (to know which rows are
         offered) and, for ``class_balanced``, to read the labels.
         """
-        if accelerator is not None and accelerator.num_processes > 1:
+        if gather is not None:
             # Rank order, the same on every rank (uint8: not every backend gathers bool).
-            batch = accelerator.gather(dict(batch))
-            mask = accelerator.gather(mask.to(torch.uint8)).bool() if mask is not None else None
+            batch = gather(dict(batch))
+            mask = gather(mask.to(torch.uint8)).bool() if mask is not None else None
         n = len(next(iter(batch.values())))
         offered = np.arange(n) if mask is None else mask.nonzero().flatten().cpu().numpy()
         if len(offered) == 0:

@@ -12,7 +12,7 @@ from retain.strategies.base import Strategy
 if TYPE_CHECKING:
     from torch import nn
 
-    from retain.train.context import TaskContext
+    from retain.strategies.context import TaskContext
 
 
 class Growing(Strategy):

@@ -34,7 +34,7 @@ from retain.strategies.base import Strategy
 
 if TYPE_CHECKING:
     from retain.data.stream import TensorData
-    from retain.train.context import TaskContext
+    from retain.strategies.context import TaskContext
 
 Batch = dict[str, torch.Tensor]
 #: (out, batch) -> (batch with the labels to differentiate, per-sample weights or None); no grad.
@@ -156,7 +156,7 @@ def _accumulate(acc, names, grads, weight, power) -> None:
 
 def _batches(ctx: TaskContext, data: TensorData, size: int):
     """In order; one process reads slices (no gather), several their strides of the data."""
-    if ctx.num_processes > 1:
+    if ctx.world_size > 1:
         yield from ctx.make_loader(data, batch_size=size)
         return
     for start in range(0, len(data), size):
@@ -335,11 +335,7 @@ def grad_path(ctx: Any) -> bool:
     autograd: the gradients must be whole (not sharded by FSDP or DeepSpeed) and unscaled (no fp16
     loss scaler). Under DDP the gradients are already averaged over ranks when it runs, and the
     penalty's gradient is the same on every rank, so the sum is the same as through the loss."""
-    from accelerate.utils import DistributedType
-
-    acc = ctx.accelerator
-    return acc.scaler is None and acc.distributed_type in (
-        DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
+    return ctx.grads_are_local
 
 
 class Penalized(Strategy):
@@ -425,16 +421,16 @@ def check_sgd_stable(strategy: str, param: str, scale: float,
     loss turns NaN a few hundred steps later, reported as a learning-rate problem. The importances
     are known only after the first task, so this is checked when the penalty is built.
     """
-    train = ctx.train
-    if train.optimizer != "sgd" or train.momentum != 0 or not weights or scale <= 0:
+    lr = ctx.sgd_lr  # None unless plain SGD without momentum
+    if lr is None or not weights or scale <= 0:
         return
     top = max(float(w.max()) for w in weights)
-    if 2 * train.lr * scale * top >= 2:
+    if 2 * lr * scale * top >= 2:
         from retain.errors import ConfigError
 
-        limit = 1.0 / (train.lr * top)
+        limit = 1.0 / (lr * top)
         raise ConfigError(
-            f"{strategy}: {param}={scale:g} is too large for SGD at lr={train.lr:g} (largest "
+            f"{strategy}: {param}={scale:g} is too large for SGD at lr={lr:g} (largest "
             f"importance {top:.3g}): the penalty alone would diverge; use {param} < {limit:.3g}"
         )
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -15,7 +14,7 @@ from retain.strategies.base import Strategy
 if TYPE_CHECKING:
     from torch import nn
 
-    from retain.train.context import TaskContext
+    from retain.strategies.context import TaskContext
 
 
 @register("agem", reference_url="https://arxiv.org/abs/1812.00420")
@@ -61,9 +60,7 @@ class AGEM(Strategy):
         # A separate forward on the unwrapped module: no DDP hooks, and the loop's .grad is
         # untouched (autograd.grad returns the reference gradient instead of accumulating it).
         inner = ctx.unwrap(model)
-        amp = ctx.accelerator.autocast if ctx.accelerator.mixed_precision != "no" else (
-            contextlib.nullcontext)
-        with torch.enable_grad(), amp():
+        with torch.enable_grad(), ctx.autocast():
             ref_loss = ctx.task_loss(ctx.forward(inner, mem), mem)
         ref = torch.autograd.grad(ref_loss, params, allow_unused=True)
         g_ref = torch.cat([(r if r is not None else torch.zeros_like(p)).reshape(-1).float()

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from retain.data.stream import TensorData
-    from retain.train.context import TaskContext
+    from retain.strategies.context import TaskContext
 
 HOOKS = (
     "setup", "before_task", "param_groups", "train_data", "batch", "loss",
@@ -59,8 +59,6 @@ class Strategy:
 
     name: ClassVar[str] = ""
     reference_url: ClassVar[str | None] = None
-    #: Train once on the union of all tasks instead of task by task (the ``joint`` reference).
-    joint: ClassVar[bool] = False
     #: Settings in which the method is known not to work, with the reason, shown once as a warning
     #: (not when a rehearsal strategy is composed with it, which is the usual remedy).
     known_failures: ClassVar[dict[str, str]] = {}

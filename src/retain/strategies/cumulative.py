@@ -9,7 +9,7 @@ from retain.strategies import register
 from retain.strategies.base import Strategy
 
 if TYPE_CHECKING:
-    from retain.train.context import TaskContext
+    from retain.strategies.context import TaskContext
 
 
 @register("cumulative")

@@ -16,7 +16,7 @@ from retain.strategies.base import Strategy
 if TYPE_CHECKING:
     from torch import nn
 
-    from retain.train.context import TaskContext
+    from retain.strategies.context import TaskContext
 
 
 @register("der", reference_url="https://arxiv.org/abs/2004.07211")
@@ -74,7 +74,7 @@ class DER(Strategy):
         return model
 
     def _draw(self, ctx: TaskContext, device: torch.device) -> dict[str, torch.Tensor]:
-        return self.buffer_.draw(self.batch_size or ctx.train.batch_size, ctx, device)
+        return self.buffer_.draw(self.batch_size or ctx.batch_size, ctx, device)
 
     def loss(self, loss: torch.Tensor, out: Any, batch: dict[str, torch.Tensor],
              ctx: TaskContext) -> torch.Tensor:

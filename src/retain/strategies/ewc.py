@@ -19,12 +19,11 @@ from retain.strategies._importance import (
     trainable,
 )
 from retain.strategies.base import fails_in_class_il
-from retain.train.objectives import masked
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from retain.train.context import TaskContext
+    from retain.strategies.context import TaskContext
 
 CLASS_IL = fails_in_class_il("regularising weights")
 
@@ -32,7 +31,7 @@ CLASS_IL = fails_in_class_il("regularising weights")
 def sample_labels(out: Any, batch: dict[str, torch.Tensor],
                   ctx: TaskContext) -> dict[str, torch.Tensor]:
     """Labels drawn from the model's own predictive distribution (next tokens for causal LMs)."""
-    logits = masked(ctx.logits(out).detach().float(), ctx.mask_for(batch))
+    logits = ctx.masked_logits(ctx.logits(out).detach().float(), batch)
     if ctx.objective.name == "causal_lm":
         logits = logits[:, :-1]
     probs = torch.softmax(logits, -1).reshape(-1, logits.shape[-1])

@@ -26,7 +26,7 @@ from retain.utils.seed import derive_seed
 if TYPE_CHECKING:
     from torch import nn
 
-    from retain.train.context import TaskContext
+    from retain.strategies.context import TaskContext
 
 
 @register("generative_replay", reference_url="https://arxiv.org/abs/1705.08690")

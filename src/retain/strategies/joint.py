@@ -1,8 +1,6 @@
-"""Joint training: one fresh model trained once on all tasks together (seed 001's Model 2)."""
+"""Joint training: one fresh model trained once on all tasks together, the reference."""
 
 from __future__ import annotations
-
-from typing import ClassVar
 
 from retain.strategies import register
 from retain.strategies.base import Strategy
@@ -16,6 +14,7 @@ class Joint(Strategy):
     together, and trained for ``train.epochs`` epochs (or ``train.steps`` steps) over all of it.
     Its score matrix has two rows, before and after training, so BWT, FWT and forgetting do not
     apply. It takes no hyperparameters and cannot be combined with other strategies.
-    """
 
-    joint: ClassVar[bool] = True
+    It changes no hook: choosing it changes what the run trains on (``retain.api.Plan``: one
+    task holding every task's data instead of the tasks in turn).
+    """

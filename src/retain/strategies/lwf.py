@@ -15,7 +15,7 @@ from retain.strategies.base import Strategy, fails_in_class_il
 if TYPE_CHECKING:
     from torch import nn
 
-    from retain.train.context import TaskContext
+    from retain.strategies.context import TaskContext
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float,

@@ -20,7 +20,7 @@ from retain.strategies.ewc import CLASS_IL
 if TYPE_CHECKING:
     from torch import nn
 
-    from retain.train.context import TaskContext
+    from retain.strategies.context import TaskContext
 
 
 def squared_output_norm(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -15,7 +15,7 @@ from retain.strategies.base import Strategy
 if TYPE_CHECKING:
     from torch import nn
 
-    from retain.train.context import TaskContext
+    from retain.strategies.context import TaskContext
 
 
 @register("replay", reference_url="https://arxiv.org/abs/1902.10486")

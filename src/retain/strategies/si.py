@@ -18,7 +18,7 @@ from retain.strategies.ewc import CLASS_IL
 if TYPE_CHECKING:
     from torch import nn
 
-    from retain.train.context import TaskContext
+    from retain.strategies.context import TaskContext
 
 
 @register("si", reference_url="https://arxiv.org/abs/1703.04200")
@@ -72,7 +72,7 @@ class SynapticIntelligence(Penalized):
         self._start: list[torch.Tensor] = []
 
     def setup(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
-        if ctx.accelerator.scaler is not None:
+        if ctx.grads_are_scaled:
             raise ValueError("si reads gradients before the fp16 loss scaler unscales them; "
                              "use train.mixed_precision=bf16 or no")
         return model

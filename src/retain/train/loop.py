@@ -4,14 +4,15 @@ It owns zero_grad, backward, gradient accumulation, clipping, the learning-rate 
 optimizer step; strategies change the batch and the loss through their hooks and may edit
 gradients in ``after_backward``. Hooks nobody implements are never called, so an unused hook costs
 nothing per step. The loss is read back from the device only every ``LOG_EVERY`` steps: reading it
-every step would synchronise a GPU on each batch.
+every step would synchronise a GPU on each batch. The loop's own state (step, epoch, the running
+loss) lives here, in ``_Loop``; strategies see only the frozen ``TaskContext``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -19,15 +20,15 @@ import torch
 
 from retain.errors import RetainError
 from retain.strategies.base import overrides
-from retain.train.objectives import task_known
 from retain.train.optim import Schedule, set_lr
 
 if TYPE_CHECKING:
     from torch import nn
 
+    from retain.config import TrainConfig
     from retain.data.stream import TensorData
     from retain.strategies.base import Strategy
-    from retain.train.context import TaskContext
+    from retain.strategies.context import TaskContext
 
 LOG_EVERY = 25
 
@@ -49,10 +50,37 @@ class FitStats:
         return self.samples / self.seconds if self.seconds > 0 else 0.0
 
 
+@dataclass(frozen=True)
+class Every:
+    """Work done every ``steps`` optimizer steps inside a task, e.g. evaluating every task.
+
+    ``call(step, model)`` returns True to end the task at that step (a guard that stops when an
+    earlier task's score drops); the loop calls nothing when a run sets no ``Every``."""
+
+    steps: int
+    call: Callable[[int, nn.Module], bool]
+
+
 class NullProgress:
     def task(self, name: str, total: int) -> None: ...
     def advance(self, steps: int, loss: float | None) -> None: ...
     def done(self) -> None: ...
+
+
+@dataclass
+class _Loop:
+    """The loop's state for one task: counters, the running loss and early stopping."""
+
+    total: int
+    batches_per_epoch: int
+    loss_sum: torch.Tensor
+    step: int = 0
+    epoch: int = 0
+    micro: int = 0
+    loss_count: int = 0
+    last_logged: int = 0
+    best: tuple[float, dict[str, torch.Tensor]] | None = None
+    bad_evals: int = 0
 
 
 def _hooks(strategies: list[Strategy], name: str) -> list[Strategy]:
@@ -72,116 +100,132 @@ def validation_loss(model: nn.Module, data: TensorData, ctx: TaskContext) -> flo
     return float(total) / max(n, 1)
 
 
-def fit_task(
-    model: nn.Module,
-    data: TensorData,
-    ctx: TaskContext,
-    strategies: list[Strategy],
-    optimizer: torch.optim.Optimizer,
-    schedule: Schedule,
-    schedule_offset: int = 0,
-    val: TensorData | None = None,
-    progress: Any = None,
-) -> FitStats:
+def fit_task(model: nn.Module, data: TensorData, ctx: TaskContext, strategies: list[Strategy],
+             optimizer: torch.optim.Optimizer, schedule: Schedule, cfg: TrainConfig,
+             accelerator: Any, *, schedule_offset: int = 0, val: TensorData | None = None,
+             progress: Any = None, every: Every | None = None) -> FitStats:
     """Train ``model`` on ``data`` for ``cfg.steps`` steps or ``cfg.epochs`` epochs.
 
     ``schedule_offset`` is where this task starts in ``schedule`` (non-zero when one schedule
     spans the whole run). With ``cfg.patience`` and a validation set, training stops after that
-    many validations without improvement and the best weights are restored.
+    many validations without improvement and the best weights are restored. ``every`` runs
+    every ``every.steps`` optimizer steps (evaluation inside a task).
     """
-    cfg, acc = ctx.train, ctx.accelerator
     progress = progress or NullProgress()
-    batch_hooks, loss_hooks = _hooks(strategies, "batch"), _hooks(strategies, "loss")
-    grad_hooks, step_hooks = _hooks(strategies, "after_backward"), _hooks(strategies, "after_step")
-    objective, mask_for = ctx.objective, ctx.mask_for
-    known = task_known(ctx.stream.setting)
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    # Unwrapped fast path (see api.needs_wrappers): plain backward, no autocast context.
-    wrapped = hasattr(optimizer, "optimizer") or acc.scaler is not None
-    backward = acc.backward if wrapped else torch.Tensor.backward
-    autocast = acc.autocast if acc.mixed_precision != "no" else contextlib.nullcontext
-
+    stepper = _Stepper(model, ctx, strategies, optimizer, schedule, cfg, accelerator,
+                       schedule_offset)
     loader = ctx.make_loader(data, shuffle=True)
-    batches_per_epoch = len(loader)
-    steps_per_epoch = max(1, -(-batches_per_epoch // cfg.grad_accum))
+    steps_per_epoch = max(1, -(-len(loader) // cfg.grad_accum))
     total = cfg.steps if cfg.steps is not None else cfg.epochs * steps_per_epoch
     early = cfg.patience is not None and val is not None and len(val) > 0
     eval_every = cfg.eval_every or steps_per_epoch
-    best: tuple[float, dict[str, torch.Tensor]] | None = None
-    bad_evals = 0
-
+    loop = _Loop(total, len(loader), torch.zeros((), device=ctx.device))
     stats = FitStats()
     progress.task(f"train {ctx.task.name}", total)
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    loss_sum = torch.zeros((), device=acc.device)
-    loss_count, last_logged, micro = 0, 0, 0
     start = time.perf_counter()
-    step = 0
-    while step < total:
+    while loop.step < loop.total:
         for batch in loader:
-            n_batch = len(batch["task"])
-            for s in batch_hooks:
-                batch = s.batch(batch, ctx)
-            with autocast():
-                out = objective.forward(model, batch, known)
-                loss = objective.loss(out, batch, mask_for(batch))
-                for s in loss_hooks:
-                    loss = s.loss(loss, out, batch, ctx)
-            backward(loss / cfg.grad_accum if cfg.grad_accum > 1 else loss)
-            loss_sum += loss.detach()
-            loss_count += 1
-            stats.samples += n_batch
-            micro += 1
-            if micro % cfg.grad_accum and micro < batches_per_epoch * (ctx.epoch + 1):
+            stats.samples += len(batch["task"])
+            loss = stepper.forward_backward(batch)
+            loop.loss_sum += loss.detach()
+            loop.loss_count += 1
+            loop.micro += 1
+            epoch_end = loop.micro >= loop.batches_per_epoch * (loop.epoch + 1)
+            if loop.micro % cfg.grad_accum and not epoch_end:
                 continue
-            for s in grad_hooks:
-                s.after_backward(model, ctx)
-            if cfg.grad_clip is not None:
-                if wrapped:
-                    acc.clip_grad_norm_(params, cfg.grad_clip)
-                else:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            factor = schedule.factor(schedule_offset + step)
-            set_lr(optimizer, factor)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            ctx.step = step
-            for s in step_hooks:
-                s.after_step(model, ctx)
-            if step % LOG_EVERY == 0 or step == total:
-                mean = float(loss_sum) / max(loss_count, 1)
-                if mean != mean or mean in (float("inf"), float("-inf")):
-                    raise RetainError(
-                        f"the training loss became {mean} on task '{ctx.task.name}' by step {step}; "
-                        "lower train.lr or set train.grad_clip"
-                    )
-                stats.losses.append((step, mean))
-                stats.lrs.append((step, factor))
-                progress.advance(step - last_logged, mean)
-                last_logged = step
-                loss_sum.zero_()
-                loss_count = 0
-            if early and (step % eval_every == 0 or step == total):
-                v = validation_loss(model, val, ctx)
-                if best is None or v < best[0]:
-                    best = (v, copy.deepcopy(acc.unwrap_model(model).state_dict()))
-                    bad_evals = 0
-                else:
-                    bad_evals += 1
-                    if bad_evals >= cfg.patience:
-                        stats.stopped_early_at = step
-                        total = step
-            if step >= total:
+            factor = stepper.optimizer_step(loop.step)
+            loop.step += 1
+            if loop.step % LOG_EVERY == 0 or loop.step == loop.total:
+                _log(loop, stats, factor, progress, ctx.task.name)
+            if early and (loop.step % eval_every == 0 or loop.step == loop.total):
+                _validate(loop, stats, model, val, ctx, accelerator, cfg.patience)
+            if every is not None and loop.step % every.steps == 0 and every.call(loop.step, model):
+                stats.stopped_early_at = loop.total = loop.step
+            if loop.step >= loop.total:
                 break
-        ctx.epoch += 1
-    if best is not None:
-        acc.unwrap_model(model).load_state_dict(best[1])
-        stats.best_val_loss = best[0]
-    if last_logged < step:
-        progress.advance(step - last_logged, None)
-    stats.steps = step
-    stats.seconds = time.perf_counter() - start
+        loop.epoch += 1
+    if loop.best is not None:
+        accelerator.unwrap_model(model).load_state_dict(loop.best[1])
+        stats.best_val_loss = loop.best[0]
+    if loop.last_logged < loop.step:
+        progress.advance(loop.step - loop.last_logged, None)
+    stats.steps, stats.seconds = loop.step, time.perf_counter() - start
     progress.done()
     return stats
+
+
+class _Stepper:
+    """A micro-batch's forward and backward, and an optimizer step, with the strategies' hooks."""
+
+    def __init__(self, model: nn.Module, ctx: TaskContext, strategies: list[Strategy],
+                 optimizer: torch.optim.Optimizer, schedule: Schedule, cfg: TrainConfig,
+                 accelerator: Any, schedule_offset: int) -> None:
+        self.model, self.ctx, self.optimizer, self.cfg = model, ctx, optimizer, cfg
+        self.schedule, self.offset, self.accelerator = schedule, schedule_offset, accelerator
+        self.batch_hooks, self.loss_hooks = _hooks(strategies, "batch"), _hooks(strategies, "loss")
+        self.grad_hooks = _hooks(strategies, "after_backward")
+        self.step_hooks = _hooks(strategies, "after_step")
+        self.params = [p for g in optimizer.param_groups for p in g["params"]]
+        # Unwrapped fast path (see runtime.needs_wrappers): plain backward, no autocast context.
+        self.wrapped = hasattr(optimizer, "optimizer") or ctx.grads_are_scaled
+        self.backward = accelerator.backward if self.wrapped else torch.Tensor.backward
+
+    def forward_backward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        ctx, grad_accum = self.ctx, self.cfg.grad_accum
+        for s in self.batch_hooks:
+            batch = s.batch(batch, ctx)
+        with ctx.autocast():
+            out = ctx.forward(self.model, batch)
+            loss = ctx.task_loss(out, batch)
+            for s in self.loss_hooks:
+                loss = s.loss(loss, out, batch, ctx)
+        self.backward(loss / grad_accum if grad_accum > 1 else loss)
+        return loss
+
+    def optimizer_step(self, step: int) -> float:
+        """Gradient hooks, clipping, the learning rate of ``step``, the step; returns the factor."""
+        for s in self.grad_hooks:
+            s.after_backward(self.model, self.ctx)
+        if self.cfg.grad_clip is not None:
+            if self.wrapped:
+                self.accelerator.clip_grad_norm_(self.params, self.cfg.grad_clip)
+            else:
+                torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+        factor = self.schedule.factor(self.offset + step)
+        set_lr(self.optimizer, factor)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        for s in self.step_hooks:
+            s.after_step(self.model, self.ctx)
+        return factor
+
+
+def _log(loop: _Loop, stats: FitStats, factor: float, progress: Any, task: str) -> None:
+    mean = float(loop.loss_sum) / max(loop.loss_count, 1)
+    if mean != mean or mean in (float("inf"), float("-inf")):
+        raise RetainError(
+            f"the training loss became {mean} on task '{task}' by step {loop.step}; "
+            "lower train.lr or set train.grad_clip"
+        )
+    stats.losses.append((loop.step, mean))
+    stats.lrs.append((loop.step, factor))
+    progress.advance(loop.step - loop.last_logged, mean)
+    loop.last_logged = loop.step
+    loop.loss_sum.zero_()
+    loop.loss_count = 0
+
+
+def _validate(loop: _Loop, stats: FitStats, model: nn.Module, val: TensorData, ctx: TaskContext,
+              accelerator: Any, patience: int) -> None:
+    """Early stopping: keep the best weights; end the task after ``patience`` worse validations."""
+    v = validation_loss(model, val, ctx)
+    if loop.best is None or v < loop.best[0]:
+        loop.best = (v, copy.deepcopy(accelerator.unwrap_model(model).state_dict()))
+        loop.bad_evals = 0
+        return
+    loop.bad_evals += 1
+    if loop.bad_evals >= patience:
+        stats.stopped_early_at = loop.step
+        loop.total = loop.step

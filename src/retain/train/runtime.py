@@ -1,0 +1,73 @@
+"""The Accelerator, and the one place that translates it into what strategies see.
+
+Strategies get a frozen :class:`~retain.strategies.context.TaskContext` whose named values and
+operations (``autocast``, ``gather``, ``rank``, ``grads_are_local``, ...) are read here from the
+Accelerator; nothing else in a strategy's reach holds the Accelerator.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from retain.strategies.context import TaskContext, unwrap
+from retain.train.objectives import task_known
+
+if TYPE_CHECKING:
+    from retain.config import TrainConfig
+    from retain.data.stream import Stream, Task
+
+
+def make_accelerator(train: TrainConfig) -> Any:
+    from accelerate import Accelerator
+
+    # Accelerate forms a CPU process group (gloo) only when told to use the CPU: without CUDA, a
+    # multi-process launch (torchrun, accelerate launch) would otherwise run N unrelated copies.
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    cpu = train.cpu or (launched and not torch.cuda.is_available())
+    return Accelerator(cpu=cpu, mixed_precision=train.mixed_precision)
+
+
+def needs_wrappers(acc: Any) -> bool:
+    """Whether the model and optimizer must go through ``accelerator.prepare``.
+
+    With one process and no fp16 loss scaler the wrappers change nothing, but
+    ``AcceleratedOptimizer`` inspects the wrapped optimizer's signature on every ``zero_grad``
+    and checks package availability on every ``step``: at batch size 10 that was 40% of a step.
+    Several processes (DDP, FSDP, DeepSpeed), fp16 and XLA always take the prepared path.
+    """
+    from accelerate.utils import DistributedType
+
+    return (acc.num_processes > 1 or acc.scaler is not None
+            or acc.distributed_type not in (DistributedType.NO, DistributedType.MULTI_CPU))
+
+
+def grads_are_local(acc: Any) -> bool:
+    """Whole, unscaled gradients in each parameter's ``.grad`` (see ``TaskContext``): no fp16
+    loss scaler, and no engine that shards them (one process, or DDP on CPUs or GPUs)."""
+    from accelerate.utils import DistributedType
+
+    return acc.scaler is None and acc.distributed_type in (
+        DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
+
+
+def task_context(acc: Any, train: TrainConfig, stream: Stream, task: Task, task_index: int,
+                 objective: Any, seed: int, generator: torch.Generator,
+                 class_mask: torch.Tensor | None = None) -> TaskContext:
+    """The context of task ``task_index`` (``model`` unset: the loop sets it after prepare)."""
+    plain_sgd = train.optimizer == "sgd" and train.momentum == 0
+    return TaskContext(
+        stream=stream, task=task, task_index=task_index, objective=objective, seed=seed,
+        generator=generator, batch_size=train.batch_size, device=acc.device,
+        rank=acc.process_index, world_size=acc.num_processes,
+        grads_are_local=grads_are_local(acc), grads_are_scaled=acc.scaler is not None,
+        sgd_lr=train.lr if plain_sgd else None, task_known=task_known(stream.setting),
+        class_mask=class_mask,
+        autocast=acc.autocast if acc.mixed_precision != "no" else contextlib.nullcontext,
+        gather=acc.gather, unwrap=functools.partial(unwrap, accelerator=acc),
+        reduce=lambda tensor, op="mean": acc.reduce(tensor, reduction=op),
+    )
