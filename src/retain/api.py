@@ -51,8 +51,6 @@ from retain.utils.checkpoint import RunDir, is_main_process, load_weights, optim
 from retain.utils.seed import derive_seed, generator, seed_everything
 from retain.utils.state import rng_state, set_rng_state, write_json, write_text
 
-__all__ = ["Plan", "make_accelerator", "needs_wrappers", "run"]
-
 
 def run(
     model: nn.Module,

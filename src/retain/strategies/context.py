@@ -86,6 +86,8 @@ class TaskContext:
         autocast: ``with ctx.autocast():`` runs forwards in the loop's mixed precision.
         gather: every process's tensors (or dict of tensors), concatenated in rank order.
         unwrap: the module inside DDP / compile wrappers (cheap enough for every step).
+        all_reduce: ``all_reduce(tensor, op="mean")`` averages (or sums, ``op="sum"``) a tensor
+            over processes, so every rank holds the same value.
     """
 
     stream: Stream
@@ -108,7 +110,7 @@ class TaskContext:
         default=contextlib.nullcontext, repr=False)
     gather: Callable[[Any], Any] = field(default=_same, repr=False)
     unwrap: Callable[[nn.Module], nn.Module] = field(default=unwrap, repr=False)
-    reduce: Callable[[torch.Tensor, str], torch.Tensor] = field(default=_no_reduce, repr=False)
+    all_reduce: Callable[..., torch.Tensor] = field(default=_no_reduce, repr=False)
 
     @property
     def seen_tasks(self) -> tuple[Task, ...]:
@@ -151,9 +153,3 @@ class TaskContext:
                   reduction: str = "mean") -> torch.Tensor:
         """The objective's loss (task-IL masking included), e.g. for a Fisher or a buffer batch."""
         return self.objective.loss(out, batch, self.mask_for(batch), reduction=reduction)
-
-    def all_reduce(self, tensor: torch.Tensor, op: str = "mean") -> torch.Tensor:
-        """Average (or sum) a tensor over processes, so every rank holds the same value."""
-        if self.world_size == 1:
-            return tensor
-        return self.reduce(tensor, op)

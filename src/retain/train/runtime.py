@@ -69,5 +69,11 @@ def task_context(acc: Any, train: TrainConfig, stream: Stream, task: Task, task_
         class_mask=class_mask,
         autocast=acc.autocast if acc.mixed_precision != "no" else contextlib.nullcontext,
         gather=acc.gather, unwrap=functools.partial(unwrap, accelerator=acc),
-        reduce=lambda tensor, op="mean": acc.reduce(tensor, reduction=op),
+        all_reduce=functools.partial(_all_reduce, acc),
     )
+
+
+def _all_reduce(acc: Any, tensor: torch.Tensor, op: str = "mean") -> torch.Tensor:
+    if acc.num_processes == 1:
+        return tensor
+    return acc.reduce(tensor, reduction=op)
