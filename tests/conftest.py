@@ -35,8 +35,8 @@ def task_ctx(stream, i=0, model=None, *, n=None, train=None, seed=0):
 
     from retain.api import make_accelerator
     from retain.config import TrainConfig
+    from retain.objectives import make_objective
     from retain.train.context import TaskContext
-    from retain.train.objectives import make_objective
 
     train = train or TrainConfig()
     task = stream.tasks[i]

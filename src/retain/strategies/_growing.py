@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from retain.errors import Unsupported
 from retain.models import count_parameters
-from retain.models.stack import Unsupported
 from retain.strategies.base import Strategy
 
 if TYPE_CHECKING:

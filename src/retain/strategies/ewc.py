@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 
+from retain.objectives import masked
 from retain.strategies import register
 from retain.strategies._importance import (
     Penalized,
@@ -19,7 +20,6 @@ from retain.strategies._importance import (
     trainable,
 )
 from retain.strategies.base import fails_in_class_il
-from retain.train.objectives import masked
 
 if TYPE_CHECKING:
     from torch import nn

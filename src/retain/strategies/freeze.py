@@ -6,7 +6,7 @@ import fnmatch
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from retain.models.stack import Unsupported
+from retain.errors import Unsupported
 from retain.strategies import register
 from retain.strategies.base import Strategy
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from retain.models.stack import Unsupported
+from retain.errors import Unsupported
 from retain.models.vae import VAE
 from retain.strategies import register
 from retain.strategies.base import Strategy

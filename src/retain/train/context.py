@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
     from retain.config import TrainConfig
     from retain.data.stream import Stream, Task, TensorData
-    from retain.train.objectives import CausalLM, Classification, Regression
+    from retain.objectives import CausalLM, Classification, Regression
 
 
 def unwrap(model: nn.Module, accelerator: Accelerator | None = None) -> nn.Module:
@@ -104,12 +104,12 @@ class TaskContext:
     def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> Any:
         """The model's output on ``batch`` (logits, or a transformers ModelOutput); task-aware
         models get the task ids where evaluation gives them (``objectives.task_known``)."""
-        from retain.train.objectives import task_known
+        from retain.objectives import task_known
 
         return self.objective.forward(model, batch, task_known(self.stream.setting))
 
     def logits(self, out: Any) -> torch.Tensor:
-        from retain.train.objectives import logits_of
+        from retain.objectives import logits_of
 
         return logits_of(out)
 
