@@ -24,6 +24,7 @@ class Growing(Strategy):
     net_type: ClassVar[type]
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self.units_ = 1
         self.unit_params_: list[int] = []
 

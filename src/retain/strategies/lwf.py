@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -58,17 +58,14 @@ class LwF(Strategy):
     ``models/lwf.py``.
     """
 
-    alpha: float = 1.0
-    temperature: float = 2.0
+    alpha: float = field(default=1.0, metadata={"ge": 0})
+    temperature: float = field(default=2.0, metadata={"gt": 0})
 
     known_failures: ClassVar[dict[str, str]] = {
         "class_il": fails_in_class_il("distillation on new-task data")}
 
     def __post_init__(self) -> None:
-        if self.alpha < 0:
-            raise ValueError(f"alpha must be >= 0, got {self.alpha}")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        super().__post_init__()
         # No learned state to checkpoint: the teacher is the model as it was when the task
         # started. On resume, weights are restored before the next task's before_task, which
         # snapshots the teacher from them, exactly as the uninterrupted run did.
