@@ -18,9 +18,9 @@ import torch
 
 from retain.errors import Unsupported
 from retain.models.vae import VAE
+from retain.objectives import distillation_loss
 from retain.strategies import register
 from retain.strategies.base import Strategy
-from retain.strategies.lwf import distillation_loss
 from retain.utils.seed import derive_seed
 
 if TYPE_CHECKING:

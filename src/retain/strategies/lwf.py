@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 
+from retain.objectives import distillation_loss
 from retain.strategies import register
 from retain.strategies.base import Strategy, fails_in_class_il
 
@@ -16,24 +16,6 @@ if TYPE_CHECKING:
     from torch import nn
 
     from retain.train.context import TaskContext
-
-
-def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float,
-                      valid: torch.Tensor | None = None) -> torch.Tensor:
-    """``T^2 * KL(softmax(teacher / T) || softmax(student / T))``, averaged over rows.
-
-    The last dimension holds the outputs; ``valid`` (the leading dimensions' shape) selects the
-    rows that count (tokens that are not padding). T^2 keeps the gradient's scale independent of
-    T (Hinton et al. 2015). A teacher logit of -inf (a class the teacher never predicts, as
-    generative replay masks them) is a zero probability and contributes nothing.
-    """
-    p = F.softmax(teacher.float() / temperature, -1)
-    log_q = F.log_softmax(student.float() / temperature, -1)
-    kl = (torch.xlogy(p, p) - p * log_q).sum(-1)
-    if valid is None:
-        return kl.mean() * temperature**2
-    valid = valid.float()
-    return (kl * valid).sum() / valid.sum().clamp_min(1.0) * temperature**2
 
 
 @register("lwf", reference_url="https://arxiv.org/abs/1606.09282")
