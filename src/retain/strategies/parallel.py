@@ -14,9 +14,6 @@ if TYPE_CHECKING:
     from torch import nn
 
 
-FEATURES = ("penultimate", "logits")
-
-
 @register("parallel")
 @dataclass(repr=False)  # keep Strategy.__repr__: only non-default fields
 class Parallel(Growing):
