@@ -48,6 +48,8 @@ def _help(text: str, *, ge: float | None = None, gt: float | None = None, le: fl
 #: Scenario name -> the dataclass of the stream fields that scenario reads. In YAML they sit
 #: beside the other stream fields (``stream: {scenario: split, n_tasks: 5}``); setting one that
 #: the chosen scenario does not read is an error, so a misplaced parameter never goes unused.
+#: The stream is built by ``retain.data.scenarios.<name>(source, **options)`` (which imports
+#: torch, so it cannot live here): a new scenario is a dataclass here and a function there.
 SCENARIOS: dict[str, type] = {}
 
 
@@ -376,12 +378,12 @@ class RunConfig:
     )
 
     def __post_init__(self) -> None:
-        check_fields(self)
         if not self.strategies:
             raise ConfigError("strategies is empty: give at least one, e.g. strategies: [{name: finetune}]")
         for i, spec in enumerate(self.strategies):
             if not isinstance(spec, dict) or not ("name" in spec or "preset" in spec):
                 raise ConfigError(f"strategies.{i} must be a mapping with a 'name' (or 'preset'), got {spec!r}")
+        check_fields(self)
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)

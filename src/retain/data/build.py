@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -40,23 +41,12 @@ def build_stream(cfg: StreamConfig, seed: int = 0) -> tuple[Stream, dict[str, An
             src = src.drop_features([o.column])
         src = src.with_test_split(cfg.test_fraction, seed)
         image = src.is_image
-        sc = cfg.scenario
-        if sc == "split":
-            stream = S.split(src, o.n_tasks, o.classes_per_task, o.class_order, o.classes,
-                             setting=setting, **common)
-        elif sc == "permuted":
-            stream = S.permuted(src, o.n_tasks or 10, **common)
-        elif sc == "rotated":
-            stream = S.rotated(src, o.n_tasks or (len(o.angles) if o.angles else 10),
-                               o.angles, o.max_angle, **common)
-        elif sc == "iid":
-            stream = S.iid(src, o.n_tasks or 2, o.classes, **common)
-        elif sc == "prior_shift":
-            stream = S.prior_shift(src, o.proportions or [], o.classes, o.samples_per_task, **common)
-        elif sc == "by_column":
-            stream = S.by_column(src, o.column or "", o.groups, o.classes, **common)
-        else:  # pragma: no cover - the config's Literal rejects anything else
-            raise ConfigError(f"unknown scenario '{sc}'")
+        # Scenario ``name`` is built by ``scenarios.<name>(source, **options)``; an unset option
+        # (None) leaves the builder's default.
+        options = {k: v for k, v in dataclasses.asdict(o).items() if v is not None}
+        if cfg.scenario == "split":
+            options["setting"] = setting
+        stream = getattr(S, cfg.scenario)(src, **options, **common)
     do_scale = cfg.standardize if cfg.standardize is not None else not image
     if do_scale:
         stream, stats = S.standardize(stream, target=stream.objective == "regression")
