@@ -224,5 +224,4 @@ def check_fields(obj: Any, where: str = "", error: type[Exception] = ConfigError
                 raise error(f"{name} must be a finite number, got {value!r}")
             failed = [k for k, (_, ok) in BOUNDS.items() if k in f.metadata and not ok(x, f.metadata[k])]
             if failed:
-                got = value if x is value else f"{value!r}"
-                raise error(f"{name} must be {bounds_text(f.metadata)}, got {got}")
+                raise error(f"{name} must be {bounds_text(f.metadata)}, got {value!r}")

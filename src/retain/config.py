@@ -29,12 +29,14 @@ from retain.binding import check_fields, coerce, field_hints, from_dict
 from retain.errors import ConfigError, did_you_mean
 
 __all__ = [
-    "SCENARIOS", "EvalConfig", "ModelConfig", "OutputConfig", "RunConfig", "StreamConfig",
-    "TrainConfig", "apply_overrides", "config_diff", "from_dict", "load_config", "load_yaml",
-    "parse_override", "scenario", "scenario_options",
+    "SCENARIOS", "ByColumnScenario", "EvalConfig", "FilesScenario", "IIDScenario", "ModelConfig",
+    "OutputConfig", "PermutedScenario", "PriorShiftScenario", "RotatedScenario", "RunConfig",
+    "SplitScenario", "StreamConfig", "TrainConfig", "apply_overrides", "config_diff", "from_dict",
+    "load_config", "load_yaml", "parse_override", "scenario", "scenario_options",
 ]
 
 T = TypeVar("T")
+
 
 def _help(text: str, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
           lt: float | None = None, **kw: Any) -> Any:
