@@ -34,7 +34,7 @@ def task_ctx(stream, i=0, model=None, *, n=None, train=None, seed=0):
     import dataclasses
 
     from retain.config import TrainConfig
-    from retain.train.objectives import make_objective
+    from retain.objectives import make_objective
     from retain.train.runtime import make_accelerator, task_context
 
     train = train or TrainConfig()

@@ -32,12 +32,12 @@ from retain.data.stream import Stream, Task, TensorData
 from retain.errors import ConfigError, RunDirError
 from retain.eval.evaluator import evaluate
 from retain.models import count_parameters
+from retain.objectives import make_objective
 from retain.report.result import RunResult, build_record
 from retain.strategies.base import Strategy
 from retain.strategies.context import TaskContext
 from retain.strategies.joint import Joint
 from retain.train.loop import Every, FitStats, NullProgress, fit_task
-from retain.train.objectives import make_objective
 from retain.train.optim import (
     Schedule,
     build_optimizer,

@@ -18,38 +18,160 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import types
-import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal, TypeVar
 
 import yaml
 
+from retain.binding import check_fields, coerce, field_hints, from_dict
 from retain.errors import ConfigError, did_you_mean
 
-SCENARIOS = ("split", "permuted", "rotated", "iid", "prior_shift", "by_column", "files")
-# Which stream fields each scenario reads; setting any other scenario field is an error, so a typo
-# in the scenario name or a misplaced parameter never goes silently unused.
-SCENARIO_FIELDS: dict[str, tuple[str, ...]] = {
-    "split": ("n_tasks", "classes_per_task", "class_order", "classes", "setting"),
-    "permuted": ("n_tasks", "setting"),
-    "rotated": ("n_tasks", "angles", "max_angle", "setting"),
-    "iid": ("n_tasks", "classes", "setting"),
-    "prior_shift": ("proportions", "classes", "samples_per_task", "setting"),
-    "by_column": ("column", "groups", "classes", "setting"),
-    "files": ("files", "setting"),
-}
-_SCENARIO_ONLY = {f for fs in SCENARIO_FIELDS.values() for f in fs} - {"setting"}
+__all__ = [
+    "SCENARIOS", "ByColumnScenario", "EvalConfig", "FilesScenario", "IIDScenario", "ModelConfig",
+    "OutputConfig", "PermutedScenario", "PriorShiftScenario", "RotatedScenario", "RunConfig",
+    "SplitScenario", "StreamConfig", "TrainConfig", "apply_overrides", "config_diff", "from_dict",
+    "load_config", "load_yaml", "parse_override", "scenario", "scenario_options",
+]
+
+T = TypeVar("T")
 
 
-def _help(text: str, **kw: Any) -> Any:
-    return field(metadata={"help": text}, **kw)
+def _help(text: str, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
+          lt: float | None = None, **kw: Any) -> Any:
+    """A field with its ``--help`` text and bounds (checked by :func:`retain.binding.check_fields`)."""
+    bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
+    return field(metadata={"help": text, **bounds}, **kw)
+
+
+# --------------------------------------------------------------------------- scenarios
+
+#: Scenario name -> the dataclass of the stream fields that scenario reads. In YAML they sit
+#: beside the other stream fields (``stream: {scenario: split, n_tasks: 5}``); setting one that
+#: the chosen scenario does not read is an error, so a misplaced parameter never goes unused.
+#: The stream is built by ``retain.data.scenarios.<name>(source, **options)`` (which imports
+#: torch, so it cannot live here): a new scenario is a dataclass here and a function there.
+SCENARIOS: dict[str, type] = {}
+
+
+def scenario(name: str) -> Callable[[type[T]], type[T]]:
+    """Class decorator: register the options dataclass of scenario ``name``."""
+
+    def deco(cls: type[T]) -> type[T]:
+        SCENARIOS[name] = dataclass(cls)
+        return SCENARIOS[name]
+
+    return deco
+
+
+def _required(obj: Any, name: str, scenario_name: str, example: str) -> None:
+    if not getattr(obj, name):
+        raise ConfigError(f"stream.{name} is required for scenario '{scenario_name}'{example}")
+
+
+@scenario("split")
+class SplitScenario:
+    """class groups per task"""
+
+    n_tasks: int | None = _help("number of tasks (default 5)", default=None, ge=1)
+    classes_per_task: int | None = _help("classes in each task (default: classes / n_tasks)",
+                                         default=None, ge=1)
+    class_order: list[int] | None = _help("order in which classes arrive", default=None)
+    classes: list[int] | None = _help("keep only these classes", default=None)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "stream")
+
+
+@scenario("permuted")
+class PermutedScenario:
+    """every task sees all the data under its own pixel permutation"""
+
+    n_tasks: int | None = _help("number of tasks (default 10)", default=None, ge=1)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "stream")
+
+
+@scenario("rotated")
+class RotatedScenario:
+    """every task sees all the data rotated by its own angle"""
+
+    n_tasks: int | None = _help("number of tasks (default: len(angles), else 10)", default=None, ge=1)
+    angles: list[float] | None = _help("angle of each task in degrees", default=None)
+    max_angle: float = _help("angles drawn uniformly from [0, max_angle)", default=180.0)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "stream")
+
+
+@scenario("iid")
+class IIDScenario:
+    """random chunks of one distribution"""
+
+    n_tasks: int | None = _help("number of tasks (default 2)", default=None, ge=1)
+    classes: list[int] | None = _help("keep only these classes", default=None)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "stream")
+
+
+@scenario("prior_shift")
+class PriorShiftScenario:
+    """class proportions that change from task to task"""
+
+    proportions: list[list[float]] | None = _help(
+        "class proportions per task, e.g. [[0.8,0.1,0.1],[0.1,0.9,0.0]]", default=None, ge=0)
+    classes: list[int] | None = _help("keep only these classes (one per proportion)", default=None)
+    samples_per_task: int | None = _help("training samples per task", default=None, ge=1)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "stream")
+        _required(self, "proportions", "prior_shift", ", e.g. proportions: [[0.8, 0.1, 0.1], [0.1, 0.9, 0.0]]")
+
+
+@scenario("by_column")
+class ByColumnScenario:
+    """one task per value of a column (a domain, a time period)"""
+
+    column: str | None = _help("the column whose values define the tasks", default=None)
+    groups: list[Any] | None = _help("task order as values or lists of values", default=None)
+    classes: list[int] | None = _help("keep only these classes", default=None)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "stream")
+        _required(self, "column", "by_column", ", e.g. column: region")
+
+
+@scenario("files")
+class FilesScenario:
+    """one file per task"""
+
+    files: list[str] | None = _help("one data file per task, in order (D1, then D2, ...)", default=None)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "stream")
+        _required(self, "files", "files", ", e.g. files: [d1.csv, d2.csv]")
+
+
+def _scenario_defaults() -> dict[str, Any]:
+    """Every scenario field with its default, in registry order (the fields config files of every
+    scenario may hold: a resolved config lists them all)."""
+    out: dict[str, Any] = {}
+    for cls in SCENARIOS.values():
+        for f in fields(cls):
+            out.setdefault(f.name, f.default)
+    return out
 
 
 @dataclass
 class StreamConfig:
-    """Where the data comes from and how it is cut into tasks."""
+    """Where the data comes from and how it is cut into tasks.
+
+    The scenario's own settings are ``options`` (an instance of ``SCENARIOS[scenario]``, or a
+    mapping bound to it); config files write them beside the other stream fields.
+    """
 
     dataset: str = _help(
         "built-in name (digits, diabetes, mnist, fashion_mnist), a file (.csv, .parquet, .npz), "
@@ -63,9 +185,8 @@ class StreamConfig:
     objective: Literal["auto", "classification", "regression"] = _help(
         "auto: classification for integer targets, regression for float targets", default="auto"
     )
-    scenario: Literal["split", "permuted", "rotated", "iid", "prior_shift", "by_column", "files"] = _help(
-        "how tasks are made: split (class groups), permuted, rotated, iid (random chunks), "
-        "prior_shift (class proportions), by_column (a column's values), files (one file per task)",
+    scenario: str = _help(
+        "how tasks are made: " + "; ".join(f"{k} ({c.__doc__})" for k, c in SCENARIOS.items()),
         default="split",
     )
     setting: Literal["auto", "class_il", "task_il", "domain_il"] = _help(
@@ -73,48 +194,72 @@ class StreamConfig:
         "labels mapped within the task. auto: class_il for split, domain_il for permuted/rotated",
         default="auto",
     )
-    n_tasks: int | None = _help("number of tasks (split: default 5; permuted/rotated: 10; iid: 2)", default=None)
-    classes_per_task: int | None = _help("split: classes in each task (default: classes / n_tasks)", default=None)
-    class_order: list[int] | None = _help("split: order in which classes arrive", default=None)
-    classes: list[int] | None = _help("keep only these classes (e.g. 3 classes for prior_shift)", default=None)
-    proportions: list[list[float]] | None = _help(
-        "prior_shift: class proportions per task, e.g. [[0.8,0.1,0.1],[0.1,0.9,0.0]]", default=None
-    )
-    samples_per_task: int | None = _help("prior_shift: training samples per task", default=None)
-    column: str | None = _help("by_column: the column whose values define the tasks", default=None)
-    groups: list[Any] | None = _help("by_column: task order as values or lists of values", default=None)
-    files: list[str] | None = _help("files: one data file per task, in order (D1, then D2, ...)", default=None)
-    angles: list[float] | None = _help("rotated: angle of each task in degrees", default=None)
-    max_angle: float = _help("rotated: angles drawn uniformly from [0, max_angle)", default=180.0)
-    validation: float = _help("fraction of each task's training data held out for validation", default=0.0)
-    test_fraction: float = _help("fraction held out as test set when the source has none", default=0.2)
+    options: Any = _help("the scenario's settings (SCENARIOS[scenario]; default: its defaults)",
+                         default=None)
+    validation: float = _help("fraction of each task's training data held out for validation",
+                              default=0.0, ge=0, lt=1)
+    test_fraction: float = _help("fraction held out as test set when the source has none",
+                                 default=0.2, gt=0, lt=1)
     standardize: bool | None = _help("standardise features (default: yes for tables, no for images)", default=None)
-    limit_train: int | None = _help("use at most this many training samples (quick runs)", default=None)
-    limit_test: int | None = _help("use at most this many test samples (quick runs)", default=None)
+    limit_train: int | None = _help("use at most this many training samples (quick runs)", default=None, ge=1)
+    limit_test: int | None = _help("use at most this many test samples (quick runs)", default=None, ge=1)
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.validation < 1.0:
-            raise ConfigError(f"stream.validation must be in [0, 1), got {self.validation}")
-        if not 0.0 < self.test_fraction < 1.0:
-            raise ConfigError(f"stream.test_fraction must be in (0, 1), got {self.test_fraction}")
-        if self.n_tasks is not None and self.n_tasks < 1:
-            raise ConfigError(f"stream.n_tasks must be >= 1, got {self.n_tasks}")
-        defaults = StreamConfig.__dataclass_fields__
-        used = SCENARIO_FIELDS[self.scenario]
-        for name in sorted(_SCENARIO_ONLY - set(used)):
-            d = defaults[name].default
-            if getattr(self, name) != d:
-                raise ConfigError(
-                    f"stream.{name} is not used by scenario '{self.scenario}' "
-                    f"(it reads: {', '.join(u for u in used if u != 'setting') or 'nothing'}); remove it"
-                )
-        if self.scenario == "prior_shift" and not self.proportions:
-            raise ConfigError("stream.proportions is required for scenario 'prior_shift', "
-                              "e.g. proportions: [[0.8, 0.1, 0.1], [0.1, 0.9, 0.0]]")
-        if self.scenario == "files" and not self.files:
-            raise ConfigError("stream.files is required for scenario 'files', e.g. files: [d1.csv, d2.csv]")
-        if self.scenario == "by_column" and not self.column:
-            raise ConfigError("stream.column is required for scenario 'by_column'")
+        check_fields(self, "stream")
+        cls = scenario_options(self.scenario)
+        if self.options is None:
+            self.options = cls()
+        elif isinstance(self.options, dict):
+            self.options = from_dict(cls, self.options, "stream")
+        elif not isinstance(self.options, cls):
+            raise ConfigError(f"stream.options must be a {cls.__name__} for scenario "
+                              f"'{self.scenario}', got {type(self.options).__name__}")
+
+    @classmethod
+    def bind(cls, data: dict[str, Any], where: str) -> StreamConfig:
+        """From the flat mapping of a config file: the scenario's fields go to ``options``. A field
+        of another scenario is accepted at its default (resolved configs list them all)."""
+        hints = field_hints(cls)
+        own = [n for n in hints if n != "options"]
+        name = data.get("scenario", "split")
+        opts_cls = scenario_options(name) if isinstance(name, str) else None
+        opt_names = [f.name for f in fields(opts_cls)] if opts_cls else []
+        others = _scenario_defaults()
+        kwargs, opts = {}, {}
+        for key, value in data.items():
+            if key in own:
+                kwargs[key] = coerce(hints[key], value, f"{where}.{key}")
+            elif key in opt_names:
+                opts[key] = value
+            elif key in others and opts_cls is not None:
+                if value != others[key]:
+                    reads = ", ".join(opt_names) or "nothing"
+                    raise ConfigError(f"{where}.{key} is not used by scenario '{name}' "
+                                      f"(it reads: {reads}); remove it")
+            else:
+                raise ConfigError(f"unknown key '{where}.{key}'{did_you_mean(str(key), own + opt_names)}")
+        if opts_cls is not None:
+            kwargs["options"] = from_dict(opts_cls, opts, where)
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The flat mapping of a config file: every scenario field, the unused ones at default."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            if f.name == "options":
+                out.update(_scenario_defaults())
+                out.update(dataclasses.asdict(self.options))
+            else:
+                out[f.name] = copy.deepcopy(getattr(self, f.name))
+        return out
+
+
+def scenario_options(name: str) -> type:
+    """The options dataclass of scenario ``name`` (a config error naming the choices if unknown)."""
+    if name not in SCENARIOS:
+        raise ConfigError(f"stream.scenario must be one of {', '.join(SCENARIOS)}; got {name!r}"
+                          f"{did_you_mean(str(name), list(SCENARIOS))}")
+    return SCENARIOS[name]
 
 
 @dataclass
@@ -122,21 +267,19 @@ class ModelConfig:
     """The network. Input size and number of outputs are read from the stream."""
 
     name: Literal["mlp", "cnn", "hf"] = _help("mlp, cnn, or hf (a Hugging Face causal LM)", default="mlp")
-    hidden: list[int] = _help("mlp: hidden layer widths", default_factory=lambda: [100, 100])
+    hidden: list[int] = _help("mlp: hidden layer widths", default_factory=lambda: [100, 100], ge=1)
     activation: Literal["relu", "gelu", "tanh"] = _help("mlp/cnn: activation", default="relu")
-    dropout: float = _help("mlp: dropout after each hidden layer", default=0.0)
+    dropout: float = _help("mlp: dropout after each hidden layer", default=0.0, ge=0, lt=1)
     init: Literal["default", "xavier"] = _help(
         "weight initialisation: torch's default, or xavier (uniform weights, zero biases, as "
         "mammoth's MNISTMLP)", default="default")
-    channels: list[int] = _help("cnn: channels of each conv block", default_factory=lambda: [32, 64])
+    channels: list[int] = _help("cnn: channels of each conv block", default_factory=lambda: [32, 64],
+                                ge=1)
     pretrained: str | None = _help("hf: local model folder (or hub id when online)", default=None)
     hf_config: dict[str, Any] | None = _help("hf: build a fresh model from this config dict", default=None)
 
     def __post_init__(self) -> None:
-        if any(h < 1 for h in self.hidden):
-            raise ConfigError(f"model.hidden widths must be >= 1, got {self.hidden}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        check_fields(self, "model")
         if self.name == "hf" and not (self.pretrained or self.hf_config):
             raise ConfigError("model.name 'hf' needs model.pretrained (a folder) or model.hf_config")
 
@@ -145,20 +288,23 @@ class ModelConfig:
 class TrainConfig:
     """The training loop, applied to every task."""
 
-    epochs: int = _help("epochs per task (ignored when steps is set)", default=1)
-    steps: int | None = _help("optimizer steps per task instead of epochs", default=None)
-    batch_size: int = _help("samples per optimizer step (per process)", default=32)
+    epochs: int = _help("epochs per task (ignored when steps is set)", default=1, ge=1)
+    steps: int | None = _help("optimizer steps per task instead of epochs", default=None, ge=1)
+    batch_size: int = _help("samples per optimizer step (per process)", default=32, ge=1)
     optimizer: Literal["sgd", "adam", "adamw"] = _help("optimizer", default="sgd")
-    lr: float = _help("peak learning rate", default=0.01)
-    momentum: float = _help("sgd momentum", default=0.0)
-    weight_decay: float = _help("weight decay (decoupled for adamw)", default=0.0)
+    lr: float = _help("peak learning rate", default=0.01, gt=0)
+    momentum: float = _help("sgd momentum", default=0.0, ge=0)
+    weight_decay: float = _help("weight decay (decoupled for adamw)", default=0.0, ge=0)
     schedule: Literal["constant", "cosine", "wsd", "linear"] = _help(
         "constant; cosine (with warmup); wsd: warmup, stable, then decay (continual pre-training)",
         default="constant",
     )
-    warmup: float = _help("warmup: a fraction of the schedule's steps if < 1, else a step count", default=0.0)
-    decay: float = _help("wsd: fraction of the schedule's steps spent decaying at the end", default=0.1)
-    min_lr: float = _help("final learning rate as a fraction of lr (cosine, wsd, linear)", default=0.0)
+    warmup: float = _help("warmup: a fraction of the schedule's steps if < 1, else a step count",
+                          default=0.0, ge=0)
+    decay: float = _help("wsd: fraction of the schedule's steps spent decaying at the end",
+                         default=0.1, ge=0, le=1)
+    min_lr: float = _help("final learning rate as a fraction of lr (cosine, wsd, linear)",
+                          default=0.0, ge=0, le=1)
     schedule_scope: Literal["task", "run"] = _help(
         "task: the schedule restarts each task (re-warming); run: one schedule over all tasks", default="task"
     )
@@ -167,39 +313,29 @@ class TrainConfig:
         "('hot start')",
         default="reset",
     )
-    grad_clip: float | None = _help("clip the gradient norm to this value", default=None)
-    grad_accum: int = _help("accumulate gradients over this many batches per step", default=1)
+    grad_clip: float | None = _help("clip the gradient norm to this value", default=None, gt=0)
+    grad_accum: int = _help("accumulate gradients over this many batches per step", default=1, ge=1)
     patience: int | None = _help(
         "early stopping: stop a task after this many evaluations without a better validation "
         "loss, and keep the best weights (needs stream.validation > 0)",
         default=None,
+        ge=1,
     )
-    eval_every: int | None = _help("early stopping: validate every N steps (default: every epoch)", default=None)
+    eval_every: int | None = _help("early stopping: validate every N steps (default: every epoch)",
+                                   default=None, ge=1)
     mixed_precision: Literal["no", "fp16", "bf16"] = _help("mixed precision (GPU)", default="no")
     cpu: bool = _help("force the CPU even when a GPU is available", default=False)
     deterministic: bool = _help("use deterministic torch kernels", default=True)
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "grad_accum"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        if self.steps is not None and self.steps < 1:
-            raise ConfigError(f"train.steps must be >= 1, got {self.steps}")
-        if self.lr <= 0:
-            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
-        if self.warmup < 0 or not 0.0 <= self.decay <= 1.0 or not 0.0 <= self.min_lr <= 1.0:
-            raise ConfigError("train.warmup must be >= 0, train.decay and train.min_lr in [0, 1]")
-        if self.grad_clip is not None and self.grad_clip <= 0:
-            raise ConfigError(f"train.grad_clip must be > 0, got {self.grad_clip}")
-        if self.patience is not None and self.patience < 1:
-            raise ConfigError(f"train.patience must be >= 1, got {self.patience}")
+        check_fields(self, "train")
 
 
 @dataclass
 class EvalConfig:
     """Evaluation after each task, on every task's test set."""
 
-    batch_size: int = _help("evaluation batch size", default=1024)
+    batch_size: int = _help("evaluation batch size", default=1024, ge=1)
     split: Literal["test", "val"] = _help(
         "which split R is scored on: test, or val (the held-out part of each task's training "
         "data, stream.validation > 0) to choose hyperparameters without touching the test sets",
@@ -211,13 +347,10 @@ class EvalConfig:
     )
     every_steps: int | None = _help(
         "also evaluate on every task every N optimizer steps while a task trains (recorded in "
-        "the run's curves); default: only after each task", default=None)
+        "the run's curves); default: only after each task", default=None, ge=1)
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ConfigError(f"eval.batch_size must be >= 1, got {self.batch_size}")
-        if self.every_steps is not None and self.every_steps < 1:
-            raise ConfigError(f"eval.every_steps must be >= 1, got {self.every_steps}")
+        check_fields(self, "eval")
 
 
 @dataclass
@@ -226,12 +359,11 @@ class OutputConfig:
 
     dir: str | None = _help("run directory (default: runs/<config name>-<time>)", default=None)
     checkpoints: bool = _help("write a checkpoint after each task (needed for --resume)", default=True)
-    keep_checkpoints: int = _help("how many task checkpoints to keep (the latest ones)", default=1)
+    keep_checkpoints: int = _help("how many task checkpoints to keep (the latest ones)", default=1, ge=1)
     plots: bool = _help("write PNG plots", default=True)
 
     def __post_init__(self) -> None:
-        if self.keep_checkpoints < 1:
-            raise ConfigError(f"output.keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
+        check_fields(self, "output")
 
 
 @dataclass
@@ -256,114 +388,18 @@ class RunConfig:
         for i, spec in enumerate(self.strategies):
             if not isinstance(spec, dict) or not ("name" in spec or "preset" in spec):
                 raise ConfigError(f"strategies.{i} must be a mapping with a 'name' (or 'preset'), got {spec!r}")
+        check_fields(self)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        out["stream"] = self.stream.to_dict()
+        return out
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
 # --------------------------------------------------------------------------- binding
-
-
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return "one of " + ", ".join(map(str, typing.get_args(tp)))
-    if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin is list:
-        (arg,) = typing.get_args(tp) or (Any,)
-        return f"a list of {_type_name(arg)}"
-    if origin is dict:
-        return "a mapping"
-    if tp is type(None):
-        return "null"
-    return getattr(tp, "__name__", str(tp))
-
-
-def _coerce(tp: Any, value: Any, where: str) -> Any:
-    """Check ``value`` against the annotation ``tp`` and return it (converted where lossless)."""
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return value
-    if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, where)
-    if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(arg, value, where)
-            except ConfigError as e:
-                errors.append(e)
-        raise ConfigError(f"{where} must be {_type_name(tp)}, got {value!r}")
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if value not in choices:
-            hint = did_you_mean(str(value), [str(c) for c in choices])
-            raise ConfigError(
-                f"{where} must be one of {', '.join(map(str, choices))}; got {value!r}{hint}"
-            )
-        return value
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where} must be {_type_name(tp)}, got {value!r}")
-        (arg,) = typing.get_args(tp) or (Any,)
-        return [_coerce(arg, v, f"{where}.{i}") for i, v in enumerate(value)]
-    if origin is dict or tp is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where} must be a mapping, got {value!r}")
-        return dict(value)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where} must be true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise ConfigError(f"{where} must be an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{where} must be a number, got {value!r}")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{where} must be a number, got {value!r}")
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where} must be a string, got {value!r}")
-        return value
-    raise TypeError(f"unsupported config annotation {tp!r} at {where}")  # a bug in retain
-
-
-def from_dict(cls: type, data: Any, where: str = "") -> Any:
-    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types."""
-    label = where or "config"
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{label} must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in fields(cls)]
-    kwargs = {}
-    for key, value in data.items():
-        if key not in names:
-            full = f"{where}.{key}" if where else str(key)
-            raise ConfigError(f"unknown key '{full}'{did_you_mean(str(key), names)}")
-        kwargs[key] = _coerce(hints[key], value, f"{where}.{key}" if where else key)
-    return cls(**kwargs)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

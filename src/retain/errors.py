@@ -22,6 +22,11 @@ class DataError(RetainError):
     """The data cannot be used (missing file, NaN, labels out of range, empty task...)."""
 
 
+class Unsupported(ConfigError, ValueError):
+    """The strategy cannot work with this model or data: a config error (one line, exit code 2)
+    that is also a ``ValueError``, since it is raised in ``setup``, after config validation."""
+
+
 class RunDirError(RetainError):
     """The run directory is in a state that would lose work (exists without --resume, ...)."""
 

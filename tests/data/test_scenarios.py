@@ -144,10 +144,11 @@ def test_stream_rejects_bad_data():
 
 
 def test_by_column_config_drops_the_task_column_from_the_inputs():
-    from retain.config import StreamConfig
+    from retain.config import ByColumnScenario, StreamConfig
     from retain.data.build import build_stream
 
-    cfg = StreamConfig(dataset="diabetes", scenario="by_column", column="sex", groups=[1, 2])
+    cfg = StreamConfig(dataset="diabetes", scenario="by_column",
+                       options=ByColumnScenario(column="sex", groups=[1, 2]))
     stream, info = build_stream(cfg, seed=0)
     assert [t.name for t in stream.tasks] == ["sex=1", "sex=2"]
     assert stream.input_shape == (9,)  # 10 diabetes features minus sex

@@ -80,6 +80,6 @@ def test_memory_keeps_raw_logits_of_incoming_samples_only(digits_task_il):
 def test_hyperparameters_are_validated():
     from retain.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="alpha and beta must be >= 0"):
+    with pytest.raises(ConfigError, match="beta must be >= 0, got -1"):
         build({"name": "der", "beta": -1})
     assert build({"preset": "derpp"}) == DER(alpha=0.5, beta=0.5)

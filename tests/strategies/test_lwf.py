@@ -10,7 +10,8 @@ from conftest import task_ctx
 
 from retain.data.stream import Stream, Task, TensorData
 from retain.models import MLP
-from retain.strategies.lwf import LwF, distillation_loss
+from retain.objectives import distillation_loss
+from retain.strategies.lwf import LwF
 
 
 def _value(t):

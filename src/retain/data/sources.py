@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from retain.data.stream import TensorData
 from retain.errors import DataError
 
 
@@ -174,3 +175,24 @@ def as_source(data: Any, *, objective: str = "auto", name: str | None = None) ->
         f"cannot use a {type(data).__name__} as data: give (x, y) arrays, a torch Dataset, "
         "a Hugging Face Dataset or a retain Source"
     )
+
+
+def lm_data(token_ids: list[list[int]], block_size: int, pad_id: int = 0) -> TensorData:
+    """Pack token sequences into fixed-size blocks with ``labels`` (padding labelled -100).
+
+    Examples:
+        >>> lm_data([[1, 2, 3], [4]], block_size=3).get("labels").tolist()
+        [[1, 2, 3], [4, -100, -100]]
+    """
+    flat = [t for seq in token_ids for t in seq]
+    if not flat:
+        raise DataError("no tokens to train on")
+    n = max(1, -(-len(flat) // block_size))
+    ids = torch.full((n, block_size), pad_id, dtype=torch.long)
+    mask = torch.zeros((n, block_size), dtype=torch.long)
+    for i in range(n):
+        chunk = flat[i * block_size : (i + 1) * block_size]
+        ids[i, : len(chunk)] = torch.tensor(chunk)
+        mask[i, : len(chunk)] = 1
+    labels = ids.masked_fill(mask == 0, -100)
+    return TensorData(input_ids=ids, attention_mask=mask, labels=labels)

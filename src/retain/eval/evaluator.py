@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from retain.data.loader import TensorLoader
-from retain.train.objectives import task_known
+from retain.objectives import task_known
 
 if TYPE_CHECKING:
     from accelerate import Accelerator

@@ -3,7 +3,7 @@
 Progressive networks and the parallel strategy build new columns or stages with the same widths
 and activations as the user's model. They accept retain's :class:`~retain.models.MLP` and any
 ``nn.Sequential`` of ``[Flatten,] Linear, <parameter-free modules>, Linear, ...`` (activations and
-dropout between the layers); anything else is refused with :class:`Unsupported`.
+dropout between the layers); anything else is refused with :class:`~retain.errors.Unsupported`.
 """
 
 from __future__ import annotations
@@ -13,12 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from retain.errors import ConfigError
-
-
-class Unsupported(ConfigError, ValueError):
-    """The strategy cannot work with this model or data: a config error (one line, exit code 2)
-    that is also a ``ValueError``, since it is raised in ``setup``, after config validation."""
+from retain.errors import Unsupported
 
 
 @dataclass

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from retain.eval import metrics as M
-from retain.train.objectives import HIGHER_IS_BETTER
+from retain.objectives import HIGHER_IS_BETTER
 
 if TYPE_CHECKING:
     from torch import nn

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import pkgutil
-import typing
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from retain.binding import field_hints, from_dict, type_name
 from retain.errors import ConfigError, did_you_mean
 from retain.strategies.base import Strategy
 
@@ -91,9 +91,10 @@ def presets() -> dict[str, dict[str, Any]]:
 
 
 def build(spec: dict[str, Any] | str | Strategy, where: str = "strategies") -> Strategy:
-    """Instantiate a strategy from ``{name: ..., **hparams}``, ``{preset: ...}`` or a name."""
-    from retain.config import _coerce
+    """Instantiate a strategy from ``{name: ..., **hparams}``, ``{preset: ...}`` or a name.
 
+    The hyperparameters are bound by :func:`retain.binding.from_dict`, as the run configuration.
+    """
     if isinstance(spec, Strategy):
         return spec
     if isinstance(spec, str):
@@ -109,19 +110,16 @@ def build(spec: dict[str, Any] | str | Strategy, where: str = "strategies") -> S
     if not isinstance(name, str):
         raise ConfigError(f"{where}: a strategy needs a name, got {name!r}")
     cls = get(name)
-    hints = typing.get_type_hints(cls)
     fields = [f.name for f in cls.hparam_fields()]
-    kwargs = {}
-    for key, value in spec.items():
-        if key not in fields:
-            known = ", ".join(fields) or "none"
-            raise ConfigError(
-                f"unknown hyperparameter '{key}' for strategy '{name}'"
-                f"{did_you_mean(key, fields)}; it takes: {known}"
-            )
-        kwargs[key] = _coerce(hints[key], value, f"{where}.{name}.{key}")
+
+    def unknown(key: str) -> str:
+        return (f"unknown hyperparameter '{key}' for strategy '{name}'{did_you_mean(key, fields)}; "
+                f"it takes: {', '.join(fields) or 'none'}")
+
     try:
-        return cls(**kwargs)
+        return from_dict(cls, spec, f"{where}.{name}", names=fields, unknown=unknown)
+    except ConfigError:
+        raise
     except (ValueError, TypeError) as e:
         raise ConfigError(f"{where}: strategy '{name}': {e}") from None
 
@@ -168,13 +166,11 @@ def _arg_docs(cls: type) -> dict[str, str]:
 
 def describe_all(markdown: bool = False) -> str:
     """Every registered strategy: summary, hyperparameters with defaults, reference."""
-    from retain.config import _type_name
-
     lines: list[str] = []
     for name in available():
         cls = get(name)
         docs = _arg_docs(cls)
-        hints = typing.get_type_hints(cls)
+        hints = field_hints(cls)
         if markdown:
             lines.append(f"### `{name}`\n\n{cls.summary()}\n")
         else:
@@ -182,7 +178,7 @@ def describe_all(markdown: bool = False) -> str:
         for f in cls.hparam_fields():
             default = f.default if f.default is not dataclasses.MISSING else (
                 f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-            tp = _type_name(hints[f.name])
+            tp = type_name(hints[f.name])
             helptext = docs.get(f.name, "")
             if markdown:
                 lines.append(f"- `{f.name}` ({tp}, default `{default!r}`): {helptext}")

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from retain.errors import Unsupported
 from retain.models import count_parameters
-from retain.models.stack import Unsupported
 from retain.strategies.base import Strategy
 
 if TYPE_CHECKING:
@@ -24,6 +24,7 @@ class Growing(Strategy):
     net_type: ClassVar[type]
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self.units_ = 1
         self.unit_params_: list[int] = []
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -40,16 +40,13 @@ class AGEM(Strategy):
     ``models/agem.py``.
     """
 
-    size: int = 500
-    batch_size: int = 256
+    size: int = field(default=500, metadata={"ge": 1})
+    batch_size: int = field(default=256, metadata={"ge": 1})
 
     rehearsal: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        if self.size < 1:
-            raise ValueError(f"size must be >= 1, got {self.size}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        super().__post_init__()
         self.buffer_ = Buffer(self.size, "reservoir")
 
     def after_backward(self, model: nn.Module, ctx: TaskContext) -> None:

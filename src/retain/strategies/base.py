@@ -32,6 +32,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from retain.binding import check_fields
+
 if TYPE_CHECKING:
     import torch
     from torch import nn
@@ -64,6 +66,11 @@ class Strategy:
     known_failures: ClassVar[dict[str, str]] = {}
     #: Keeps or regenerates past data (replay, DER, A-GEM, generative replay, cumulative).
     rehearsal: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        """Checks every hyperparameter against its type and the bounds in its field's metadata
+        (``field(default=1.0, metadata={"ge": 0})``); a subclass calls it first."""
+        check_fields(self, error=ValueError)
 
     def setup(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
         return model

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -49,21 +49,15 @@ class DER(Strategy):
     Simple Baseline", NeurIPS 2020; mammoth's ``models/der.py`` and ``models/derpp.py``.
     """
 
-    size: int = 500
-    alpha: float = 0.5
-    beta: float = 0.0
-    batch_size: int | None = None
+    size: int = field(default=500, metadata={"ge": 1})
+    alpha: float = field(default=0.5, metadata={"ge": 0})
+    beta: float = field(default=0.0, metadata={"ge": 0})
+    batch_size: int | None = field(default=None, metadata={"ge": 1})
 
     rehearsal: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        if self.size < 1:
-            raise ValueError(f"size must be >= 1, got {self.size}")
-        if self.alpha < 0 or self.beta < 0:
-            raise ValueError(
-                f"alpha and beta must be >= 0, got alpha={self.alpha}, beta={self.beta}")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        super().__post_init__()
         self.buffer_ = Buffer(self.size, "reservoir")
         self._fuse = False
 

@@ -3,30 +3,25 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 
 from retain.strategies import register
-from retain.strategies._importance import (
+from retain.strategies.importance import nbytes, per_sample_importance, subset
+from retain.strategies.penalty import (
+    FAILS_IN_CLASS_IL,
     Penalized,
     QuadraticPenalty,
     check_sgd_stable,
-    nbytes,
-    per_sample_importance,
-    subset,
     trainable,
 )
-from retain.strategies.base import fails_in_class_il
 
 if TYPE_CHECKING:
     from torch import nn
 
     from retain.strategies.context import TaskContext
-
-CLASS_IL = fails_in_class_il("regularising weights")
-
 
 def sample_labels(out: Any, batch: dict[str, torch.Tensor],
                   ctx: TaskContext) -> dict[str, torch.Tensor]:
@@ -90,26 +85,16 @@ class EWC(Penalized):
     ``models/ewc_on.py``.
     """
 
-    lam: float = 1.0
+    lam: float = field(default=1.0, metadata={"ge": 0})
     mode: Literal["separate", "online"] = "separate"
-    gamma: float = 1.0
+    gamma: float = field(default=1.0, metadata={"ge": 0, "le": 1})
     fisher: Literal["sampled", "empirical", "empirical_weighted"] = "sampled"
-    fisher_samples: int | None = 5000
+    fisher_samples: int | None = field(default=5000, metadata={"ge": 1})
 
-    known_failures: ClassVar[dict[str, str]] = {"class_il": CLASS_IL}
+    known_failures: ClassVar[dict[str, str]] = {"class_il": FAILS_IN_CLASS_IL}
 
     def __post_init__(self) -> None:
-        if self.lam < 0:
-            raise ValueError(f"lam must be >= 0, got {self.lam}")
-        if self.mode not in ("separate", "online"):
-            raise ValueError(f"mode must be 'separate' or 'online', got {self.mode!r}")
-        if not 0.0 <= self.gamma <= 1.0:
-            raise ValueError(f"gamma must be in [0, 1], got {self.gamma}")
-        if self.fisher not in ("sampled", "empirical", "empirical_weighted"):
-            raise ValueError("fisher must be 'sampled', 'empirical' or 'empirical_weighted', "
-                             f"got {self.fisher!r}")
-        if self.fisher_samples is not None and self.fisher_samples < 1:
-            raise ValueError(f"fisher_samples must be >= 1 or None, got {self.fisher_samples}")
+        super().__post_init__()
         self.fisher_: list[dict[str, torch.Tensor]] = []   # one per task (separate) or one (online)
         self.anchor_: list[dict[str, torch.Tensor]] = []   # theta* matching each F
         self._last: dict[str, Any] = {}

@@ -6,7 +6,7 @@ import fnmatch
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from retain.models.stack import Unsupported
+from retain.errors import Unsupported
 from retain.strategies import register
 from retain.strategies.base import Strategy
 
@@ -68,16 +68,14 @@ class Freeze(Strategy):
         gradual unfreezing and discriminative (layer-wise) learning rates.
     """
 
-    last_k: int | None = 1
+    last_k: int | None = field(default=1, metadata={"ge": 0})
     trainable: list[str] = field(default_factory=list)
-    from_task: int = 1
-    lr_decay: float = 1.0
+    from_task: int = field(default=1, metadata={"ge": 0})
+    lr_decay: float = field(default=1.0, metadata={"gt": 0, "le": 1})
 
     def __post_init__(self) -> None:
-        if self.last_k is not None and (not isinstance(self.last_k, int) or self.last_k < 0):
-            raise ValueError(f"last_k must be an integer >= 0 or None, got {self.last_k!r}")
-        if not isinstance(self.trainable, list) or not all(
-                isinstance(p, str) and p for p in self.trainable):
+        super().__post_init__()
+        if not all(self.trainable):
             raise ValueError(f"trainable must be a list of name patterns, got {self.trainable!r}")
         if self.last_k is None and self.trainable:
             raise ValueError("trainable patterns with last_k=None (train everything) choose "
@@ -85,10 +83,6 @@ class Freeze(Strategy):
         if self.last_k == 0 and not self.trainable:
             raise ValueError("last_k=0 with no trainable patterns would freeze every parameter; "
                              "give last_k >= 1 or trainable patterns")
-        if not isinstance(self.from_task, int) or self.from_task < 0:
-            raise ValueError(f"from_task must be an integer >= 0, got {self.from_task!r}")
-        if not 0 < self.lr_decay <= 1:
-            raise ValueError(f"lr_decay must be in (0, 1], got {self.lr_decay}")
 
     def chosen(self, model: nn.Module) -> set[str]:
         """Names of the parameters that stay trainable."""

@@ -11,16 +11,16 @@ still goes only through the loop.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from retain.models.stack import Unsupported
+from retain.errors import Unsupported
 from retain.models.vae import VAE
+from retain.objectives import distillation_loss
 from retain.strategies import register
 from retain.strategies.base import Strategy
-from retain.strategies.lwf import distillation_loss
 from retain.utils.seed import derive_seed
 
 if TYPE_CHECKING:
@@ -71,27 +71,17 @@ class GenerativeReplay(Strategy):
 
     rehearsal: ClassVar[bool] = True
 
-    latent_dim: int = 8
-    hidden: int = 256
-    vae_epochs: int = 20
-    vae_batch_size: int = 128
-    vae_lr: float = 1e-3
-    ratio: float = 0.5
+    latent_dim: int = field(default=8, metadata={"ge": 1})
+    hidden: int = field(default=256, metadata={"ge": 1})
+    vae_epochs: int = field(default=20, metadata={"ge": 0})
+    vae_batch_size: int = field(default=128, metadata={"ge": 1})
+    vae_lr: float = field(default=1e-3, metadata={"gt": 0})
+    ratio: float = field(default=0.5, metadata={"ge": 0, "lt": 1})
     soft_labels: bool = True
-    temperature: float = 2.0
+    temperature: float = field(default=2.0, metadata={"gt": 0})
 
     def __post_init__(self) -> None:
-        for name in ("latent_dim", "hidden", "vae_batch_size"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
-        if not isinstance(self.vae_epochs, int) or self.vae_epochs < 0:
-            raise ValueError(f"vae_epochs must be an integer >= 0, got {self.vae_epochs!r}")
-        if not self.vae_lr > 0:
-            raise ValueError(f"vae_lr must be > 0, got {self.vae_lr}")
-        if not 0 <= self.ratio < 1:
-            raise ValueError(f"ratio must be in [0, 1), got {self.ratio}")
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        super().__post_init__()
         self.vae_: dict[str, torch.Tensor] = {}  # the generator's weights (learned state)
         self._vae: VAE | None = None
         self._teacher: nn.Module | None = None

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 
+from retain.objectives import distillation_loss
 from retain.strategies import register
 from retain.strategies.base import Strategy, fails_in_class_il
 
@@ -16,24 +16,6 @@ if TYPE_CHECKING:
     from torch import nn
 
     from retain.strategies.context import TaskContext
-
-
-def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float,
-                      valid: torch.Tensor | None = None) -> torch.Tensor:
-    """``T^2 * KL(softmax(teacher / T) || softmax(student / T))``, averaged over rows.
-
-    The last dimension holds the outputs; ``valid`` (the leading dimensions' shape) selects the
-    rows that count (tokens that are not padding). T^2 keeps the gradient's scale independent of
-    T (Hinton et al. 2015). A teacher logit of -inf (a class the teacher never predicts, as
-    generative replay masks them) is a zero probability and contributes nothing.
-    """
-    p = F.softmax(teacher.float() / temperature, -1)
-    log_q = F.log_softmax(student.float() / temperature, -1)
-    kl = (torch.xlogy(p, p) - p * log_q).sum(-1)
-    if valid is None:
-        return kl.mean() * temperature**2
-    valid = valid.float()
-    return (kl * valid).sum() / valid.sum().clamp_min(1.0) * temperature**2
 
 
 @register("lwf", reference_url="https://arxiv.org/abs/1606.09282")
@@ -58,17 +40,14 @@ class LwF(Strategy):
     ``models/lwf.py``.
     """
 
-    alpha: float = 1.0
-    temperature: float = 2.0
+    alpha: float = field(default=1.0, metadata={"ge": 0})
+    temperature: float = field(default=2.0, metadata={"gt": 0})
 
     known_failures: ClassVar[dict[str, str]] = {
         "class_il": fails_in_class_il("distillation on new-task data")}
 
     def __post_init__(self) -> None:
-        if self.alpha < 0:
-            raise ValueError(f"alpha must be >= 0, got {self.alpha}")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        super().__post_init__()
         # No learned state to checkpoint: the teacher is the model as it was when the task
         # started. On resume, weights are restored before the next task's before_task, which
         # snapshots the teacher from them, exactly as the uninterrupted run did.

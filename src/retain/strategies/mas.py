@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
 from retain.strategies import register
-from retain.strategies._importance import (
-    Penalized,
-    nbytes,
-    per_sample_importance,
-    subset,
-)
-from retain.strategies.ewc import CLASS_IL
+from retain.strategies.importance import nbytes, per_sample_importance, subset
+from retain.strategies.penalty import FAILS_IN_CLASS_IL, Penalized
 
 if TYPE_CHECKING:
     from torch import nn
@@ -62,17 +57,14 @@ class MAS(Penalized):
     Reference: Aljundi et al., "Memory Aware Synapses: Learning what (not) to forget" (ECCV 2018).
     """
 
-    lam: float = 0.1
-    samples: int | None = 5000
+    lam: float = field(default=0.1, metadata={"ge": 0})
+    samples: int | None = field(default=5000, metadata={"ge": 1})
 
-    known_failures: ClassVar[dict[str, str]] = {"class_il": CLASS_IL}
+    known_failures: ClassVar[dict[str, str]] = {"class_il": FAILS_IN_CLASS_IL}
     strength: ClassVar[str] = "lam"
 
     def __post_init__(self) -> None:
-        if self.lam < 0:
-            raise ValueError(f"lam must be >= 0, got {self.lam}")
-        if self.samples is not None and self.samples < 1:
-            raise ValueError(f"samples must be >= 1 or None, got {self.samples}")
+        super().__post_init__()
         self.importance_: dict[str, torch.Tensor] = {}  # Omega, summed over tasks
         self.anchor_: dict[str, torch.Tensor] = {}      # theta* at the end of the last task
         self._last: dict[str, Any] = {}

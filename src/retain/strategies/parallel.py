@@ -14,9 +14,6 @@ if TYPE_CHECKING:
     from torch import nn
 
 
-FEATURES = ("penultimate", "logits")
-
-
 @register("parallel")
 @dataclass(repr=False)  # keep Strategy.__repr__: only non-default fields
 class Parallel(Growing):
@@ -69,11 +66,6 @@ class Parallel(Growing):
     net_type: ClassVar[type] = ParallelNet
 
     def __post_init__(self) -> None:
-        if self.features not in FEATURES:
-            raise ValueError(f"features must be one of {', '.join(FEATURES)}, "
-                             f"got {self.features!r}")
-        if not isinstance(self.init_from_old, bool):
-            raise ValueError(f"init_from_old must be true or false, got {self.init_from_old!r}")
         super().__post_init__()
 
     @property

@@ -50,8 +50,6 @@ class Progressive(Growing):
     laterals: bool = True
 
     def __post_init__(self) -> None:
-        if not isinstance(self.laterals, bool):
-            raise ValueError(f"laterals must be true or false, got {self.laterals!r}")
         super().__post_init__()
 
     @property

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -46,22 +46,17 @@ class Replay(Strategy):
     mammoth's ``models/er.py``.
     """
 
-    size: int = 500
+    size: int = field(default=500, metadata={"ge": 1})
     policy: str = "reservoir"
-    ratio: float = 0.5
-    batch_size: int | None = None
+    ratio: float = field(default=0.5, metadata={"ge": 0, "lt": 1})
+    batch_size: int | None = field(default=None, metadata={"ge": 0})
 
     rehearsal: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        if self.size < 1:
-            raise ValueError(f"size must be >= 1, got {self.size}")
+        super().__post_init__()
         if self.policy not in POLICIES:
             raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
-        if not 0.0 <= self.ratio < 1.0:
-            raise ValueError(f"ratio must be in [0, 1), got {self.ratio}")
-        if self.batch_size is not None and self.batch_size < 0:
-            raise ValueError(f"batch_size must be >= 0, got {self.batch_size}")
         self.buffer_ = Buffer(self.size, self.policy)
 
     def setup(self, model: nn.Module, ctx: TaskContext) -> nn.Module:

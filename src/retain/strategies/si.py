@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
 from retain.strategies import register
-from retain.strategies._importance import (
-    Penalized,
-    nbytes,
-    trainable,
-)
-from retain.strategies.ewc import CLASS_IL
+from retain.strategies.importance import nbytes
+from retain.strategies.penalty import FAILS_IN_CLASS_IL, Penalized, trainable
 
 if TYPE_CHECKING:
     from torch import nn
@@ -48,20 +44,15 @@ class SynapticIntelligence(Penalized):
     2017); mammoth's ``models/si.py``.
     """
 
-    c: float = 0.5
-    xi: float = 1.0
-    clip_value: float | None = 1.0
+    c: float = field(default=0.5, metadata={"ge": 0})
+    xi: float = field(default=1.0, metadata={"gt": 0})  # keeps Omega finite
+    clip_value: float | None = field(default=1.0, metadata={"gt": 0})
 
-    known_failures: ClassVar[dict[str, str]] = {"class_il": CLASS_IL}
+    known_failures: ClassVar[dict[str, str]] = {"class_il": FAILS_IN_CLASS_IL}
     strength: ClassVar[str] = "c"
 
     def __post_init__(self) -> None:
-        if self.c < 0:
-            raise ValueError(f"c must be >= 0, got {self.c}")
-        if self.xi <= 0:
-            raise ValueError(f"xi must be > 0 (it keeps Omega finite), got {self.xi}")
-        if self.clip_value is not None and self.clip_value <= 0:
-            raise ValueError(f"clip_value must be > 0 or None, got {self.clip_value}")
+        super().__post_init__()
         self.importance_: dict[str, torch.Tensor] = {}  # Omega, summed over tasks
         self.anchor_: dict[str, torch.Tensor] = {}      # theta* at the end of the last task
         self._names: list[str] = []

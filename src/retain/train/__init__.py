@@ -1,1 +1,1 @@
-"""The training loop, optimizers and schedules, objectives."""
+"""The training loop, optimizers and schedules."""

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from retain.strategies.context import TaskContext, unwrap
-from retain.train.objectives import task_known
+from retain.objectives import task_known
 
 if TYPE_CHECKING:
     from retain.config import TrainConfig

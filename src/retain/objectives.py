@@ -1,4 +1,5 @@
-"""What a model is trained and scored on: classification, regression, causal language modelling.
+"""What a model is trained and scored on: classification, regression, causal language modelling;
+the losses strategies add (distillation); and which way each score is better.
 
 An objective knows how to call the model on a batch, the training loss, and the summable
 statistics an evaluation accumulates over batches (so scores are exact over a whole test set and
@@ -24,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+#: The one table of score directions: whether a higher value of each score is better. Metrics
+#: (BWT, forgetting, the gap to joint) and reports orient every score by it.
 HIGHER_IS_BETTER = {
     "accuracy": True,
     "task_il_accuracy": True,
@@ -53,6 +56,24 @@ def masked(logits: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     if mask is None:
         return logits
     return logits.masked_fill(~mask, torch.finfo(logits.dtype).min)
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float,
+                      valid: torch.Tensor | None = None) -> torch.Tensor:
+    """``T^2 * KL(softmax(teacher / T) || softmax(student / T))``, averaged over rows.
+
+    The last dimension holds the outputs; ``valid`` (the leading dimensions' shape) selects the
+    rows that count (tokens that are not padding). T^2 keeps the gradient's scale independent of
+    T (Hinton et al. 2015). A teacher logit of -inf (a class the teacher never predicts, as
+    generative replay masks them) is a zero probability and contributes nothing.
+    """
+    p = F.softmax(teacher.float() / temperature, -1)
+    log_q = F.log_softmax(student.float() / temperature, -1)
+    kl = (torch.xlogy(p, p) - p * log_q).sum(-1)
+    if valid is None:
+        return kl.mean() * temperature**2
+    valid = valid.float()
+    return (kl * valid).sum() / valid.sum().clamp_min(1.0) * temperature**2
 
 
 class Classification:
