@@ -24,6 +24,7 @@ from retain.data.stream import Stream, Task, TensorData
 from retain.errors import ConfigError, RunDirError
 from retain.eval.evaluator import evaluate
 from retain.models import count_parameters
+from retain.report.record import RunRecord
 from retain.report.result import RunResult, build_record
 from retain.strategies.base import Strategy
 from retain.train.context import TaskContext
@@ -207,7 +208,7 @@ def run(
     world = acc.num_processes
     run_total = sum(steps_for(len(t.train), train, world) for t in train_tasks)
 
-    def record(status: str) -> dict[str, Any]:
+    def record(status: str) -> RunRecord:
         return build_record(
             stream=stream, strategies=strategies, rows=rows, fits=fits, params=params,
             strategy_stats=strategy_stats,
