@@ -44,8 +44,8 @@ def test_replay_reduces_forgetting(digits_class_il, run_strategies):
     # (Fixture defaults: finetune 0.182 / 0.884, replay 0.386 / 0.575.)
     base = finetune_baseline(digits_class_il, CONVERGED).metrics
     rep = run_strategies(digits_class_il, [Replay()], train=CONVERGED).metrics
-    assert rep["avg_accuracy"] >= base.avg_accuracy + 0.45
-    assert rep["forgetting"] <= base.forgetting - 0.6
+    assert rep.avg_accuracy >= base.avg_accuracy + 0.45
+    assert rep.forgetting <= base.forgetting - 0.6
 
 
 def test_replayed_samples_are_marked_appended_and_not_stored_again(tiny_stream):
