@@ -35,11 +35,11 @@ def test_finetune_forgets_in_class_il_and_metrics_follow_r(tiny_stream):
     R = r.matrix
     assert R[1][0] > 0.9  # task 1 learnt
     assert R[3][0] < 0.2  # and forgotten after task 3 (class-IL, no protection)
-    assert r.metrics["bwt"] < -0.7
-    assert r.metrics["avg_accuracy"] == pytest.approx(sum(R[3]) / 3)
-    assert r["matrices"]["task_il_accuracy"][3][0] > R[3][0]  # task-aware view reported beside it
-    assert r["timing"]["per_task"][0]["samples_per_s"] > 0
-    assert r["memory"]["peak_rss_mb"] > 0
+    assert r.metrics.bwt < -0.7
+    assert r.metrics.avg_accuracy == pytest.approx(sum(R[3]) / 3)
+    assert r.record.matrices["task_il_accuracy"][3][0] > R[3][0]  # task-aware view reported beside it
+    assert r.record.timing.per_task[0].samples_per_s > 0
+    assert r.record.memory.peak_rss_mb > 0
 
 
 def test_task_il_masking_is_applied_at_train_and_test(digits):
@@ -55,20 +55,20 @@ def test_joint_and_cumulative_reach_more_than_finetune(tiny_stream):
     ft = run(_mlp(), tiny_stream, ["finetune"], RunConfig(train=FAST))
     jt = run(_mlp(), tiny_stream, ["joint"], RunConfig(train=FAST))
     cu = run(_mlp(), tiny_stream, ["cumulative"], RunConfig(train=FAST))
-    assert len(jt.matrix) == 2 and jt.metrics["bwt"] is None
-    assert jt["joint"] is True and jt["strategies"] == [{"name": "joint"}]
-    assert jt.metrics["avg_accuracy"] > 0.9
-    assert cu.metrics["avg_accuracy"] > ft.metrics["avg_accuracy"] + 0.4
-    assert jt["timing"]["per_task"][0]["samples"] == FAST.epochs * sum(len(t.train) for t in tiny_stream)
+    assert len(jt.matrix) == 2 and jt.metrics.bwt is None
+    assert jt.record.joint is True and jt.record.strategies == [{"name": "joint"}]
+    assert jt.metrics.avg_accuracy > 0.9
+    assert cu.metrics.avg_accuracy > ft.metrics.avg_accuracy + 0.4
+    assert jt.record.timing.per_task[0].samples == FAST.epochs * sum(len(t.train) for t in tiny_stream)
 
 
 def test_early_stopping_stops_and_keeps_the_best(digits):
     s = split(digits, n_tasks=1, classes=[0, 1, 2, 3], validation=0.3)
     cfg = TrainConfig(epochs=200, batch_size=16, optimizer="adam", lr=3e-3, patience=2)
     r = run(_mlp(4), s, ["finetune"], RunConfig(train=cfg))
-    es = r["early_stopping"][0]
-    assert es["stopped_at"] is not None and es["stopped_at"] < 200 * 15
-    assert es["best_val_loss"] < 0.5
+    es = r.record.early_stopping[0]
+    assert es.stopped_at is not None and es.stopped_at < 200 * 15
+    assert es.best_val_loss < 0.5
 
 
 def test_a_diverging_loss_is_reported(tiny_stream):
@@ -83,7 +83,7 @@ def test_hot_start_keeps_optimizer_state(tiny_stream, tmp_path, policy):
 
     cfg = TrainConfig(epochs=1, batch_size=32, optimizer="adam", lr=1e-3, optimizer_state=policy)
     r = run(_mlp(), tiny_stream, ["finetune"], RunConfig(train=cfg), out_dir=tmp_path / "run")
-    steps = [t["steps"] for t in r["timing"]["per_task"]]
+    steps = [t.steps for t in r.record.timing.per_task]
     ckpt = RunDir(tmp_path / "run").load_checkpoint()
     if policy == "reset":
         assert ckpt["optimizer"] is None  # nothing worth keeping: the next task starts afresh
@@ -101,9 +101,9 @@ def test_any_module_and_regression(digits):
                objective="regression", n_outputs=1, setting="domain_il")
     r = run(nn.Linear(4, 1), s, ["finetune"],
             RunConfig(train=TrainConfig(epochs=30, optimizer="adam", lr=0.05)))
-    assert r["score"] == "mse" and not r["higher_is_better"]
+    assert r.record.score == "mse" and not r.record.higher_is_better
     assert r.matrix[1][0] < 0.05 < r.matrix[0][0]
-    assert r["matrices"]["r2"][1][0] > 0.95
+    assert r.record.matrices["r2"][1][0] > 0.95
 
 
 def _lm_task(name, lo, n=24, length=16, seed=0):
@@ -122,12 +122,12 @@ def test_hf_causal_lm_trains_through_the_loop(tiny_causal_lm):
                     eval=EvalConfig(batch_size=8))
     r = run(tiny_causal_lm, s, ["finetune"], cfg)
     R = r.matrix
-    assert r["score"] == "loss"
+    assert r.record.score == "loss"
     assert R[1][0] < R[0][0] - 0.5          # learnt language A
     assert R[2][1] < R[0][1] - 0.5          # then language B
     assert R[2][0] > R[1][0]                # and lost some of A: forgetting, measured on loss
-    assert r.metrics["forgetting"] > 0
-    assert "perplexity" in r["matrices"]
+    assert r.metrics.forgetting > 0
+    assert "perplexity" in r.record.matrices
 
 
 def test_gradient_clipping_is_applied(tiny_stream):
@@ -147,9 +147,9 @@ def test_schedule_scope_run_spans_all_tasks(tiny_stream):
     whole = run(_mlp(), tiny_stream, ["finetune"],
                 RunConfig(train=TrainConfig(epochs=2, optimizer="sgd", lr=0.1, schedule="wsd",
                                             decay=0.2, schedule_scope="run")))
-    last = [curve[-1][1] for curve in per_task["curves"]["lr_factor"]]
+    last = [curve[-1][1] for curve in per_task.record.curves.lr_factor]
     assert last == pytest.approx([0.0, 0.0, 0.0], abs=0.01)  # each task decays to min_lr
-    run_last = [curve[-1][1] for curve in whole["curves"]["lr_factor"]]
+    run_last = [curve[-1][1] for curve in whole.record.curves.lr_factor]
     # 3 tasks x 18 steps; the last 20% (steps 44-54) decay: tasks 1 and 2 end in the stable phase.
     assert run_last[0] == 1.0 and run_last[1] == 1.0
     assert run_last[2] == pytest.approx(0.0, abs=0.01)  # one decay, at the end of the run
@@ -163,8 +163,8 @@ def test_scores_on_the_validation_split_leave_the_test_sets_alone(digits):
     on_test = run(_mlp(4), s, ["finetune"], RunConfig(train=FAST))
     assert on_val.matrix != on_test.matrix  # same training, scored on other samples
     # Regression: the record said "test" for the Python API (it read the config, absent here).
-    assert on_val.record["split"] == "val" and on_test.record["split"] == "test"
-    counts = on_val["per_class"]["counts"][0]
+    assert on_val.record.split == "val" and on_test.record.split == "test"
+    counts = on_val.record.per_class.counts[0]
     assert sum(map(sum, counts)) == sum(len(t.val) for t in s.tasks)
     no_val = split(digits, n_tasks=2, classes=[0, 1, 2, 3])
     with pytest.raises(Exception, match="stream.validation"):
@@ -198,3 +198,8 @@ def test_joint_is_a_plan_of_one_union_task(tiny_stream):
     assert len(plan.tasks[0].train) == sum(len(t.train) for t in tiny_stream)
     seq = Plan.for_strategies(tiny_stream, [build("finetune")])
     assert not seq.joint and seq.tasks == tuple(tiny_stream.tasks)
+
+
+def test_run_refuses_a_train_config_in_place_of_the_run_config(tiny_stream):
+    with pytest.raises(TypeError, match="RunConfig"):
+        run(_mlp(), tiny_stream, ["finetune"], FAST)

@@ -50,8 +50,8 @@ for i, s in enumerate(specs):
     states[f"{i}.{type(s).__name__}"] = {"tensors": digest(tensors), "plain": repr(plain),
                                         "n_tensors": len(tensors)}
 with open(f"{out}/rank{rank}.json", "w") as f:
-    json.dump({"weights": digest(result.model.state_dict()), "record": result.record["matrix"],
-               "processes": result.record["num_processes"], "states": states}, f)
+    json.dump({"weights": digest(result.model.state_dict()), "record": result.record.matrix,
+               "processes": result.record.num_processes, "states": states}, f)
 '''
 
 

@@ -16,6 +16,9 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "run": "retain.api",
     "RunResult": "retain.report.result",
+    "RunRecord": "retain.report.record",
+    "CompareRecord": "retain.report.record",
+    "load_record": "retain.report.record",
     "Stream": "retain.data.stream",
     "Task": "retain.data.stream",
     "TensorData": "retain.data.stream",

@@ -33,6 +33,7 @@ from retain.errors import ConfigError, RunDirError
 from retain.eval.evaluator import evaluate
 from retain.models import count_parameters
 from retain.objectives import make_objective
+from retain.report.record import RunRecord
 from retain.report.result import RunResult, build_record
 from retain.strategies.base import Strategy
 from retain.strategies.context import TaskContext
@@ -199,6 +200,9 @@ def start(stream: Stream, strategies: list[Any] | None, config: RunConfig | None
           warn: Callable[[str], None] | None) -> RunState:
     """Check the settings, open the run directory, make the accelerator and the plan."""
     cfg = config or RunConfig()
+    if not isinstance(cfg, RunConfig):
+        raise TypeError(f"run() takes a RunConfig, got {type(cfg).__name__}; wrap it, e.g. "
+                        "RunConfig(train=TrainConfig(...))")
     built = registry.build_all(list(strategies or cfg.strategies))
     objective = make_objective(stream.objective, stream.n_outputs)
     metric = check_eval(cfg, stream, objective)
@@ -424,7 +428,7 @@ def finish(r: RunState, model: nn.Module, history: History) -> RunResult:
     return RunResult(result, r.acc.unwrap_model(model))
 
 
-def record(r: RunState, history: History, status: str) -> dict[str, Any]:
+def record(r: RunState, history: History, status: str) -> RunRecord:
     """The run record (what result.json holds) for the history so far."""
     rec = build_record(
         stream=r.stream, strategies=r.strategies, rows=history.rows, fits=history.fits,
@@ -435,7 +439,7 @@ def record(r: RunState, history: History, status: str) -> dict[str, Any]:
         num_processes=r.acc.num_processes,
     )
     if any("evals" in f for f in history.fits):
-        rec["curves"]["eval"] = [f.get("evals", []) for f in history.fits]
+        rec.curves.eval = [f.get("evals", []) for f in history.fits]
     return rec
 
 

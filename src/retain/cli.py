@@ -9,10 +9,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from retain import __version__
 from retain.errors import RetainError
+
+if TYPE_CHECKING:
+    from retain.report.record import Record
 
 EPILOG = """examples:
   retain demo
@@ -53,7 +56,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         if progress is not None:
             progress.close()
-    _finish(record, Path(record["out_dir"]), args)
+    _finish(record, Path(record.out_dir or "."), args)
     return 0
 
 
@@ -94,7 +97,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return _compare(cfg, ["finetune", "joint"], args)
 
 
-def _finish(record: dict[str, Any], out: Path, args: argparse.Namespace) -> None:
+def _finish(record: Record, out: Path, args: argparse.Namespace) -> None:
     from retain.report.console import print_summary
     from retain.utils.checkpoint import is_main_process
 
@@ -113,19 +116,11 @@ def cmd_strategies(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    import json
-
-    from retain.errors import RunDirError
+    from retain.report.record import load_record
     from retain.report.render import write_reports
 
     run_dir = Path(args.run_dir)
-    path = run_dir / "result.json"
-    if not path.is_file():
-        raise RunDirError(f"'{path}' not found; give a run directory written by retain run/compare")
-    try:
-        record = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise RunDirError(f"'{path}' is not valid JSON ({e.msg} at line {e.lineno})") from None
+    record = load_record(run_dir / "result.json")
     written = write_reports(run_dir, record, plots=not args.no_plots)
     if not args.quiet:
         from retain.report.console import print_summary

@@ -35,3 +35,7 @@ def did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str:
     """Return ``" (did you mean 'x'?)"`` for the closest choice, or ``""`` if none is close."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+class RecordVersionError(RunDirError):
+    """A result.json written by a newer retain, with a schema this version cannot read."""

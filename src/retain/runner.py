@@ -1,9 +1,9 @@
 """Config-driven runs: what ``retain run``, ``retain compare`` and ``retain demo`` do.
 
 ``compare`` trains the same stream under each strategy (each from the same initial weights, in its
-own sub-directory with its own checkpoints), then writes one ``result.json`` with
-``runs: {label: record}`` and a ``summary``, and adds ``gap_to_joint`` to every run's metrics when
-``joint`` is among them.
+own sub-directory with its own checkpoints), then writes one ``result.json`` holding a
+:class:`~retain.report.record.CompareRecord` (``runs: {label: run record}``), and adds
+``gap_to_joint`` to every run's metrics when ``joint`` is among them.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from typing import Any
 
 from retain.config import RunConfig
 from retain.errors import ConfigError
-from retain.report.result import SCHEMA_VERSION, versions
+from retain.report.record import CompareRecord, RunRecord, load_record
+from retain.report.result import versions
 from retain.utils.checkpoint import RunDir, is_main_process
 
 
@@ -45,7 +46,7 @@ def _model(cfg: RunConfig, stream: Any) -> Any:
 
 def run_config(cfg: RunConfig, out: str | Path | None, resume: bool = False,
                progress: Any = None, warn: Callable[[str], None] | None = None,
-               stream_info: tuple[Any, dict[str, Any]] | None = None) -> dict[str, Any]:
+               stream_info: tuple[Any, dict[str, Any]] | None = None) -> RunRecord:
     """Run ``cfg`` into ``out``; return the run record (also in ``out/result.json``)."""
     from retain import strategies as registry
     from retain.api import run
@@ -58,13 +59,13 @@ def run_config(cfg: RunConfig, out: str | Path | None, resume: bool = False,
     result = run(model, stream, strategies, cfg, out_dir=out, resume=resume, progress=progress,
                  warn=warn)
     record = result.record
-    record["data"] = info
-    record["out_dir"] = str(out)
+    record.data = info
+    record.out_dir = str(out)
     if is_main_process():
         from retain.report.render import write_reports
         from retain.utils.state import write_json
 
-        write_json(out / "result.json", record)
+        write_json(out / "result.json", record.to_dict())
         write_reports(out, record, plots=cfg.output.plots)
     return record
 
@@ -92,7 +93,7 @@ def specs_for(label: str, cfg: RunConfig) -> list[dict[str, Any]]:
 
 def compare_config(cfg: RunConfig, labels: list[str], out: str | Path | None, resume: bool = False,
                    progress: Any = None, warn: Callable[[str], None] | None = None,
-                   announce: Callable[[str], None] | None = None) -> dict[str, Any]:
+                   announce: Callable[[str], None] | None = None) -> CompareRecord:
     """Run every strategy label on the same stream; return the comparison record."""
     from retain import strategies as registry
     from retain.utils.state import write_json, write_text
@@ -106,15 +107,13 @@ def compare_config(cfg: RunConfig, labels: list[str], out: str | Path | None, re
     if is_main_process():
         write_text(out / "config.resolved.yaml", cfg.to_yaml())
     prepared = prepare_stream(cfg)
-    runs: dict[str, dict[str, Any]] = {}
+    runs: dict[str, RunRecord] = {}
     for label, specs in plans.items():
         sub = out / label
         done = sub / "result.json"
         if resume and done.is_file():
-            import json
-
-            rec = json.loads(done.read_text())
-            if rec.get("status") == "complete":
+            rec = load_record(done)
+            if isinstance(rec, RunRecord) and rec.complete:
                 runs[label] = rec
                 continue
         if announce:
@@ -128,32 +127,31 @@ def compare_config(cfg: RunConfig, labels: list[str], out: str | Path | None, re
     if is_main_process():
         from retain.report.render import write_reports
 
-        write_json(out / "result.json", record)
+        write_json(out / "result.json", record.to_dict())
         write_reports(out, record, plots=cfg.output.plots)
     return record
 
 
-def compare_record(cfg: RunConfig, runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def compare_record(cfg: RunConfig, runs: dict[str, RunRecord]) -> CompareRecord:
+    """The comparison of finished runs; with a joint run, each run's ``gap_to_joint``."""
     from retain.eval.metrics import gap_to_joint
 
-    joint = next((r for r in runs.values() if r.get("joint")), None)
+    joint = next((r.metrics for r in runs.values() if r.joint and r.metrics), None)
     if joint is not None:
         for rec in runs.values():
-            rec["metrics"]["gap_to_joint"] = gap_to_joint(
-                joint["metrics"]["avg_accuracy"], rec["metrics"]["avg_accuracy"],
-                rec["higher_is_better"])
+            if rec.metrics is not None:
+                rec.metrics.gap_to_joint = gap_to_joint(
+                    joint.avg_accuracy, rec.metrics.avg_accuracy, rec.higher_is_better)
     first = next(iter(runs.values()))
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "kind": "compare",
-        "name": cfg.name,
-        "tasks": first["tasks"],
-        "score": first["score"],
-        "split": first.get("split", "test"),
-        "higher_is_better": first["higher_is_better"],
-        "stream": first["stream"],
-        "runs": runs,
-        "seed": cfg.seed,
-        "versions": versions(),
-        "config": cfg.to_dict(),
-    }
+    return CompareRecord(
+        name=cfg.name,
+        tasks=first.tasks,
+        score=first.score,
+        split=first.split,
+        higher_is_better=first.higher_is_better,
+        stream=first.stream,
+        runs=runs,
+        seed=cfg.seed,
+        versions=versions(),
+        config=cfg.to_dict(),
+    )

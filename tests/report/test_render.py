@@ -1,27 +1,47 @@
-"""Report rendering from hand-written records: files, CSV numbers, summary wording, HTML safety."""
+"""Report rendering from records built by the runs' own code (``build_record`` from evaluation
+rows, ``compare_record``) on hand-written score matrices: files, CSV numbers, summary wording,
+HTML safety."""
 
 from __future__ import annotations
 
-import copy
 import csv
 import io
 import re
 from pathlib import Path
-from typing import Any
 
 import pytest
+import torch
 from rich.console import Console
 
-from retain.eval import metrics as M
+from retain import strategies as registry
+from retain.config import RunConfig, TrainConfig
+from retain.data.stream import Stream, Task, TensorData
 from retain.report.console import print_summary
+from retain.report.record import CompareRecord, RunRecord
 from retain.report.render import render_html, render_markdown, summary_lines, write_reports
+from retain.report.result import build_record
 from retain.report.summary import class_accuracy, fmt, vanished_classes
+from retain.runner import compare_record
 
 TASKS = ["t1", "t2", "t3"]
 # Hand-written score matrices (T = 3): row 0 untrained, row i after task i.
 R_FINETUNE = [[0.1, 0.1, 0.1], [0.9, 0.2, 0.1], [0.5, 0.8, 0.1], [0.3, 0.6, 0.7]]
 R_REPLAY = [[0.1, 0.1, 0.1], [0.9, 0.1, 0.1], [0.85, 0.8, 0.1], [0.8, 0.75, 0.7]]
 R_JOINT = [[0.1, 0.1, 0.1], [0.85, 0.8, 0.75]]
+CONFIG = RunConfig(name="demo", seed=7)
+
+
+def toy_stream(tasks: list[str], score: str = "accuracy",
+               class_names: list[str] | None = None) -> Stream:
+    regression = score == "mse"
+    y = torch.tensor([0.5, 1.5]) if regression else torch.tensor([0, 1])
+    data = TensorData(x=torch.zeros(2, 4), y=y)
+    return Stream(
+        [Task(t, data, data) for t in tasks], name="toy",
+        objective="regression" if regression else "classification",
+        n_outputs=1 if regression else len(class_names or []) or 6,
+        class_names=tuple(class_names) if class_names else None,
+    )
 
 
 def make_run(
@@ -30,92 +50,52 @@ def make_run(
     *,
     tasks: list[str] = TASKS,
     score: str = "accuracy",
-    higher: bool = True,
     joint: bool = False,
-    **extra: Any,
-) -> dict[str, Any]:
-    complete = len(R) == (2 if joint else len(tasks) + 1)
-    metrics = (M.joint_summary(R[-1]) if joint else M.summary(R, higher)) if complete else {}
-    per_task = [
-        {
-            "task": "joint" if joint else t,
-            "steps": 10,
-            "samples": 320,
-            "train_seconds": 0.5,
-            "eval_seconds": 0.01,
-            "samples_per_s": 640.0,
-        }
-        for t in (["joint"] if joint else tasks)
-    ]
-    rec = {
-        "schema_version": 1,
-        "kind": "run",
-        "name": "demo",
-        "strategy": strategy,
-        "strategies": [{"name": strategy}],
-        "joint": joint,
-        "stream": {
-            "name": "toy",
-            "setting": "class_il",
-            "objective": "classification",
-            "n_outputs": 6,
-            "class_names": None,
-        },
-        "tasks": tasks,
-        "task_classes": [None] * len(tasks),
-        "score": score,
-        "higher_is_better": higher,
-        "matrix": R,
-        "matrices": {score: R},
-        "metrics": metrics,
-        "metrics_by_score": {},
-        "timing": {
-            "per_task": per_task,
-            "train_seconds": 0.5 * len(per_task),
-            "eval_seconds": 0.01 * len(per_task),
-            "samples_per_s": 640.0,
-        },
-        "memory": {"peak_rss_mb": 300.0},
-        "warnings": [],
-        "seed": 7,
-        "versions": {"python": "3.11", "retain": "0.1.0"},
-        "git_sha": "abc1234",
-        "device": "cpu",
-        "num_processes": 1,
-        "started": "2026-01-01T00:00:00+00:00",
-        "finished": "2026-01-01T00:01:00+00:00",
-        "status": "complete" if complete else "running",
-    }
-    rec.update(extra)
+    warnings: list[str] | None = None,
+    per_class: tuple[list[list[int]], list[list[list[int]]]] | None = None,
+    class_names: list[str] | None = None,
+    extra_scores: dict[str, list[list[float]]] | None = None,
+) -> RunRecord:
+    """The record ``api.run`` would write for a run whose evaluations gave ``R``.
+
+    ``per_class`` is (test counts per task, correct predictions per row and task);
+    ``extra_scores`` adds other scores' matrices to every evaluation.
+    """
+    rows = []
+    for i, scores in enumerate(R):
+        row = []
+        for j, v in enumerate(scores):
+            cell = {score: v, **{k: M[i][j] for k, M in (extra_scores or {}).items()}}
+            if per_class is not None:
+                cell.update(class_counts=per_class[0][j], class_correct=per_class[1][i][j])
+            row.append(cell)
+        rows.append(row)
+    steps = ["joint"] if joint else tasks
+    fits = [{"task": t, "steps": 10, "samples": 320, "train_seconds": 0.5, "eval_seconds": 0.01,
+             "samples_per_s": 640.0, "losses": [[0, 1.0]], "lrs": [], "best_val_loss": None,
+             "stopped_early_at": None} for t in steps]
+    complete = len(R) == len(steps) + 1
+    rec = build_record(
+        stream=toy_stream(tasks, score, class_names), strategies=registry.build_all([strategy]),
+        rows=rows, fits=fits, params=[], metric=score, joint=joint, seed=7, config=CONFIG,
+        train=TrainConfig(), warnings=warnings or [], started="2026-01-01T00:00:00+00:00",
+        status="complete" if complete else "running", memory={"peak_rss_mb": 300.0},
+        device="cpu", num_processes=1,
+    )
+    # The environment's provenance, fixed so the report text does not depend on it.
+    rec.versions, rec.git_sha = {"python": "3.11", "retain": "0.1.0"}, "abc1234"
+    rec.finished = "2026-01-01T00:01:00+00:00" if complete else None
     return rec
 
 
-def make_compare(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    first = next(iter(runs.values()))
-    joint = next((r for r in runs.values() if r["joint"]), None)
-    if joint is not None:
-        for r in runs.values():
-            r["metrics"]["gap_to_joint"] = M.gap_to_joint(
-                joint["metrics"]["avg_accuracy"],
-                r["metrics"]["avg_accuracy"],
-                r["higher_is_better"],
-            )
-    return {
-        "schema_version": 1,
-        "kind": "compare",
-        "name": "demo",
-        "tasks": first["tasks"],
-        "score": first["score"],
-        "higher_is_better": first["higher_is_better"],
-        "stream": first["stream"],
-        "runs": runs,
-        "seed": 7,
-        "versions": first["versions"],
-    }
+def make_compare(runs: dict[str, RunRecord]) -> CompareRecord:
+    rec = compare_record(CONFIG, runs)
+    rec.versions = next(iter(runs.values())).versions
+    return rec
 
 
 @pytest.fixture
-def compare() -> dict[str, Any]:
+def compare() -> CompareRecord:
     return make_compare(
         {
             "finetune": make_run("finetune", R_FINETUNE),
@@ -126,9 +106,9 @@ def compare() -> dict[str, Any]:
 
 
 @pytest.fixture
-def regression() -> dict[str, Any]:
+def regression() -> CompareRecord:
     tasks = ["sex=1", "sex=2"]
-    kw = {"tasks": tasks, "score": "mse", "higher": False}
+    kw = {"tasks": tasks, "score": "mse"}
     return make_compare(
         {
             "finetune": make_run("finetune", [[1.2, 1.4], [0.6, 0.7], [0.9, 0.5]], **kw),
@@ -137,7 +117,7 @@ def regression() -> dict[str, Any]:
     )
 
 
-def per_class_compare() -> dict[str, Any]:
+def per_class_compare() -> CompareRecord:
     """2 tasks, 3 classes: task 1 tests cat and dog, task 2 dog and eel, so cat vanishes."""
     counts = [[10, 10, 0], [0, 5, 10]]
     ft_correct = [[[0, 0, 0], [0, 0, 0]], [[9, 8, 0], [0, 4, 0]], [[0, 7, 0], [0, 5, 9]]]
@@ -146,28 +126,16 @@ def per_class_compare() -> dict[str, Any]:
     def acc(rows):  # accuracy per task: correct / test samples, summed over classes
         return [[sum(t) / sum(n) for t, n in zip(row, counts)] for row in rows]
 
-    kw = {"tasks": ["t1", "t2"]}
+    kw = {"tasks": ["t1", "t2"], "class_names": ["cat", "dog", "eel"]}
     runs = {
-        "finetune": make_run(
-            "finetune",
-            acc(ft_correct),
-            **kw,
-            per_class={"counts": [counts] * 3, "correct": ft_correct},
-        ),
-        "joint": make_run(
-            "joint",
-            acc(jt_correct),
-            joint=True,
-            **kw,
-            per_class={"counts": [counts] * 2, "correct": jt_correct},
-        ),
+        "finetune": make_run("finetune", acc(ft_correct), **kw, per_class=(counts, ft_correct)),
+        "joint": make_run("joint", acc(jt_correct), joint=True, **kw,
+                          per_class=(counts, jt_correct)),
     }
-    for r in runs.values():
-        r["stream"] = {**r["stream"], "class_names": ["cat", "dog", "eel"]}
     return make_compare(runs)
 
 
-def test_compare_writes_all_files(tmp_path: Path, compare: dict[str, Any]) -> None:
+def test_compare_writes_all_files(tmp_path: Path, compare: CompareRecord) -> None:
     written = write_reports(tmp_path, compare, plots=True)
     names = {p.relative_to(tmp_path).as_posix() for p in written}
     assert {
@@ -196,8 +164,8 @@ def test_compare_writes_all_files(tmp_path: Path, compare: dict[str, Any]) -> No
     assert "![finetune: score matrix](plots/heatmap-finetune.png)" in md
 
 
-def test_metrics_csv_numbers(tmp_path: Path, compare: dict[str, Any]) -> None:
-    compare["runs"]["replay"]["timing"]["hook_seconds"] = 0.25  # strategies' between-task work
+def test_metrics_csv_numbers(tmp_path: Path, compare: CompareRecord) -> None:
+    compare.runs["replay"].timing.hook_seconds = 0.25  # strategies' between-task work
     write_reports(tmp_path, compare, plots=False)
     with open(tmp_path / "metrics.csv", newline="") as f:
         rows = {r["strategy"]: r for r in csv.DictReader(f)}
@@ -220,7 +188,7 @@ def test_metrics_csv_numbers(tmp_path: Path, compare: dict[str, Any]) -> None:
     assert "| strategy s |" in md and "| 0.25 |" in md
 
 
-def test_matrix_csv_long_format(tmp_path: Path, compare: dict[str, Any]) -> None:
+def test_matrix_csv_long_format(tmp_path: Path, compare: CompareRecord) -> None:
     write_reports(tmp_path, compare, plots=False)
     with open(tmp_path / "matrix.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -232,7 +200,7 @@ def test_matrix_csv_long_format(tmp_path: Path, compare: dict[str, Any]) -> None
     assert {r["matrix"] for r in rows} == {"accuracy"}
 
 
-def test_compare_summary_gap_and_loss(compare: dict[str, Any]) -> None:
+def test_compare_summary_gap_and_loss(compare: CompareRecord) -> None:
     lines = summary_lines(compare)
     text = "\n".join(lines)
     assert "Joint training (all tasks trained together" in lines[0]
@@ -253,9 +221,9 @@ def test_compare_summary_gap_and_loss(compare: dict[str, Any]) -> None:
     assert "incomplete" not in text and "Warning" not in text
 
 
-def test_compare_without_joint_and_warnings(compare: dict[str, Any]) -> None:
-    del compare["runs"]["joint"]
-    compare["runs"]["finetune"]["warnings"] = ["the learning rate looks high"]
+def test_compare_without_joint_and_warnings(compare: CompareRecord) -> None:
+    del compare.runs["joint"]
+    compare.runs["finetune"].warnings = ["the learning rate looks high"]
     lines = summary_lines(compare)
     assert lines[0].startswith("No joint-training run to compare against")
     assert "Best non-joint strategy: replay (average accuracy 0.750)." in lines
@@ -281,7 +249,7 @@ def test_single_run_summary() -> None:
     assert lines[-1] == "Warning: only 3 tasks"
 
 
-def test_lower_is_better_wording(tmp_path: Path, regression: dict[str, Any]) -> None:
+def test_lower_is_better_wording(tmp_path: Path, regression: CompareRecord) -> None:
     lines = summary_lines(regression)
     assert "average MSE 0.575 over 2 tasks" in lines[0]
     # mean(0.9, 0.5) = 0.7 vs mean(0.55, 0.6) = 0.575: higher MSE is worse, so "above".
@@ -295,13 +263,13 @@ def test_lower_is_better_wording(tmp_path: Path, regression: dict[str, Any]) -> 
     md = (tmp_path / "report.md").read_text()
     assert "score: MSE (lower is better)" in md
     assert "MSE is better when lower" in md
-    single = summary_lines(regression["runs"]["finetune"])
+    single = summary_lines(regression.runs["finetune"])
     assert "It forgot sex=1 most (MSE 0.600 at best after training it, 0.900 at the end)." in single
 
 
 def test_incomplete_run_renders(tmp_path: Path) -> None:
-    run = make_run("finetune", R_FINETUNE[:3], finished=None)
-    run["timing"]["per_task"] = run["timing"]["per_task"][:2]
+    run = make_run("finetune", R_FINETUNE[:3])
+    run.timing.per_task = run.timing.per_task[:2]
     lines = summary_lines(run)
     assert lines[0].startswith("This run is incomplete (status: running): 2 of 3 training steps")
     assert "After t2, average accuracy over the 2 tasks seen so far is 0.650." in lines[0]
@@ -315,10 +283,10 @@ def test_incomplete_run_renders(tmp_path: Path) -> None:
     assert row["avg_accuracy"] == "" and float(row["train_seconds"]) == 1.5
 
 
-def test_incomplete_compare_renders(tmp_path: Path, compare: dict[str, Any]) -> None:
-    replay = compare["runs"]["replay"]
-    replay.update(status="running", metrics={}, matrix=R_REPLAY[:2])
-    replay["matrices"] = {"accuracy": R_REPLAY[:2]}
+def test_incomplete_compare_renders(tmp_path: Path, compare: CompareRecord) -> None:
+    replay = compare.runs["replay"]
+    replay.status, replay.metrics, replay.matrix = "running", None, R_REPLAY[:2]
+    replay.matrices = {"accuracy": R_REPLAY[:2]}
     lines = summary_lines(compare)
     assert lines[0].startswith("This comparison is incomplete: replay did not finish")
     # One finished non-joint strategy: naming it "best" would say nothing.
@@ -333,18 +301,18 @@ def test_incomplete_compare_renders(tmp_path: Path, compare: dict[str, Any]) -> 
 def test_per_class_vanished(tmp_path: Path) -> None:
     record = per_class_compare()
     split_record = per_class_compare()
-    split_record["stream"]["setting"] = "class_il"
+    split_record.stream.setting = "class_il"
     # In a class-incremental split earlier classes are absent from the last task by design.
     assert not any("vanished" in line for line in summary_lines(split_record))
     # Regression: the per-class table still marked them vanished (the rule was in the summary).
     md = render_markdown(split_record)
     assert "vanished from the last task" not in md and "pooled" not in md
-    record["stream"]["setting"] = "domain_il"
-    ft = record["runs"]["finetune"]
+    record.stream.setting = "domain_il"
+    ft = record.runs["finetune"]
     assert vanished_classes(record, ft) == [0]
     # cat 0/10, dog (7 + 5)/15, eel 9/10 after the last task.
     assert class_accuracy(ft)[-1] == pytest.approx([0.0, 0.8, 0.9])
-    assert class_accuracy(record["runs"]["joint"])[-1] == pytest.approx([0.8, 14 / 15, 0.9])
+    assert class_accuracy(record.runs["joint"])[-1] == pytest.approx([0.8, 14 / 15, 0.9])
     assert (
         "1 class (cat) vanished from the last task (absent from its test data); final "
         "accuracy on them: finetune 0.000, joint 0.800."
@@ -358,7 +326,7 @@ def test_per_class_vanished(tmp_path: Path) -> None:
     assert '<tr class="vanished"><td>cat</td>' in (tmp_path / "report.html").read_text()
 
 
-def test_markdown_sections_and_definitions(compare: dict[str, Any]) -> None:
+def test_markdown_sections_and_definitions(compare: CompareRecord) -> None:
     md = render_markdown(compare)
     for heading in (
         "## Stream",
@@ -376,25 +344,26 @@ def test_markdown_sections_and_definitions(compare: dict[str, Any]) -> None:
     assert "| bwt | (1/(T-1)) Σ_{i=1..T-1} (R[T, i] - R[i, i]) | T - 1 |" in md
     assert "| avg_accuracy | (1/T) Σ_{j=1..T} R[T, j] | T |" in md
     assert "seed: 7" in md and "git sha: abc1234" in md
-    assert 'strategy replay: [{"name": "replay"}]' in md
+    assert 'strategy replay: [{"name": "replay", ' in md
     assert "![" not in md  # no plots were given
     assert "<img" not in render_html(compare)
 
 
-def test_extra_matrices_compact(compare: dict[str, Any]) -> None:
-    record = copy.deepcopy(compare)
-    for run in record["runs"].values():
-        til = [[min(1.0, v + 0.1) for v in row] for row in run["matrix"]]
-        run["matrices"]["task_il_accuracy"] = til
-        run["metrics_by_score"]["task_il_accuracy"] = (
-            M.joint_summary(til[-1]) if run["joint"] else M.summary(til)
-        )
+def test_extra_matrices_compact() -> None:
+    def til(R: list[list[float]]) -> dict[str, list[list[float]]]:
+        return {"task_il_accuracy": [[min(1.0, v + 0.1) for v in row] for row in R]}
+
+    record = make_compare({
+        "finetune": make_run("finetune", R_FINETUNE, extra_scores=til(R_FINETUNE)),
+        "joint": make_run("joint", R_JOINT, joint=True, extra_scores=til(R_JOINT)),
+        "replay": make_run("replay", R_REPLAY, extra_scores=til(R_REPLAY)),
+    })
     md = render_markdown(record)
     assert "### task-IL accuracy (higher is better)" in md
     assert "| finetune | 0.400 | 0.700 | 0.800 | 0.633 | -0.400 | 0.400 |" in md
 
 
-def test_console_summary(compare: dict[str, Any]) -> None:
+def test_console_summary(compare: CompareRecord) -> None:
     buf = io.StringIO()
     print_summary(compare, Console(file=buf, width=240, color_system=None))
     out = buf.getvalue()
@@ -402,7 +371,7 @@ def test_console_summary(compare: dict[str, Any]) -> None:
     assert "0.533" in out and "-0.400" in out and "1.5 s" in out
     assert "finetune ends 0.267 below joint training" in out
     buf = io.StringIO()
-    print_summary(compare["runs"]["finetune"], Console(file=buf, width=240, color_system=None))
+    print_summary(compare.runs["finetune"], Console(file=buf, width=240, color_system=None))
     assert "BWT (backward transfer" in buf.getvalue()
 
 
@@ -413,11 +382,11 @@ def test_fmt_is_consistent() -> None:
     assert fmt(0.0, "mse") == "0" and fmt(None) == "–"
 
 
-def test_strategy_state_is_reported(tmp_path: Path, compare: dict[str, Any]) -> None:
-    run = compare["runs"]["replay"]
-    run["strategy_stats"] = [{"replay": {"buffer_samples": 100, "buffer_bytes": 27200}}] * len(
-        run["tasks"])
-    run["params"] = {"after_task": [1000] * len(run["tasks"])}
+def test_strategy_state_is_reported(tmp_path: Path, compare: CompareRecord) -> None:
+    run = compare.runs["replay"]
+    run.strategy_stats = [{"replay": {"buffer_samples": 100, "buffer_bytes": 27200}}] * len(
+        run.tasks)
+    run.params.after_task = [1000] * len(run.tasks)
     write_reports(tmp_path, compare, plots=False)
     md = (tmp_path / "report.md").read_text()
     assert "## Strategy state" in md

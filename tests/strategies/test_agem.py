@@ -71,5 +71,5 @@ def test_agem_reduces_forgetting_on_permuted_digits(digits_permuted, run_strateg
     # forgets like finetune (0.195 vs 0.193 avg, forgetting 0.99), so it is tested here.
     base = finetune_baseline(digits_permuted, CONVERGED).metrics
     m = run_strategies(digits_permuted, [AGEM(batch_size=64)], train=CONVERGED).metrics
-    assert m["avg_accuracy"] >= base["avg_accuracy"] + 0.12
-    assert m["forgetting"] <= base["forgetting"] - 0.15
+    assert m.avg_accuracy >= base.avg_accuracy + 0.12
+    assert m.forgetting <= base.forgetting - 0.15

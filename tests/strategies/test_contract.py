@@ -33,9 +33,9 @@ def _model():
 
 
 def _finite(rec):
-    losses = [loss for task in rec["curves"]["loss"] for _, loss in task]
+    losses = [loss for task in rec.curves.loss for _, loss in task]
     return losses and all(math.isfinite(v) for v in losses) and all(
-        math.isfinite(v) for row in rec["matrix"] for v in row)
+        math.isfinite(v) for row in rec.matrix for v in row)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -50,7 +50,7 @@ def test_contract(name, stream, tmp_path):
     fresh = cls()
     fresh.load_state_dict(ckpt["strategies"][0])
     saved, restored = {}, {}
-    strategy_a = a.record["strategies"][0]
+    strategy_a = a.record.strategies[0]
     assert strategy_a["name"] == name
     assert flatten(ckpt["strategies"][0], saved) == flatten(fresh.state_dict(), restored)
     assert saved.keys() == restored.keys()

@@ -26,8 +26,8 @@ def test_der_and_derpp_reduce_forgetting(digits_class_il, run_strategies):
     base = finetune_baseline(digits_class_il, CONVERGED).metrics
     for spec in ({"name": "der"}, {"preset": "derpp"}):
         m = run_strategies(digits_class_il, [build(spec)], train=CONVERGED).metrics
-        assert m["avg_accuracy"] >= base["avg_accuracy"] + 0.45, spec
-        assert m["forgetting"] <= base["forgetting"] - 0.6, spec
+        assert m.avg_accuracy >= base.avg_accuracy + 0.45, spec
+        assert m.forgetting <= base.forgetting - 0.6, spec
 
 
 @pytest.mark.parametrize("batch_norm", [False, True], ids=["one_forward", "batch_norm"])

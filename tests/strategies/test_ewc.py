@@ -190,7 +190,7 @@ def test_ewc_on_a_causal_lm(tiny_causal_lm, fisher):
     ewc = EWC(fisher=fisher, fisher_samples=6, lam=1.0)
     cfg = TrainConfig(steps=4, batch_size=4, optimizer="adamw", lr=3e-3)
     r = run(tiny_causal_lm, stream, [ewc], RunConfig(train=cfg, eval=EvalConfig(batch_size=8)))
-    assert all(math.isfinite(v) for task in r["curves"]["loss"] for _, v in task)
+    assert all(math.isfinite(v) for task in r.record.curves.loss for _, v in task)
     assert len(ewc.fisher_) == 2
     assert all(torch.isfinite(f).all() for fisher_ in ewc.fisher_ for f in fisher_.values())
     assert sum(float(f.sum()) for f in ewc.fisher_[0].values()) > 0
@@ -220,8 +220,8 @@ def test_ewc_forgets_less_than_finetune(digits_permuted, finetune_permuted, run_
                                         margin):
     ft = finetune_permuted.metrics
     r = run_strategies(digits_permuted, [spec]).metrics
-    assert r["forgetting"] < ft["forgetting"] - margin
-    assert r["avg_accuracy"] > ft["avg_accuracy"] - 0.03
+    assert r.forgetting < ft.forgetting - margin
+    assert r.avg_accuracy > ft.avg_accuracy - 0.03
 
 
 class _CrashBefore(Strategy):

@@ -124,8 +124,8 @@ def test_reduces_forgetting_on_permuted_digits(spec, forgetting_drop, max_avg_lo
                                                digits_permuted, run_strategies,
                                                finetune_permuted):
     m = run_strategies(digits_permuted, [Freeze(**spec)]).metrics
-    assert m["forgetting"] < finetune_permuted.metrics["forgetting"] - forgetting_drop
-    assert m["avg_accuracy"] > finetune_permuted.metrics["avg_accuracy"] - max_avg_loss
+    assert m.forgetting < finetune_permuted.metrics.forgetting - forgetting_drop
+    assert m.avg_accuracy > finetune_permuted.metrics.avg_accuracy - max_avg_loss
 
 
 def test_defaults_trade_plasticity_for_stability(digits_permuted, run_strategies,
@@ -133,5 +133,5 @@ def test_defaults_trade_plasticity_for_stability(digits_permuted, run_strategies
     # Measured: only the output layer trains after task 1, so a new permutation cannot be
     # learned well: forgetting 0.286 (finetune 0.360) but plasticity 0.438 (finetune 0.810).
     m = run_strategies(digits_permuted, ["freeze"]).metrics
-    assert m["forgetting"] < finetune_permuted.metrics["forgetting"] - 0.03
-    assert m["plasticity"] < finetune_permuted.metrics["plasticity"] - 0.2
+    assert m.forgetting < finetune_permuted.metrics.forgetting - 0.03
+    assert m.plasticity < finetune_permuted.metrics.plasticity - 0.2

@@ -113,8 +113,8 @@ def test_reduces_forgetting_in_class_il(digits_class_il, run_strategies):
     # 0.275, 0.528). With 20 epochs per task it reaches avg 0.75 against finetune's 0.19.
     fine = finetune_baseline(digits_class_il)
     gr = run_strategies(digits_class_il, ["generative_replay"])
-    assert gr.metrics["forgetting"] < fine.metrics["forgetting"] - 0.4
-    assert gr.metrics["avg_accuracy"] > fine.metrics["avg_accuracy"] + 0.1
+    assert gr.metrics.forgetting < fine.metrics.forgetting - 0.4
+    assert gr.metrics.avg_accuracy > fine.metrics.avg_accuracy + 0.1
 
 
 def test_resume_restores_the_generator(small, tmp_path, crash_and_resume):

@@ -89,5 +89,5 @@ def test_lwf_forgets_less_than_finetune(digits_permuted, finetune_permuted, run_
     # Measured with seed 0: finetune forgetting 0.360 (avg 0.522); LwF alpha=2 -> 0.248 (0.542).
     ft = finetune_permuted.metrics
     r = run_strategies(digits_permuted, [LwF(alpha=2.0)]).metrics
-    assert r["forgetting"] < ft["forgetting"] - 0.06
-    assert r["avg_accuracy"] > ft["avg_accuracy"] - 0.03
+    assert r.forgetting < ft.forgetting - 0.06
+    assert r.avg_accuracy > ft.avg_accuracy - 0.03

@@ -79,8 +79,8 @@ def test_mas_forgets_less_than_finetune(digits_permuted, finetune_permuted, run_
     # Measured with seed 0: finetune forgetting 0.360 (avg 0.522); MAS lam=0.03 -> 0.219 (0.561).
     ft = finetune_permuted.metrics
     r = run_strategies(digits_permuted, [MAS(lam=0.03)]).metrics
-    assert r["forgetting"] < ft["forgetting"] - 0.08
-    assert r["avg_accuracy"] > ft["avg_accuracy"] - 0.03
+    assert r.forgetting < ft.forgetting - 0.08
+    assert r.avg_accuracy > ft.avg_accuracy - 0.03
 
 
 def test_a_penalty_sgd_cannot_follow_is_refused_with_the_fix(digits_permuted, run_strategies):

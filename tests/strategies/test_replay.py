@@ -44,8 +44,8 @@ def test_replay_reduces_forgetting(digits_class_il, run_strategies):
     # (Fixture defaults: finetune 0.182 / 0.884, replay 0.386 / 0.575.)
     base = finetune_baseline(digits_class_il, CONVERGED).metrics
     rep = run_strategies(digits_class_il, [Replay()], train=CONVERGED).metrics
-    assert rep["avg_accuracy"] >= base["avg_accuracy"] + 0.45
-    assert rep["forgetting"] <= base["forgetting"] - 0.6
+    assert rep.avg_accuracy >= base.avg_accuracy + 0.45
+    assert rep.forgetting <= base.forgetting - 0.6
 
 
 def test_replayed_samples_are_marked_appended_and_not_stored_again(tiny_stream):
@@ -81,14 +81,14 @@ def test_composed_replays_each_store_only_incoming_samples(tiny_stream):
     result = run(MLP(64, 6, [32]), tiny_stream, [a, b], RunConfig(train=cfg, seed=0))
     offered = sum(len(t.train) for t in tiny_stream.tasks)
     assert a.buffer_.seen == b.buffer_.seen == offered
-    stats = result.record["strategy_stats"][-1]["replay"]  # the later one of the two names
+    stats = result.record.strategy_stats[-1]["replay"]  # the later one of the two names
     assert stats == {"buffer_samples": 40, "buffer_bytes": 40 * (64 * 4 + 8 + 8)}
 
 
 def test_stats_report_the_memory_in_bytes(tiny_stream):
     cfg = TrainConfig(epochs=1, batch_size=32, optimizer="sgd", lr=0.05)
     result = run(MLP(64, 6, [32]), tiny_stream, [Replay(size=100)], RunConfig(train=cfg, seed=0))
-    per_task = [s["replay"] for s in result.record["strategy_stats"]]
+    per_task = [s["replay"] for s in result.record.strategy_stats]
     assert [s["buffer_samples"] for s in per_task] == [100, 100, 100]
     assert all(s["buffer_bytes"] == 100 * (64 * 4 + 8 + 8) for s in per_task)  # x f32, y, task
 

@@ -84,5 +84,5 @@ def test_si_forgets_less_than_finetune(digits_permuted, finetune_permuted, run_s
     # Measured with seed 0: finetune forgetting 0.360 (avg 0.522); SI c=10 -> 0.219 (avg 0.579).
     ft = finetune_permuted.metrics
     r = run_strategies(digits_permuted, [SynapticIntelligence(c=10.0)]).metrics
-    assert r["forgetting"] < ft["forgetting"] - 0.08
-    assert r["avg_accuracy"] > ft["avg_accuracy"] - 0.03
+    assert r.forgetting < ft.forgetting - 0.08
+    assert r.avg_accuracy > ft.avg_accuracy - 0.03

@@ -1,29 +1,24 @@
 """What a report says, as a list of format-neutral blocks (rendered by :mod:`retain.report.render`).
 
 Markdown and HTML are both built from :func:`build_blocks`, so the two formats never disagree.
-Only the standard library and :mod:`retain.eval.metrics` are imported.
+Only the standard library is imported. The metrics table's columns come from
+:mod:`retain.report.columns`, shared with the terminal table and metrics.csv.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
-from retain.eval import metrics as M
+from retain.report.columns import COLUMNS, METRIC_COLUMNS, fmt, score_name
+from retain.report.record import Record, RunRecord, TaskTiming, Timing
 from retain.report.summary import (
-    MEANINGS,
-    Record,
     best_strategy,
     class_accuracy,
     class_label,
-    fmt,
-    is_complete,
     pooled_accuracy,
     report_title,
     row_labels,
-    runs_of,
-    score_name,
     summary_lines,
     vanished_classes,
 )
@@ -38,14 +33,9 @@ SETTINGS = {
     "task_il": "task-incremental: the task is known at test time, only its classes compete",
     "domain_il": "domain-incremental: the same outputs throughout while the inputs shift",
 }
-METRIC_KEYS = ("avg_accuracy", "bwt", "fwt", "forgetting", "plasticity", "gap_to_joint")
-CSV_FIELDS = ("strategy", "score", *METRIC_KEYS, "train_seconds", "hook_seconds", "samples_per_s",
-              "peak_rss_mb")
 MAX_CLASS_COLUMNS = 20  # wider per-class tables per training step would not fit a page
 # Scores where lower is better, for the extra matrices (the record states only the main score's).
 LOWER_IS_BETTER = frozenset({"mse", "loss", "perplexity"})
-SCORES_HEAD = ("BWT", "FWT", "forgetting", "plasticity", "gap to joint")
-COSTS_HEAD = ("train s", "strategy s", "samples/s", "peak RSS MB")
 TIMING_HEAD = ("strategy", "task", "steps", "samples", "train s", "strategy s", "eval s",
                "samples/s")
 
@@ -87,66 +77,44 @@ LOWER_NOTE = (
 # --------------------------------------------------------------------------- document
 
 
-def metric_definitions() -> list[tuple[str, str, str]]:
-    """(metric, formula, denominator) rows, read from the table in ``retain.eval.metrics``."""
-    names = "avg_accuracy|bwt|fwt|forgetting|plasticity"
-    pattern = re.compile(rf"^({names})\s+(.+?)\s{{2,}}(T(?: - 1)?)$")
-    lines = (M.__doc__ or "").splitlines()
-    return [m.groups() for m in map(pattern.match, map(str.rstrip, lines)) if m]
+def _metrics_row(label: str, run: RunRecord) -> list[str]:
+    cells = [label + ("" if run.complete else " (incomplete)")]
+    return cells + [c.cell(run) for c in COLUMNS]
 
 
-def _metrics_row(label: str, run: Record) -> list[str]:
-    m, score = run.get("metrics") or {}, run.get("score")
-    timing = run.get("timing") or {}
-    cells = [label + ("" if is_complete(run) else " (incomplete)")]
-    cells += [fmt(m.get(k), score) for k in METRIC_KEYS]
-    secs, rate = timing.get("train_seconds"), timing.get("samples_per_s")
-    rss = (run.get("memory") or {}).get("peak_rss_mb")
-    cells += [
-        f"{secs:.2f}" if secs is not None else "–",
-        f"{timing.get('hook_seconds', 0.0):.2f}",
-        f"{rate:,.0f}" if rate else "–",
-        f"{rss:.0f}" if rss is not None else "–",
-    ]
-    return cells
-
-
-def _matrix_table(run: Record, key: str) -> Block:
-    R = (run.get("matrices") or {}).get(key) or (
-        run.get("matrix") if key == run.get("score") else []
-    )
+def _matrix_table(run: RunRecord, key: str) -> Block:
+    R = run.matrices.get(key) or (run.matrix if key == run.score else [])
     rows = [[lab] + [fmt(v, key) for v in row] for lab, row in zip(row_labels(run), R)]
-    return ("table", ["model", *(run.get("tasks") or [])], rows, None)
+    return ("table", ["model", *run.tasks], rows, None)
 
 
-def _head_blocks(record: Record, runs: dict[str, Record]) -> list[Block]:
-    stream, tasks = record.get("stream") or {}, record.get("tasks") or []
-    score, higher = record.get("score"), record.get("higher_is_better", True)
-    title = report_title(record)
-    blocks: list[Block] = [("h", 1, f"retain report: {title}")]
-    if record.get("kind") == "compare":
+def _head_blocks(record: Record, runs: dict[str, RunRecord]) -> list[Block]:
+    stream, tasks, score = record.stream, record.tasks, record.score
+    blocks: list[Block] = [("h", 1, f"retain report: {report_title(record)}")]
+    if isinstance(record, RunRecord):
+        joint = " (joint training: all tasks at once)" if record.joint else ""
+        blocks.append(("p", f"Strategy: {record.strategy}{joint}"))
+    else:
         what = f"Comparison of {len(runs)} strategies trained on the same stream from the same "
         blocks.append(("p", what + f"initial weights: {', '.join(runs)}."))
-    else:
-        joint = " (joint training: all tasks at once)" if record.get("joint") else ""
-        blocks.append(("p", f"Strategy: {record.get('strategy')}{joint}"))
-    unfinished = [label for label, r in runs.items() if not is_complete(r)]
+    unfinished = [label for label, r in runs.items() if not r.complete]
     if unfinished:
         note = f"Incomplete: {', '.join(unfinished)} did not finish (status: running or "
         blocks.append(
             ("note", note + "interrupted). What follows covers the rows computed so far.")
         )
-    setting = stream.get("setting")
+    setting = stream.setting
     items = [
-        f"{stream.get('name', 'stream')}: {len(tasks)} tasks ({', '.join(tasks)})",
-        f"setting: {setting} ({SETTINGS.get(setting, 'see the stream documentation')})",
-        f"objective: {stream.get('objective')}",
-        f"score: {score_name(score)} ({'higher' if higher else 'lower'} is better)",
+        f"{stream.name or 'stream'}: {len(tasks)} tasks ({', '.join(tasks)})",
+        f"setting: {setting} ({SETTINGS.get(setting or '', 'see the stream documentation')})",
+        f"objective: {stream.objective}",
+        f"score: {score_name(score)} ({'higher' if record.higher_is_better else 'lower'} is better)",
     ]
-    if record.get("split") == "val":
+    if record.split == "val":
         items.append("evaluated on each task's validation split, not its test set "
                      "(eval.split=val): where the notes below say test set, read validation split")
-    classes = next(iter(runs.values()), {}).get("task_classes") or []
+    first = next(iter(runs.values()), None)
+    classes = first.task_classes if first is not None else []
     if any(c is not None for c in classes):
         items.append(
             "classes per task: "
@@ -159,14 +127,15 @@ def _head_blocks(record: Record, runs: dict[str, Record]) -> list[Block]:
     return blocks + [("h", 2, "Stream"), ("ul", items)]
 
 
-def _per_class_blocks(record: Record, runs: dict[str, Record]) -> list[Block]:
-    runs = {label: r for label, r in runs.items() if r.get("per_class")}
+def _per_class_blocks(record: Record, runs: dict[str, RunRecord]) -> list[Block]:
+    runs = {label: r for label, r in runs.items() if r.per_class is not None}
     if not runs:
         return []
     first = next(iter(runs.values()))
     gone = set(vanished_classes(record, first))
     finals = {label: (class_accuracy(r) or [[]])[-1] for label, r in runs.items()}
-    n = len(first["per_class"]["counts"][0][0])
+    assert first.per_class is not None
+    n = len(first.per_class.counts[0][0])
     blocks: list[Block] = [("h", 2, "Per-class accuracy"), ("p", PER_CLASS_NOTE)]
     rows, classes = [], []
     for c in range(n):
@@ -194,24 +163,24 @@ def _per_class_blocks(record: Record, runs: dict[str, Record]) -> list[Block]:
     return blocks
 
 
-def _timing_cells(t: dict[str, Any]) -> list[str]:
+def _timing_cells(t: TaskTiming | Timing) -> list[str]:
     return [
-        f"{t.get('train_seconds', 0):.2f}",
-        f"{t.get('hook_seconds', 0):.2f}",
-        f"{t.get('eval_seconds', 0):.3f}",
-        f"{t.get('samples_per_s', 0):,.0f}",
+        f"{t.train_seconds:.2f}",
+        f"{t.hook_seconds:.2f}",
+        f"{t.eval_seconds:.3f}",
+        f"{t.samples_per_s:,.0f}",
     ]
 
 
-def _timing_blocks(runs: dict[str, Record]) -> list[Block]:
+def _timing_blocks(runs: dict[str, RunRecord]) -> list[Block]:
     rows = []
     for label, run in runs.items():
-        timing = run.get("timing") or {}
-        for t in timing.get("per_task") or []:
-            steps, samples = str(t.get("steps", "–")), str(t.get("samples", "–"))
-            rows.append([label, str(t.get("task")), steps, samples, *_timing_cells(t)])
-        if timing.get("per_task"):
-            rows.append([label, "total", "", "", *_timing_cells(timing)])
+        for t in run.timing.per_task:
+            steps = "–" if t.steps is None else str(t.steps)
+            samples = "–" if t.samples is None else str(t.samples)
+            rows.append([label, t.task, steps, samples, *_timing_cells(t)])
+        if run.timing.per_task:
+            rows.append([label, "total", "", "", *_timing_cells(run.timing)])
     return [("h", 2, "Training time"), ("table", TIMING_HEAD, rows, None)] if rows else []
 
 
@@ -223,14 +192,14 @@ def _state_cell(value: Any) -> str:
     return str(value)
 
 
-def _state_blocks(runs: dict[str, Record]) -> list[Block]:
+def _state_blocks(runs: dict[str, RunRecord]) -> list[Block]:
     """What each strategy holds after each task: memory (buffer, Fisher) and model growth."""
     rows = []
     for label, run in runs.items():
-        params = (run.get("params") or {}).get("after_task") or []
-        for i, per_task in enumerate(run.get("strategy_stats") or []):
-            task = (run.get("tasks") or [])[i] if i < len(run.get("tasks") or []) else str(i + 1)
-            if run.get("joint"):
+        params = run.params.after_task
+        for i, per_task in enumerate(run.strategy_stats):
+            task = run.tasks[i] if i < len(run.tasks) else str(i + 1)
+            if run.joint:
                 task = "joint"
             items = [f"{name}.{k}={_state_cell(v)}" for name, stats in per_task.items()
                      for k, v in stats.items()]
@@ -244,46 +213,64 @@ def _state_blocks(runs: dict[str, Record]) -> list[Block]:
 
 
 def _definition_blocks(record: Record) -> list[Block]:
-    rows = [[k, formula, den, MEANINGS[k]] for k, formula, den in metric_definitions()]
-    rows.append(
-        ["gap_to_joint", "avg_accuracy(joint) - avg_accuracy", "", MEANINGS["gap_to_joint"]]
-    )
+    rows = [[c.key, c.formula, c.denominator, c.meaning] for c in METRIC_COLUMNS]
     blocks: list[Block] = [
         ("h", 2, "Metric definitions"),
         ("p", DEFINITIONS_NOTE),
         ("table", ["metric", "formula", "denominator", "meaning"], rows, None),
     ]
-    if not record.get("higher_is_better", True):
-        blocks.append(("p", LOWER_NOTE.format(name=score_name(record.get("score")))))
+    if not record.higher_is_better:
+        blocks.append(("p", LOWER_NOTE.format(name=score_name(record.score))))
     return blocks
 
 
-def _repro_blocks(record: Record, runs: dict[str, Record]) -> list[Block]:
-    first = next(iter(runs.values()), {})
-    versions = record.get("versions") or first.get("versions") or {}
+def _repro_blocks(record: Record, runs: dict[str, RunRecord]) -> list[Block]:
+    first = next(iter(runs.values()), RunRecord())
+    versions = record.versions or first.versions
     items = [
-        f"seed: {record.get('seed', first.get('seed'))}",
-        f"git sha: {record.get('git_sha') or first.get('git_sha') or 'unknown'}",
+        f"seed: {record.seed}",
+        f"git sha: {first.git_sha or 'unknown'}",
         "versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()),
-        f"device: {first.get('device', 'unknown')} × {first.get('num_processes', 1)}",
+        f"device: {first.device or 'unknown'} × {first.num_processes}",
     ]
-    if first.get("train"):
-        items.append("training: " + ", ".join(f"{k}={v}" for k, v in first["train"].items()))
+    if first.train is not None:
+        items.append("training: " + ", ".join(f"{k}={v}" for k, v in first.train.to_dict().items()))
     for label, run in runs.items():
-        spec = json.dumps(run.get("strategies") or [], ensure_ascii=False)
+        spec = json.dumps(run.strategies, ensure_ascii=False)
         items.append(
-            f"strategy {label}: {spec}; started {run.get('started', '?')}, finished "
-            f"{run.get('finished') or 'not yet'}, status {run.get('status', '?')}"
+            f"strategy {label}: {spec}; started {run.started or '?'}, finished "
+            f"{run.finished or 'not yet'}, status {run.status}"
         )
     return [("h", 2, "Reproducibility"), ("ul", items)]
 
 
+def _extra_score_blocks(record: Record, runs: dict[str, RunRecord]) -> list[Block]:
+    """Final scores and summary metrics of every score other than the main one."""
+    first = next(iter(runs.values()), RunRecord())
+    extra = [k for k in first.matrices if k != record.score]
+    blocks: list[Block] = [("h", 2, "Other scores"), ("p", EXTRA_NOTE)] if extra else []
+    for key in extra:
+        rows = []
+        for label, run in runs.items():
+            R = run.matrices.get(key) or []
+            m = run.metrics_by_score.get(key)
+            summary = (m.avg_accuracy, m.bwt, m.forgetting) if m else (None, None, None)
+            rows.append(
+                [label] + [fmt(v, key) for v in (R[-1] if R else [])] + [fmt(v, key) for v in summary]
+            )
+        better = "lower" if key in LOWER_IS_BETTER else "higher"
+        blocks += [
+            ("h", 3, f"{score_name(key)} ({better} is better)"),
+            ("table", ["strategy", *record.tasks, "avg", "BWT", "forgetting"], rows, None),
+        ]
+    return blocks
+
+
 def build_blocks(record: Record) -> list[Block]:
-    runs = runs_of(record)
-    score = record.get("score")
+    runs, score = record.runs, record.score
     blocks = _head_blocks(record, runs)
     blocks += [("h", 2, "Summary"), ("ul", summary_lines(record))]
-    head = ["strategy", f"avg {score_name(score)}", *SCORES_HEAD, *COSTS_HEAD]
+    head = ["strategy", *(c.header.format(score=score_name(score)) for c in COLUMNS)]
     rows = [_metrics_row(label, r) for label, r in runs.items()]
     best = best_strategy(record)
     blocks += [
@@ -300,29 +287,11 @@ def build_blocks(record: Record) -> list[Block]:
     for label, run in runs.items():
         blocks += [
             ("h", 3, label),
-            _matrix_table(run, run.get("score")),
+            _matrix_table(run, run.score),
             ("img", f"heatmap-{label}", f"{label}: score matrix"),
             ("img", f"curves-{label}", f"{label}: score on each task over the sequence"),
         ]
-    extra = [k for k in (next(iter(runs.values()), {}).get("matrices") or {}) if k != score]
-    if extra:
-        blocks += [("h", 2, "Other scores"), ("p", EXTRA_NOTE)]
-    for key in extra:
-        tasks = record.get("tasks") or []
-        rows = []
-        for label, run in runs.items():
-            R = (run.get("matrices") or {}).get(key) or []
-            m = (run.get("metrics_by_score") or {}).get(key) or {}
-            rows.append(
-                [label]
-                + [fmt(v, key) for v in (R[-1] if R else [])]
-                + [fmt(m.get(k), key) for k in ("avg_accuracy", "bwt", "forgetting")]
-            )
-        better = "lower" if key in LOWER_IS_BETTER else "higher"
-        blocks += [
-            ("h", 3, f"{score_name(key)} ({better} is better)"),
-            ("table", ["strategy", *tasks, "avg", "BWT", "forgetting"], rows, None),
-        ]
+    blocks += _extra_score_blocks(record, runs)
     blocks += _per_class_blocks(record, runs)
     blocks += _state_blocks(runs)
     blocks += _timing_blocks(runs)

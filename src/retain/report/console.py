@@ -2,56 +2,43 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich.console import Console
 
-from retain.report.blocks import METRIC_KEYS
-from retain.report.summary import (
-    Record,
-    best_strategy,
-    fmt,
-    is_complete,
-    report_title,
-    runs_of,
-    score_name,
-    summary_lines,
-)
+from retain.report.columns import COLUMNS, score_name
+from retain.report.record import Record
+from retain.report.summary import as_record, best_strategy, report_title, summary_lines
 
-#: Column headers narrow enough for a terminal, one per METRIC_KEYS entry (the key if missing).
-SHORT = {"avg_accuracy": "avg", "bwt": "BWT", "fwt": "FWT", "forgetting": "forget",
-         "plasticity": "plast", "gap_to_joint": "gap"}
+# The columns narrow enough for a terminal: those with a short header.
+TERMINAL_COLUMNS = tuple(c for c in COLUMNS if c.short)
 
 
-def print_summary(record: Record, console: Console) -> None:
+def print_summary(record: Record | dict[str, Any], console: Console) -> None:
     """Print a metrics table (one row per strategy) and the summary lines to a rich console.
 
     Args:
-        record: a run or comparison record (the contents of ``result.json``).
+        record: a run or comparison record, or the parsed ``result.json``.
         console: where to print, e.g. ``rich.console.Console()``.
     """
     from rich.table import Table
     from rich.text import Text
 
-    score = record.get("score")
-    runs = runs_of(record)
-    title = report_title(record)
+    record = as_record(record)
     best = best_strategy(record)
     table = Table(
-        title=f"{title}: {score_name(score)} "
-        f"({'higher' if record.get('higher_is_better', True) else 'lower'} is better)"
+        title=f"{report_title(record)}: {score_name(record.score)} "
+        f"({'higher' if record.higher_is_better else 'lower'} is better)"
     )
     table.add_column("strategy", no_wrap=True)
-    for head in (*(SHORT.get(k, k) for k in METRIC_KEYS), "train"):
-        table.add_column(head, justify="right", no_wrap=True)
-    table.caption = ("avg: final score averaged over tasks; BWT/FWT: backward/forward transfer; "
-                     "forget: max-based forgetting; plast: score just after training each task; "
-                     "gap: distance to joint training" + ("; bold: best non-joint" if best else ""))
-    for label, run in runs.items():
-        m = run.get("metrics") or {}
-        secs = (run.get("timing") or {}).get("train_seconds")
+    for c in TERMINAL_COLUMNS:
+        table.add_column(c.short, justify="right", no_wrap=True)
+    table.caption = "; ".join(f"{c.short}: {c.brief}" for c in TERMINAL_COLUMNS if c.brief) + (
+        "; bold: best non-joint" if best else "")
+    for label, run in record.runs.items():
         table.add_row(
-            label + ("" if is_complete(run) else " (incomplete)"),
-            *(fmt(m.get(k), score) for k in METRIC_KEYS),
-            f"{secs:.1f} s" if secs is not None else "–",
+            label + ("" if run.complete else " (incomplete)"),
+            *(c.cell(run, terminal=True) for c in TERMINAL_COLUMNS),
             style="bold" if label == best else None,
         )
     console.print(table)

@@ -11,14 +11,15 @@ from __future__ import annotations
 import io
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from retain.report.summary import ACCURACY_LIKE, fmt, is_complete, row_labels, runs_of, score_name
+from retain.report.columns import ACCURACY_LIKE, fmt, score_name
+from retain.report.record import CompareRecord, Record, RunRecord
+from retain.report.summary import row_labels
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-Record = dict[str, Any]
 DPI = 100
 MAX_ANNOTATED = 15  # tasks beyond which the heat map's cell labels would overlap
 
@@ -38,10 +39,10 @@ def _save(fig: Figure, path: Path) -> Path:
 
 
 def _direction(record: Record) -> str:
-    return "higher is better" if record.get("higher_is_better", True) else "lower is better"
+    return "higher is better" if record.higher_is_better else "lower is better"
 
 
-def heatmap(record_run: Record, path: Path) -> Path:
+def heatmap(record_run: RunRecord, path: Path) -> Path:
     """Annotated heat map of a run's score matrix R (rows: training steps, columns: tasks).
 
     The colour map is reversed for lower-is-better scores, so the "good" colour (yellow) always
@@ -49,11 +50,11 @@ def heatmap(record_run: Record, path: Path) -> Path:
     """
     import numpy as np
 
-    R = np.asarray(record_run.get("matrix") or [], dtype=float)
+    R = np.asarray(record_run.matrix, dtype=float)
     if R.ndim != 2 or R.size == 0:
         raise ValueError("the run has no score matrix to plot")
-    score, tasks = record_run.get("score"), list(record_run.get("tasks") or [])
-    higher = record_run.get("higher_is_better", True)
+    score, tasks = record_run.score, list(record_run.tasks)
+    higher = record_run.higher_is_better
     n_rows, n_tasks = R.shape
     fig = _figure(min(2.4 + 0.75 * n_tasks, 16), min(1.6 + 0.45 * n_rows, 12))
     ax = fig.subplots()
@@ -85,16 +86,16 @@ def heatmap(record_run: Record, path: Path) -> Path:
             )
     fig.colorbar(im, ax=ax, label=f"{score_name(score)} ({_direction(record_run)})")
     ax.set_title(
-        f"{record_run.get('strategy', 'run')}: {score_name(score)} after each step", fontsize=10
+        f"{record_run.strategy}: {score_name(score)} after each step", fontsize=10
     )
     fig.tight_layout()
     return _save(fig, path)
 
 
-def task_curves(record_run: Record, path: Path) -> Path:
+def task_curves(record_run: RunRecord, path: Path) -> Path:
     """Score on each task after each training step: one line per task."""
-    R = record_run.get("matrix") or []
-    score, tasks = record_run.get("score"), list(record_run.get("tasks") or [])
+    R = record_run.matrix
+    score, tasks = record_run.score, list(record_run.tasks)
     labels = row_labels(record_run)
     fig = _figure(6.4, 3.6)
     ax = fig.subplots()
@@ -108,7 +109,7 @@ def task_curves(record_run: Record, path: Path) -> Path:
     )
     ax.set_ylabel(f"{score_name(score)} ({_direction(record_run)})")
     ax.set_title(
-        f"{record_run.get('strategy', 'run')}: {score_name(score)} on each task", fontsize=10
+        f"{record_run.strategy}: {score_name(score)} on each task", fontsize=10
     )
     ax.grid(alpha=0.3)
     ax.legend(
@@ -123,23 +124,23 @@ def task_curves(record_run: Record, path: Path) -> Path:
     return _save(fig, path)
 
 
-def compare_bars(record: Record, path: Path) -> Path:
+def compare_bars(record: CompareRecord, path: Path) -> Path:
     """Average final score per strategy; joint training is hatched, with a dashed reference line."""
-    score = record.get("score")
-    runs = {label: r for label, r in runs_of(record).items() if is_complete(r)}
+    score = record.score
+    runs = {label: r for label, r in record.runs.items() if r.metrics is not None and r.complete}
     labels = list(runs)
-    values = [runs[label]["metrics"]["avg_accuracy"] for label in labels]
+    values = [m.avg_accuracy for m in (runs[label].metrics for label in labels) if m is not None]
     fig = _figure(max(3.5, 1.0 + 0.9 * len(labels)), 3.6)
     ax = fig.subplots()
     bars = ax.bar(
         range(len(labels)),
         values,
-        color=["#9aa3ad" if runs[lab].get("joint") else f"C{i}" for i, lab in enumerate(labels)],
+        color=["#9aa3ad" if runs[lab].joint else f"C{i}" for i, lab in enumerate(labels)],
         edgecolor="black",
         linewidth=0.6,
     )
     for bar, label, value in zip(bars, labels, values):
-        if runs[label].get("joint"):
+        if runs[label].joint:
             bar.set_hatch("//")
             ax.axhline(value, color="black", linestyle="--", linewidth=0.8)
         ax.annotate(
@@ -152,7 +153,7 @@ def compare_bars(record: Record, path: Path) -> Path:
             textcoords="offset points",
         )
     # The joint bar is marked on its axis label: a legend would cover the bars next to it.
-    ticks = [f"{lab}\n(reference)" if runs[lab].get("joint") else lab for lab in labels]
+    ticks = [f"{lab}\n(reference)" if runs[lab].joint else lab for lab in labels]
     ax.set_xticks(
         range(len(labels)),
         ticks,
@@ -166,17 +167,17 @@ def compare_bars(record: Record, path: Path) -> Path:
     return _save(fig, path)
 
 
-def compare_curves(record: Record, path: Path) -> Path:
+def compare_curves(record: CompareRecord, path: Path) -> Path:
     """Average score over the tasks seen so far after each task, one line per strategy.
 
     Joint training has no sequence, so it is a horizontal reference line at its final average.
     """
-    score, tasks = record.get("score"), list(record.get("tasks") or [])
+    score, tasks = record.score, list(record.tasks)
     fig = _figure(6.4, 3.6)
     ax = fig.subplots()
-    for i, (label, run) in enumerate(runs_of(record).items()):
-        R = run.get("matrix") or []
-        if run.get("joint"):
+    for i, (label, run) in enumerate(record.runs.items()):
+        R = run.matrix
+        if run.joint:
             if len(R) > 1:
                 final = sum(R[-1]) / len(R[-1])
                 ax.axhline(
@@ -220,16 +221,16 @@ def plot_all(record: Record, folder: Path) -> dict[str, Path]:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     out: dict[str, Path] = {}
-    runs = runs_of(record)
-    if record.get("kind") == "compare":
-        if any(is_complete(r) for r in runs.values()):
+    runs = record.runs
+    if isinstance(record, CompareRecord):
+        if any(r.complete for r in runs.values()):
             out["compare-bars"] = compare_bars(record, folder / "compare-bars.png")
-        if any(len(r.get("matrix") or []) > 1 for r in runs.values()):
+        if any(len(r.matrix) > 1 for r in runs.values()):
             out["compare-curves"] = compare_curves(record, folder / "compare-curves.png")
     for label, run in runs.items():
-        rows = len(run.get("matrix") or [])
+        rows = len(run.matrix)
         if rows:
             out[f"heatmap-{label}"] = heatmap(run, folder / f"heatmap-{slug(label)}.png")
-        if rows > 1 and not run.get("joint"):
+        if rows > 1 and not run.joint:
             out[f"curves-{label}"] = task_curves(run, folder / f"curves-{slug(label)}.png")
     return out

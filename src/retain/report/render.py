@@ -5,8 +5,9 @@ interrupted run can be re-rendered at any time. Markdown and HTML are built from
 (:func:`retain.report.blocks.build_blocks`), so the two formats never disagree. The plain-words conclusions
 (:func:`summary_lines`) come from :mod:`retain.report.summary`, shared with the terminal summary.
 
-Only the standard library and :mod:`retain.eval.metrics` are imported here, so rendering a report
-does not import torch; matplotlib is imported only when plotting.
+Only the standard library is imported here, so rendering a report does not import torch;
+matplotlib is imported only when plotting. Every function takes a typed record
+(:mod:`retain.report.record`) or the parsed ``result.json`` it came from.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from retain.report.blocks import CSV_FIELDS, METRIC_KEYS, build_blocks
-from retain.report.summary import Record, report_title, runs_of, summary_lines
+from retain.report.blocks import build_blocks
+from retain.report.columns import COLUMNS
+from retain.report.record import Record
+from retain.report.summary import as_record, report_title, summary_lines
 
 __all__ = ["render_html", "render_markdown", "summary_lines", "write_atomic", "write_reports"]
 
@@ -29,7 +32,7 @@ def _md_cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def render_markdown(record: Record, images: dict[str, Path] | None = None) -> str:
+def render_markdown(record: Record | dict[str, Any], images: dict[str, Path] | None = None) -> str:
     """The report as Markdown; ``images`` maps plot keys to PNGs in a ``plots/`` folder beside it.
 
     Examples:
@@ -40,7 +43,7 @@ def render_markdown(record: Record, images: dict[str, Path] | None = None) -> st
     """
     images = images or {}
     out = []
-    for block in build_blocks(record):
+    for block in build_blocks(as_record(record)):
         kind = block[0]
         if kind == "h":
             out.append("#" * block[1] + " " + block[2])
@@ -83,8 +86,9 @@ img{max-width:100%;height:auto}li{margin:.2em 0}
 """
 
 
-def render_html(record: Record, images: dict[str, Path] | None = None) -> str:
+def render_html(record: Record | dict[str, Any], images: dict[str, Path] | None = None) -> str:
     """The report as one self-contained HTML page: inline CSS, PNGs embedded as data URIs."""
+    record = as_record(record)
     images = images or {}
     e = html.escape
     body = []
@@ -154,37 +158,26 @@ def _cell(value: Any) -> Any:
 
 def metrics_rows(record: Record) -> list[list[Any]]:
     """metrics.csv: a header and one row per strategy at full precision; empty cell for None."""
-    rows: list[list[Any]] = [list(CSV_FIELDS)]
-    for label, run in runs_of(record).items():
-        m, timing = run.get("metrics") or {}, run.get("timing") or {}
-        rows.append(
-            [label, run.get("score")]
-            + [_cell(m.get(k)) for k in METRIC_KEYS]
-            + [
-                _cell(timing.get("train_seconds")),
-                _cell(timing.get("hook_seconds")),
-                _cell(timing.get("samples_per_s")),
-                _cell((run.get("memory") or {}).get("peak_rss_mb")),
-            ]
-        )
+    rows: list[list[Any]] = [["strategy", "score", *(c.key for c in COLUMNS)]]
+    for label, run in record.runs.items():
+        rows.append([label, run.score, *(_cell(c.value(run)) for c in COLUMNS)])
     return rows
 
 
 def matrix_rows(record: Record) -> list[list[Any]]:
     """matrix.csv in long format: strategy, matrix, after_task (0 = untrained), task, value."""
     rows: list[list[Any]] = [["strategy", "matrix", "after_task", "task", "value"]]
-    for label, run in runs_of(record).items():
-        tasks = run.get("tasks") or []
-        after = ["joint"] if run.get("joint") else tasks
-        matrices = run.get("matrices") or {run.get("score"): run.get("matrix") or []}
-        for key, R in matrices.items():
+    for label, run in record.runs.items():
+        tasks = run.tasks
+        after = ["joint"] if run.joint else tasks
+        for key, R in (run.matrices or {run.score: run.matrix}).items():
             for i, row in enumerate(R):
                 for j, value in enumerate(row):
                     rows.append([label, key, 0 if i == 0 else after[i - 1], tasks[j], value])
     return rows
 
 
-def write_reports(out: Path, record: Record, plots: bool = True) -> list[Path]:
+def write_reports(out: Path, record: Record | dict[str, Any], plots: bool = True) -> list[Path]:
     """Write metrics.csv, matrix.csv, plots/*.png, report.md and report.html into ``out``.
 
     Works for a run record and a comparison record, finished or not (an incomplete record renders
@@ -192,7 +185,7 @@ def write_reports(out: Path, record: Record, plots: bool = True) -> list[Path]:
 
     Args:
         out: the run directory (created if missing).
-        record: the contents of ``result.json``.
+        record: a run or comparison record, or the parsed ``result.json``.
         plots: draw the PNG plots (matplotlib) and embed them in the HTML report.
 
     Returns:
@@ -205,6 +198,7 @@ def write_reports(out: Path, record: Record, plots: bool = True) -> list[Path]:
         >>> [p.name for p in write_reports(Path(tempfile.mkdtemp()), rec, plots=False)]
         ['metrics.csv', 'matrix.csv', 'report.md', 'report.html']
     """
+    record = as_record(record)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = [

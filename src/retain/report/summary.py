@@ -8,100 +8,46 @@ need (also used by the renderer and the plots). Only the standard library is imp
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-Record = dict[str, Any]
+from retain.report.columns import ACCURACY_LIKE, BY_KEY, fmt, score_name
+from retain.report.record import CompareRecord, Record, RunRecord, record_from_dict
 
-ACCURACY_LIKE = frozenset({"accuracy", "task_il_accuracy", "token_accuracy"})
-# Scores on a fixed, small scale: printed with 3 decimals. Others (MSE, loss, perplexity) are
-# unbounded, so 3 significant digits keep 0.0123 and 1234 equally readable.
-BOUNDED = ACCURACY_LIKE | {"r2"}
-SCORE_NAMES = {
-    "accuracy": "accuracy",
-    "task_il_accuracy": "task-IL accuracy",
-    "mse": "MSE",
-    "r2": "R²",
-    "loss": "loss",
-    "perplexity": "perplexity",
-    "token_accuracy": "token accuracy",
-}
-MEANINGS = {
-    "avg_accuracy": "final score averaged over all tasks",
-    "bwt": "backward transfer: change on earlier tasks since training them, negative = forgotten",
-    "fwt": "forward transfer: score on a task before training it, relative to the untrained model",
-    "forgetting": "drop from each earlier task's best score to its final one, positive = lost",
-    "plasticity": "score on each task just after training it (how well new tasks are learnt)",
-    "gap_to_joint": "joint training's average minus this one's, positive = worse than joint",
-}
+__all__ = ["as_record", "best_strategy", "class_accuracy", "class_label", "fmt", "pooled_accuracy",
+           "report_title", "row_labels", "score_name", "summary_lines", "vanished_classes"]
+
 MAX_LISTED_TASKS = 8  # beyond this, the per-task loss sentence names only the worst tasks
 
 
 # --------------------------------------------------------------------------- record helpers
 
 
-def runs_of(record: Record) -> dict[str, Record]:
-    """The run records of a record: a comparison's runs, or ``{strategy: record}`` for a run."""
-    if record.get("kind") == "compare":
-        return dict(record.get("runs") or {})
-    return {str(record.get("strategy") or "run"): record}
+def as_record(record: Record | dict[str, Any]) -> Record:
+    """A typed record; a ``dict`` (parsed ``result.json``) is checked and converted."""
+    return record if isinstance(record, (RunRecord, CompareRecord)) else record_from_dict(record)
 
 
-def score_name(score: str | None) -> str:
-    """The display name of a score key (``"mse"`` -> ``"MSE"``)."""
-    return SCORE_NAMES.get(score or "", score or "score")
-
-
-def fmt(value: float | None, score: str | None = "accuracy") -> str:
-    """Format a score-like number consistently: 3 decimals for bounded scores, else 3 digits.
-
-    Examples:
-        >>> fmt(0.17142), fmt(0.9011, "mse"), fmt(None)
-        ('0.171', '0.901', '–')
-    """
-    if value is None:
-        return "–"
-    v = float(value)
-    if not math.isfinite(v):
-        return str(v)
-    if score in BOUNDED:
-        s = f"{v:.3f}"
-    elif v == 0:
-        s = "0"
-    elif abs(v) >= 1000:
-        s = f"{v:,.0f}"
-    else:
-        s = f"{v:#.3g}".rstrip(".")
-    # "-0.000" reads as a loss where there is none.
-    return s.lstrip("-") if float(s.replace(",", "")) == 0 else s
-
-
-def is_complete(run: Record) -> bool:
-    """Whether a run finished: its status says so and its metrics were computed."""
-    return run.get("status", "complete") == "complete" and bool(run.get("metrics"))
-
-
-def row_labels(run: Record) -> list[str]:
+def row_labels(run: RunRecord) -> list[str]:
     """Labels of the rows of a run's matrix: "untrained", "after t1", ... (joint: "after joint")."""
-    n = len(run.get("matrix") or [])
-    after = ["joint"] if run.get("joint") else list(run.get("tasks") or [])
-    return (["untrained"] + [f"after {t}" for t in after])[:n]
+    after = ["joint"] if run.joint else list(run.tasks)
+    return (["untrained"] + [f"after {t}" for t in after])[: len(run.matrix)]
 
 
 def report_title(record: Record) -> str:
     """The run's name, else its stream's, else "run"."""
-    return record.get("name") or (record.get("stream") or {}).get("name") or "run"
+    return record.name or record.stream.name or "run"
 
 
 def best_strategy(record: Record) -> str | None:
     """The finished non-joint strategy with the best average final score (``None`` unless there
     are two or more: naming the only one "best" would say nothing)."""
     done = {
-        label: r["metrics"]["avg_accuracy"]
-        for label, r in runs_of(record).items()
-        if is_complete(r) and not r.get("joint")
+        label: r.metrics.avg_accuracy
+        for label, r in record.runs.items()
+        if r.metrics is not None and r.complete and not r.joint
     }
-    pick = max if record.get("higher_is_better", True) else min
+    higher = BY_KEY["avg_accuracy"].higher_is_better(record.higher_is_better)
+    pick = max if higher else min
     return pick(done, key=done.__getitem__) if len(done) > 1 else None
 
 
@@ -111,65 +57,66 @@ def _mean(values: list[float]) -> float | None:
 
 def class_label(record: Record, c: int) -> str:
     """The display name of class ``c``: from ``stream.class_names`` when present."""
-    names = (record.get("stream") or {}).get("class_names")
+    names = record.stream.class_names
     return str(names[c]) if names and c < len(names) else str(c)
 
 
-def class_accuracy(run: Record) -> list[list[float | None]]:
+def class_accuracy(run: RunRecord) -> list[list[float | None]]:
     """Per-class accuracy after each row, over the union of all tasks' test sets.
 
     ``per_class`` holds ``[row][task][class]`` counts; a class's accuracy is its correct
     predictions summed over tasks divided by its test samples summed over tasks (``None`` for a
     class with no test samples).
     """
-    pc = run.get("per_class") or {}
+    if run.per_class is None:
+        return []
     out = []
-    for correct, counts in zip(pc.get("correct", []), pc.get("counts", [])):
+    for correct, counts in zip(run.per_class.correct, run.per_class.counts):
         hits = [sum(t[c] for t in correct) for c in range(len(counts[0]))]
         total = [sum(t[c] for t in counts) for c in range(len(counts[0]))]
         out.append([h / n if n else None for h, n in zip(hits, total)])
     return out
 
 
-def vanished_classes(record: Record, run: Record) -> list[int]:
+def vanished_classes(record: Record, run: RunRecord) -> list[int]:
     """Classes with test data in some task but none in the last task's test set, in a stream
     where every task shares one label space (prior shift, domains): in a class-incremental split
     every earlier class is absent from the last task by design, and none is reported."""
-    counts = (run.get("per_class") or {}).get("counts") or []
-    if not counts or (record.get("stream") or {}).get("setting") != "domain_il":
+    counts = run.per_class.counts if run.per_class is not None else []
+    if not counts or record.stream.setting != "domain_il":
         return []
     last = counts[-1][-1]
     return [c for c in range(len(last)) if last[c] == 0 and any(t[c] for t in counts[-1])]
 
 
-def pooled_accuracy(run: Record, classes: list[int]) -> float | None:
+def pooled_accuracy(run: RunRecord, classes: list[int]) -> float | None:
     """Final accuracy over the test samples of ``classes`` taken together."""
-    pc = run.get("per_class") or {}
-    if not pc.get("counts"):
+    pc = run.per_class
+    if pc is None or not pc.counts:
         return None
-    hits = sum(t[c] for t in pc["correct"][-1] for c in classes)
-    total = sum(t[c] for t in pc["counts"][-1] for c in classes)
+    hits = sum(t[c] for t in pc.correct[-1] for c in classes)
+    total = sum(t[c] for t in pc.counts[-1] for c in classes)
     return hits / total if total else None
 
 
 # --------------------------------------------------------------------------- summary
 
 
-def _changes(run: Record) -> list[tuple[str, float, float]]:
+def _changes(run: RunRecord) -> list[tuple[str, float, float]]:
     """(task, score just after training it, final score) for every earlier task."""
-    R, tasks = run.get("matrix") or [], run.get("tasks") or []
+    R, tasks = run.matrix, run.tasks
     n_tasks = len(tasks)
-    if run.get("joint") or n_tasks < 2 or len(R) < n_tasks + 1:
+    if run.joint or n_tasks < 2 or len(R) < n_tasks + 1:
         return []
-    diag = (run.get("metrics") or {}).get("plasticity_per_task") or [
+    diag = (run.metrics.plasticity_per_task if run.metrics else None) or [
         R[i + 1][i] for i in range(n_tasks)
     ]
     return [(tasks[j], diag[j], R[n_tasks][j]) for j in range(n_tasks - 1)]
 
 
-def _loss_sentence(run: Record) -> str:
+def _loss_sentence(run: RunRecord) -> str:
     """How much of each earlier task a run lost, in the score's own direction."""
-    score, higher = run.get("score"), run.get("higher_is_better", True)
+    score, higher = run.score, run.higher_is_better
     changes = _changes(run)
     if len(changes) > MAX_LISTED_TASKS:
         worst = sorted(changes, key=lambda c: (c[2] - c[1]) * (1 if higher else -1))
@@ -209,6 +156,11 @@ def _loss_sentence(run: Record) -> str:
     return f"Since training each earlier task: {', '.join(clauses)}{tail}."
 
 
+def _avg(run: RunRecord) -> float:
+    assert run.metrics is not None  # only called on complete runs
+    return run.metrics.avg_accuracy
+
+
 def _versus(avg: float, ref: float, score: str | None, higher: bool) -> str:
     diff = avg - ref
     if fmt(abs(diff), score) == fmt(0.0, score):
@@ -216,19 +168,19 @@ def _versus(avg: float, ref: float, score: str | None, higher: bool) -> str:
     return f"{fmt(abs(diff), score)} {'below' if diff < 0 else 'above'}"
 
 
-def _compare_lines(record: Record) -> list[str]:
-    runs = runs_of(record)
-    score, higher = record.get("score"), bool(record.get("higher_is_better", True))
-    name, n_tasks = score_name(score), len(record.get("tasks") or [])
+def _compare_lines(record: CompareRecord) -> list[str]:
+    runs = record.runs
+    score, higher = record.score, record.higher_is_better
+    name, n_tasks = score_name(score), len(record.tasks)
     lines = []
-    unfinished = [label for label, r in runs.items() if not is_complete(r)]
+    unfinished = [label for label, r in runs.items() if not r.complete]
     if unfinished:
         lines.append(
             f"This comparison is incomplete: {', '.join(unfinished)} did not finish; "
             "their numbers cover only the tasks trained so far."
         )
-    joint = next((label for label, r in runs.items() if r.get("joint") and is_complete(r)), None)
-    ref = runs[joint]["metrics"]["avg_accuracy"] if joint else None
+    joint = next((label for label, r in runs.items() if r.joint and r.complete), None)
+    ref = _avg(runs[joint]) if joint else None
     if joint:
         named = "" if joint == "joint" else f"{joint}: "
         lines.append(
@@ -241,10 +193,10 @@ def _compare_lines(record: Record) -> list[str]:
             "No joint-training run to compare against: add `joint` to the strategies "
             "for an upper reference."
         )
-    done = {label: r for label, r in runs.items() if is_complete(r) and not r.get("joint")}
+    done = {label: r for label, r in runs.items() if r.complete and not r.joint}
     order = "" if higher else "; lower is better"
     for label, run in done.items():
-        avg = run["metrics"]["avg_accuracy"]
+        avg = _avg(run)
         if ref is not None:
             head = (
                 f"{label} ends {_versus(avg, ref, score, higher)} joint training (average "
@@ -255,15 +207,15 @@ def _compare_lines(record: Record) -> list[str]:
         lines.append(" ".join(s for s in (head, _loss_sentence(run)) if s))
     best = best_strategy(record)
     if best is not None:
-        avg = done[best]["metrics"]["avg_accuracy"]
+        avg = _avg(done[best])
         tail = f", {_versus(avg, ref, score, higher)} joint training" if ref is not None else ""
         lines.append(f"Best non-joint strategy: {best} (average {name} {fmt(avg, score)}{tail}).")
     lines += _vanished_lines(record)
     return lines
 
 
-def _vanished_lines(record: Record) -> list[str]:
-    runs = {label: r for label, r in runs_of(record).items() if r.get("per_class")}
+def _vanished_lines(record: CompareRecord) -> list[str]:
+    runs = {label: r for label, r in record.runs.items() if r.per_class is not None}
     if not runs:
         return []
     gone = vanished_classes(record, next(iter(runs.values())))
@@ -280,48 +232,48 @@ def _vanished_lines(record: Record) -> list[str]:
     ]
 
 
-def _run_lines(run: Record) -> list[str]:
-    label, score = run.get("strategy") or "run", run.get("score")
-    name, tasks = score_name(score), run.get("tasks") or []
-    R, m = run.get("matrix") or [], run.get("metrics") or {}
-    if not is_complete(run):
+def _run_lines(run: RunRecord) -> list[str]:
+    label, score = run.strategy or "run", run.score
+    name, tasks = score_name(score), run.tasks
+    R, m = run.matrix, run.metrics
+    if m is None or not run.complete:
         k = max(len(R) - 1, 0)
-        total = 1 if run.get("joint") else len(tasks)
+        total = 1 if run.joint else len(tasks)
         line = (
-            f"This run is incomplete (status: {run.get('status', 'unknown')}): {k} of "
+            f"This run is incomplete (status: {run.status}): {k} of "
             f"{total} training steps done; the numbers cover only what exists."
         )
-        if k and not run.get("joint"):
+        if k and not run.joint:
             line += (
                 f" After {tasks[k - 1]}, average {name} over the {k} tasks seen so far is "
                 f"{fmt(_mean(R[k][:k]), score)}."
             )
         return [line]
-    if run.get("joint"):
+    if run.joint:
         return [
             (
                 f"{label} (joint training: all tasks trained together at once) reaches average "
-                f"final {name} {fmt(m['avg_accuracy'], score)} over {len(tasks)} tasks."
+                f"final {name} {fmt(m.avg_accuracy, score)} over {len(tasks)} tasks."
             )
         ]
     lines = [
         (
-            f"{label} ends with average final {name} {fmt(m['avg_accuracy'], score)} over "
+            f"{label} ends with average final {name} {fmt(m.avg_accuracy, score)} over "
             f"{len(tasks)} tasks (plasticity, the score on each task just after training it: "
-            f"{fmt(m.get('plasticity'), score)} on average)."
+            f"{fmt(m.plasticity, score)} on average)."
         )
     ]
-    if m.get("bwt") is not None:
+    if m.bwt is not None:
         lines.append(
-            f"BWT ({MEANINGS['bwt']}) is {fmt(m['bwt'], score)}; forgetting (drop from "
+            f"BWT ({BY_KEY['bwt'].meaning}) is {fmt(m.bwt, score)}; forgetting (drop from "
             "each earlier task's best score to its final one, averaged over the "
-            f"{len(tasks) - 1} earlier tasks) is {fmt(m.get('forgetting'), score)}."
+            f"{len(tasks) - 1} earlier tasks) is {fmt(m.forgetting, score)}."
         )
-        lines.append(f"FWT ({MEANINGS['fwt']}) is {fmt(m.get('fwt'), score)}.")
-        per = (m.get("forgetting_per_task") or [])[:-1]
+        lines.append(f"FWT ({BY_KEY['fwt'].meaning}) is {fmt(m.fwt, score)}.")
+        per = (m.forgetting_per_task or [])[:-1]
         if per and max(per) > 0:
             j = per.index(max(per))
-            sign = 1 if run.get("higher_is_better", True) else -1
+            sign = 1 if run.higher_is_better else -1
             best = sign * max(sign * R[i][j] for i in range(j + 1, len(tasks)))
             lines.append(
                 f"It forgot {tasks[j]} most ({name} {fmt(best, score)} at best after "
@@ -335,13 +287,14 @@ def _run_lines(run: Record) -> list[str]:
 
 def _warning_lines(record: Record) -> list[str]:
     seen: dict[str, list[str]] = {}
-    for w in record.get("warnings") or []:
-        seen.setdefault(str(w), [])
-    if record.get("kind") == "compare":
-        for label, run in runs_of(record).items():
-            for w in run.get("warnings") or []:
+    if isinstance(record, RunRecord):
+        for w in record.warnings:
+            seen.setdefault(str(w), [])
+    else:
+        for label, run in record.runs.items():
+            for w in run.warnings:
                 seen.setdefault(str(w), []).append(label)
-    n_runs = len(runs_of(record))
+    n_runs = len(record.runs)
     out = []
     for w, labels in seen.items():
         who = "" if not labels or len(labels) == n_runs else f" ({', '.join(labels)})"
@@ -349,7 +302,7 @@ def _warning_lines(record: Record) -> list[str]:
     return out
 
 
-def summary_lines(record: Record) -> list[str]:
+def summary_lines(record: Record | dict[str, Any]) -> list[str]:
     """The report's conclusions in plain words, one sentence group per line.
 
     For a comparison: joint training's average, for each other strategy its distance to joint
@@ -363,5 +316,8 @@ def summary_lines(record: Record) -> list[str]:
         >>> summary_lines(run)[0][:24]
         'This run is incomplete ('
     """
-    lines = _compare_lines(record) if record.get("kind") == "compare" else _run_lines(record)
+    record = as_record(record)
+    if isinstance(record, CompareRecord):
+        return _compare_lines(record) + _warning_lines(record)
+    lines = _run_lines(record)
     return lines + _warning_lines(record)

@@ -70,11 +70,20 @@ def unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return obj
 
 
+def _to_dict(obj: Any) -> Any:
+    if hasattr(obj, "to_dict"):
+        return obj.to_dict()
+    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+
+
 def write_json(path: str | Path, obj: Any) -> None:
-    """Write JSON atomically: a temporary file in the same folder, then a rename."""
+    """Write JSON atomically: a temporary file in the same folder, then a rename.
+
+    Objects with a ``to_dict()`` (run records) are written as what it returns.
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, allow_nan=False))
+    tmp.write_text(json.dumps(obj, indent=1, allow_nan=False, default=_to_dict))
     os.replace(tmp, path)
 
 
