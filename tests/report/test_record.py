@@ -84,6 +84,15 @@ def test_a_newer_schema_is_refused_in_one_line(tmp_path, capsys):
     assert not (tmp_path / "report.md").exists()
 
 
+def test_a_malformed_record_is_one_line(tmp_path, capsys):
+    data = _old("v1-run")
+    data["timing"]["per_task"] = [{"steps": 3}]  # no task name
+    (tmp_path / "result.json").write_text(json.dumps(data))
+    assert main(["report", str(tmp_path), "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not a retain run record" in err
+
+
 def test_unknown_keys_survive_a_rewrite():
     data = {**_old("v1-run"), "added_later": {"a": 1}}
     assert record_from_dict(data).to_dict()["added_later"] == {"a": 1}

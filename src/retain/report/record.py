@@ -342,4 +342,7 @@ def load_record(path: str | Path) -> Record:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise RunDirError(f"'{path}' is not valid JSON ({e.msg} at line {e.lineno})") from None
-    return record_from_dict(data)
+    try:
+        return record_from_dict(data)
+    except (TypeError, ValueError, AttributeError) as e:
+        raise RunDirError(f"'{path}' is not a retain run record ({e})") from None
