@@ -17,6 +17,7 @@ from retain.strategies import penalty
 @pytest.fixture
 def L2(monkeypatch):
     """The docstring's class, registered in a copy of the registry (other tests see no 'l2')."""
+    strategies.available()  # load the built-in strategies into the real registry first
     monkeypatch.setattr(strategies, "_REGISTRY", dict(strategies._REGISTRY))
     code = re.search(r"in full::\n\n(.*?)\n\n``tests/", penalty.__doc__, re.S).group(1)
     namespace: dict = {}
