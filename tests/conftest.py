@@ -85,7 +85,7 @@ def tiny_causal_lm(tiny_llama_config):
     return transformers.LlamaForCausalLM(tiny_llama_config)
 
 
-# ---------------------------------------------------------------- effect tests (issue 3)
+# ---------------------------------------------------------------- effect tests
 # Small real streams on which finetune provably forgets; each effect test shows a strategy
 # reduces that forgetting by a clear margin with a fixed seed.
 

@@ -1,4 +1,4 @@
-"""Parallel (seed 003): a new stage starts as exactly the old function, frozen stages never change,
+"""Parallel: a new stage starts as exactly the old function, frozen stages never change,
 growth is reported, resume rebuilds the stages; and its effect on permuted digits."""
 
 from __future__ import annotations

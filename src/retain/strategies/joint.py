@@ -1,4 +1,4 @@
-"""Joint training: one fresh model trained once on all tasks together (seed 001's Model 2)."""
+"""Joint training: one fresh model trained once on all tasks together."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from retain.strategies.base import Strategy
 
 @register("joint")
 class Joint(Strategy):
-    """Train a fresh model once on the union of all tasks: the reference upper bound (Model 2).
+    """Train a fresh model once on the union of all tasks: the reference upper bound.
 
     It is what every sequential method is compared with (``gap_to_joint``). The union is shuffled
     together, and trained for ``train.epochs`` epochs (or ``train.steps`` steps) over all of it.
