@@ -38,8 +38,9 @@ from retain.train.optim import (
     steps_for,
 )
 from retain.utils.checkpoint import RunDir, is_main_process, load_weights, optimizer_state
+from retain.utils.files import write_atomic
 from retain.utils.seed import derive_seed, generator, seed_everything
-from retain.utils.state import rng_state, set_rng_state, write_json, write_text
+from retain.utils.state import rng_state, set_rng_state, write_json
 
 
 def make_accelerator(train: TrainConfig) -> Any:
@@ -170,7 +171,7 @@ def run(
             _check_resume_config(run_dir, config)
             state = run_dir.load_checkpoint()
         if config is not None and is_main_process():
-            write_text(run_dir.path / "config.resolved.yaml", config.to_yaml())
+            write_atomic(run_dir.path / "config.resolved.yaml", config.to_yaml())
 
     if train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
