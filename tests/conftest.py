@@ -62,12 +62,6 @@ def tiny_stream(digits):
     return split(digits, n_tasks=3, classes=[0, 1, 2, 3, 4, 5])
 
 
-@pytest.fixture
-def tiny_mlp():
-    torch.manual_seed(0)
-    return MLP(64, 6, [100, 100])
-
-
 @pytest.fixture(scope="session")
 def tiny_llama_config():
     transformers = pytest.importorskip("transformers")
