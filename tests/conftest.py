@@ -17,11 +17,11 @@ def _seeded():
     yield
 
 
-@pytest.fixture(scope="module")
-def one_thread():
-    """One intra-op thread for the module (``pytestmark = pytest.mark.usefixtures(...)``): tiny
-    models run faster on it, and steadily on a shared CPU (two threads under load made the replay
-    tests 5x slower)."""
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread():
+    """One intra-op thread for the whole run: the tests' models are tiny, so a second thread
+    only adds synchronisation, and on a shared CPU two threads spin against other processes
+    (they made the suite's runs take three times the CPU time and tests up to 5x slower)."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -112,7 +112,7 @@ sys.exit(main(sys.argv[1:]))
 def test_killed_cli_run_resumes_to_the_same_metrics(tmp_path):
     from retain.cli import main
 
-    cfg = _write_config(tmp_path / "exp.yaml", epochs=3)
+    cfg = _write_config(tmp_path / "exp.yaml", epochs=1)
     out = tmp_path / "killed"
     proc = subprocess.run([sys.executable, "-c", _KILLED_RUN, "run", str(cfg), "--out", str(out), "-q"],
                           check=False, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600)

@@ -81,6 +81,7 @@ def test_unsupported_models_and_bad_features_are_refused():
     assert isinstance(Parallel().setup(nn.Sequential(nn.Linear(4, 2)), _ctx(0)), ParallelNet)
 
 
+@pytest.mark.slow
 def test_on_permuted_digits_the_new_stage_forgets_like_finetune(digits_permuted, run_strategies,
                                                                finetune_permuted):
     """A measured negative result, kept honest. Permuted tasks share no input structure, so the
@@ -95,6 +96,7 @@ def test_on_permuted_digits_the_new_stage_forgets_like_finetune(digits_permuted,
     assert par.record["strategy_stats"][-1]["parallel"]["stages"] == 5
 
 
+@pytest.mark.slow
 def test_with_task_ids_the_frozen_stages_keep_their_tasks(digits_permuted, run_strategies):
     """When the task is known at test time (task_il), each frozen stage answers its own task,
     so earlier tasks keep exactly the score they had after training: zero forgetting, against
