@@ -5,8 +5,8 @@ interrupted run can be re-rendered at any time. Markdown and HTML are built from
 (:func:`retain.report.blocks.build_blocks`), so the two formats never disagree. The plain-words conclusions
 (:func:`summary_lines`) come from :mod:`retain.report.summary`, shared with the terminal summary.
 
-Only the standard library, :mod:`retain.eval.metrics` and :mod:`retain.utils.files` are imported here, so rendering a report
-does not import torch; matplotlib is imported only when plotting.
+Only the standard library, :mod:`retain.eval.metrics` and :mod:`retain.utils.files` are imported
+here, so rendering a report does not import torch; matplotlib is imported only when plotting.
 """
 
 from __future__ import annotations

@@ -22,20 +22,20 @@ FEATURES = ("penultimate", "logits")
 class Parallel(Growing):
     """Freeze the trained network and train a new one beside it that also reads its features.
 
-    Fine-tuning a new network on top of a frozen one limits what it can learn from new data to what the frozen network passes on (the data processing inequality),
-    so the new network receives the raw input *and* the frozen network's features. Before each
-    task after the first, the whole current model is frozen (``requires_grad=False``) and a new
-    trainable stage with the same widths is added; the model's answer is the new stage's output.
-    The frozen stages are never changed. When the task of an input is known (always during
-    training; at test time in the task_il setting) the stage trained on that task answers it, so
-    earlier tasks are kept exactly (``route``). Without task ids at test time the newest stage
-    answers everything, and forgetting is limited only as far as it keeps using what the frozen
-    features carry: on permuted digits in domain-IL it forgot more than finetune (0.55 against
-    0.36), since the frozen features say little about a new pixel order. It suits new data that
-    resembles the old (the same kind of input from another source). Growth: every task adds a full copy of the network,
-    and its first layer reads the features of every earlier stage (``stats()`` reports the
-    parameters per stage). Supports MLP-shaped models (retain's MLP, or an ``nn.Sequential`` of
-    Linear layers and activations).
+    Fine-tuning a new network on top of a frozen one limits what it can learn from new data to what
+    the frozen network passes on (the data processing inequality), so the new network receives the
+    raw input *and* the frozen network's features. Before each task after the first, the whole
+    current model is frozen (``requires_grad=False``) and a new trainable stage with the same widths
+    is added; the model's answer is the new stage's output. The frozen stages are never changed.
+    When the task of an input is known (always during training; at test time in the task_il setting)
+    the stage trained on that task answers it, so earlier tasks are kept exactly (``route``).
+    Without task ids at test time the newest stage answers everything, and forgetting is limited
+    only as far as it keeps using what the frozen features carry: on permuted digits in domain-IL it
+    forgot more than finetune (0.55 against 0.36), since the frozen features say little about a new
+    pixel order. It suits new data that resembles the old (the same kind of input from another
+    source). Growth: every task adds a full copy of the network, and its first layer reads the
+    features of every earlier stage (``stats()`` reports the parameters per stage). Supports
+    MLP-shaped models (retain's MLP, or an ``nn.Sequential`` of Linear layers and activations).
 
     Args:
         features: What the new stage reads from the frozen ones: ``penultimate`` (the
