@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue-2 acceptance numbers: Split MNIST and Permuted MNIST, finetune vs joint, seeds 0-2.
+# BENCHMARKS.md section 1: Split MNIST and Permuted MNIST, finetune vs joint, seeds 0-2.
 #   bash bench/examples_seeds.sh   (writes bench/out/<example>-s<seed>/result.json)
 set -euo pipefail
 for ex in split_mnist permuted_mnist; do

@@ -17,11 +17,11 @@ def _seeded():
     yield
 
 
-@pytest.fixture(scope="module")
-def one_thread():
-    """One intra-op thread for the module (``pytestmark = pytest.mark.usefixtures(...)``): tiny
-    models run faster on it, and steadily on a shared CPU (two threads under load made the replay
-    tests 5x slower)."""
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread():
+    """One intra-op thread for the whole run: the tests' models are tiny, so a second thread
+    only adds synchronisation, and on a shared CPU two threads spin against other processes
+    (they made the suite's runs take three times the CPU time and tests up to 5x slower)."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -60,12 +60,6 @@ def tiny_stream(digits):
     return split(digits, n_tasks=3, classes=[0, 1, 2, 3, 4, 5])
 
 
-@pytest.fixture
-def tiny_mlp():
-    torch.manual_seed(0)
-    return MLP(64, 6, [100, 100])
-
-
 @pytest.fixture(scope="session")
 def tiny_llama_config():
     transformers = pytest.importorskip("transformers")
@@ -83,7 +77,7 @@ def tiny_causal_lm(tiny_llama_config):
     return transformers.LlamaForCausalLM(tiny_llama_config)
 
 
-# ---------------------------------------------------------------- effect tests (issue 3)
+# ---------------------------------------------------------------- effect tests
 # Small real streams on which finetune provably forgets; each effect test shows a strategy
 # reduces that forgetting by a clear margin with a fixed seed.
 

@@ -51,6 +51,7 @@ def test_task_il_masking_is_applied_at_train_and_test(digits):
     assert sum(r.matrix[3]) / 3 > 0.8
 
 
+@pytest.mark.slow
 def test_joint_and_cumulative_reach_more_than_finetune(tiny_stream):
     ft = run(_mlp(), tiny_stream, ["finetune"], RunConfig(train=FAST))
     jt = run(_mlp(), tiny_stream, ["joint"], RunConfig(train=FAST))

@@ -70,8 +70,16 @@ def _launch(tmp_path: Path, specs: list) -> list[dict]:
     return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
 
 
-def test_two_processes_train_one_model(tmp_path):
-    ranks = _launch(tmp_path, ["finetune"])
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory) -> tuple[Path, list[dict]]:
+    """One torchrun launch serves every test here (each costs two processes importing torch):
+    strategies whose state must agree across ranks, which also train one DDP model."""
+    tmp_path = tmp_path_factory.mktemp("ddp")
+    return tmp_path, _launch(tmp_path, [{"name": "ewc", "lam": 5.0}, {"name": "replay", "size": 40}])
+
+
+def test_two_processes_train_one_model(launched):
+    tmp_path, ranks = launched
     assert ranks[0]["processes"] == 2
     # DDP keeps the replicas identical, and both ranks computed the same all-reduced scores.
     assert ranks[0]["weights"] == ranks[1]["weights"]
@@ -94,11 +102,11 @@ def test_two_processes_train_one_model(tmp_path):
     assert rec["matrix"][0] == single.matrix[0]
 
 
-def test_strategy_state_agrees_across_ranks(tmp_path):
+def test_strategy_state_agrees_across_ranks(launched):
     # Each rank trains on its own shard, yet EWC's Fisher (all-reduced sums over both shards) and
     # replay's buffer (filled from the gathered batch) must be the same on both ranks: otherwise
     # the replicas' penalties and rehearsal would differ and DDP would average unlike gradients.
-    ranks = _launch(tmp_path, [{"name": "ewc", "lam": 5.0}, {"name": "replay", "size": 40}])
+    _, ranks = launched
     states = [r["states"] for r in ranks]
     assert set(states[0]) == {"0.EWC", "1.Replay"}
     assert states[0]["0.EWC"]["n_tensors"] > 0 and states[0]["1.Replay"]["n_tensors"] > 0

@@ -50,7 +50,8 @@ from retain.train.optim import (
 from retain.train.runtime import make_accelerator, needs_wrappers, task_context
 from retain.utils.checkpoint import RunDir, is_main_process, load_weights, optimizer_state
 from retain.utils.seed import derive_seed, generator, seed_everything
-from retain.utils.state import rng_state, set_rng_state, write_json, write_text
+from retain.utils.files import write_atomic
+from retain.utils.state import rng_state, set_rng_state, write_json
 
 
 def run(
@@ -281,7 +282,7 @@ def open_run_dir(run_dir: RunDir | None, resume: bool, config: RunConfig | None
         check_resume_config(run_dir, config)
         saved = run_dir.load_checkpoint()
     if config is not None and is_main_process():
-        write_text(run_dir.path / "config.resolved.yaml", config.to_yaml())
+        write_atomic(run_dir.path / "config.resolved.yaml", config.to_yaml())
     return saved
 
 

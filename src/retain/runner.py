@@ -96,7 +96,8 @@ def compare_config(cfg: RunConfig, labels: list[str], out: str | Path | None, re
                    announce: Callable[[str], None] | None = None) -> CompareRecord:
     """Run every strategy label on the same stream; return the comparison record."""
     from retain import strategies as registry
-    from retain.utils.state import write_json, write_text
+    from retain.utils.files import write_atomic
+    from retain.utils.state import write_json
 
     plans = {label: specs_for(label, cfg) for label in labels}
     for specs in plans.values():
@@ -105,7 +106,7 @@ def compare_config(cfg: RunConfig, labels: list[str], out: str | Path | None, re
     root = RunDir(out)
     root.ensure_new_or_resumable(resume)
     if is_main_process():
-        write_text(out / "config.resolved.yaml", cfg.to_yaml())
+        write_atomic(out / "config.resolved.yaml", cfg.to_yaml())
     prepared = prepare_stream(cfg)
     runs: dict[str, RunRecord] = {}
     for label, specs in plans.items():

@@ -12,7 +12,6 @@ from retain.config import TrainConfig
 from retain.models import MLP
 from retain.strategies.agem import AGEM
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 TRAIN = TrainConfig(batch_size=8)  # for hooks called by hand
 
 

@@ -13,9 +13,7 @@ from retain.models import MLP
 from retain.strategies import build
 from retain.strategies.der import DER
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 TRAIN = TrainConfig(batch_size=8)  # for hooks called by hand
-
 
 
 @pytest.mark.slow

@@ -113,6 +113,7 @@ def test_frozen_layers_never_change(tiny_stream):
 
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec, forgetting_drop, max_avg_loss", [
     # Measured on seed 0 (finetune: avg 0.522, forgetting 0.360, plasticity 0.810):
     # train only the input layer (a permutation is an input-level change): 0.505 / 0.241.
@@ -128,6 +129,7 @@ def test_reduces_forgetting_on_permuted_digits(spec, forgetting_drop, max_avg_lo
     assert m.avg_accuracy > finetune_permuted.metrics.avg_accuracy - max_avg_loss
 
 
+@pytest.mark.slow
 def test_defaults_trade_plasticity_for_stability(digits_permuted, run_strategies,
                                                  finetune_permuted):
     # Measured: only the output layer trains after task 1, so a new permutation cannot be

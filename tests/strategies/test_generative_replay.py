@@ -107,6 +107,7 @@ def test_inputs_outside_0_1_and_other_objectives_are_refused():
         GenerativeReplay(ratio=1.0)
 
 
+@pytest.mark.slow
 def test_reduces_forgetting_in_class_il(digits_class_il, run_strategies):
     # Measured (seed 0, 5 epochs of SGD per task): finetune avg 0.182, forgetting 0.884;
     # generative_replay avg 0.365, forgetting 0.235 (VAE batch 32: 0.387, 0.237; hard labels:

@@ -1,4 +1,4 @@
-"""Parallel (seed 003): a new stage starts as exactly the old function, frozen stages never change,
+"""Parallel: a new stage starts as exactly the old function, frozen stages never change,
 growth is reported, resume rebuilds the stages; and its effect on permuted digits."""
 
 from __future__ import annotations
@@ -80,6 +80,7 @@ def test_unsupported_models_and_bad_features_are_refused():
     assert isinstance(Parallel().setup(nn.Sequential(nn.Linear(4, 2)), _ctx(0)), ParallelNet)
 
 
+@pytest.mark.slow
 def test_on_permuted_digits_the_new_stage_forgets_like_finetune(digits_permuted, run_strategies,
                                                                finetune_permuted):
     """A measured negative result, kept honest. Permuted tasks share no input structure, so the
@@ -94,6 +95,7 @@ def test_on_permuted_digits_the_new_stage_forgets_like_finetune(digits_permuted,
     assert par.record.strategy_stats[-1]["parallel"]["stages"] == 5
 
 
+@pytest.mark.slow
 def test_with_task_ids_the_frozen_stages_keep_their_tasks(digits_permuted, run_strategies):
     """When the task is known at test time (task_il), each frozen stage answers its own task,
     so earlier tasks keep exactly the score they had after training: zero forgetting, against

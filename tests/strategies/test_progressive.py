@@ -53,6 +53,7 @@ def test_columns_are_frozen_and_earlier_outputs_bit_identical():
     assert per[2] > per[1] > per[0]  # each column adds laterals from every earlier one
 
 
+@pytest.mark.slow
 def test_zero_forgetting_in_task_il(digits_task_il, run_strategies):
     fine = run_strategies(digits_task_il, ["finetune"])
     prog = run_strategies(digits_task_il, ["progressive"])

@@ -17,7 +17,6 @@ from retain.strategies.agem import AGEM
 from retain.strategies.der import DER
 from retain.strategies.replay import Replay
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 TRAIN = TrainConfig(batch_size=8)  # for hooks called by hand
 
 

@@ -6,7 +6,7 @@ split           class groups per task; class-IL (one head over all classes), tas
                 position within the task's group)
 permuted        every task sees all the data under its own fixed pixel permutation
 rotated         every task sees all the data rotated by its own fixed angle
-iid             the data cut into N random chunks of one distribution (seed 001's D1, D2)
+iid             the data cut into N random chunks of one distribution (e.g. two halves)
 prior_shift     the same classes in shifting proportions per task, e.g. 80/10/10 then 10/90/0
 by_column       one task per value (or group of values) of a column: domain, time period
 from_sources    one task per source, e.g. one file per month
@@ -257,7 +257,7 @@ def prior_shift(source: Any, proportions: list[list[float]], classes: list[int] 
                 name: str | None = None) -> Stream:
     """The same classes in shifting proportions: task t draws class c with ``proportions[t][c]``.
 
-    Seed 000's example: ``[[0.8, 0.1, 0.1], [0.1, 0.9, 0.0]]`` (cats, dogs, birds): the class that
+    Example: ``[[0.8, 0.1, 0.1], [0.1, 0.9, 0.0]]`` (cats, dogs, birds): the class that
     vanishes from the second task is the one that gets forgotten. Tasks are disjoint; test sets
     follow each task's own proportions.
     """

@@ -177,16 +177,6 @@ class Stream:
             mask[i, list(t.classes)] = True
         return mask
 
-    def describe(self) -> str:
-        head = f"{self.name}: {len(self.tasks)} tasks, {self.objective}, {self.setting}"
-        lines = [head]
-        for t in self.tasks:
-            extra = f" classes={list(t.classes)}" if t.classes is not None else ""
-            extra += f" domain={t.domain}" if t.domain else ""
-            val = f" val={len(t.val)}" if t.val is not None else ""
-            lines.append(f"  {t.name}: train={len(t.train)} test={len(t.test)}{val}{extra}")
-        return "\n".join(lines)
-
 
 def _check_finite(name: str, data: TensorData) -> None:
     for key, v in data.tensors.items():

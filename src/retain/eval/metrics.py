@@ -15,7 +15,7 @@ forgetting         (1/(T-1)) Σ_{j=1..T-1} max_{l=j..T-1} (R[l, j] - R[T, j])   
 plasticity         (1/T) Σ_{i=1..T} R[i, i]                                      T
 =================  ===========================================================  ============
 
-BWT and FWT follow Lopez-Paz & Ranzato (2017) and seed 002 (FWT against the untrained model of row
+BWT and FWT follow Lopez-Paz & Ranzato (2017), with FWT measured against the untrained model (row
 0); forgetting follows Chaudhry et al. (2018) as mammoth computes it: the drop of each earlier task
 from its best score between training it and the end (scores before a task was trained do not
 count: what was never learnt cannot be forgotten). The last task is left out of BWT and forgetting (it has had no chance to be

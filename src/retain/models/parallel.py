@@ -1,4 +1,4 @@
-"""Parallel stages (seed 003): a frozen network and a new one that reads the input and its features.
+"""Parallel stages: a frozen network and a new one that reads the input and its features.
 
 Stage 0 is the original MLP. Stage ``k`` is a copy of the MLP whose first layer also reads the
 features of every earlier stage (their penultimate activations, or their logits) through one

@@ -31,7 +31,7 @@ def _figure(width: float, height: float) -> Figure:
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    from retain.report.render import write_atomic
+    from retain.utils.files import write_atomic
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI)

@@ -5,7 +5,7 @@ interrupted run can be re-rendered at any time. Markdown and HTML are built from
 (:func:`retain.report.blocks.build_blocks`), so the two formats never disagree. The plain-words conclusions
 (:func:`summary_lines`) come from :mod:`retain.report.summary`, shared with the terminal summary.
 
-Only the standard library is imported here, so rendering a report does not import torch;
+Only the standard library (and :mod:`retain.utils.files`) is imported here, so rendering a report does not import torch;
 matplotlib is imported only when plotting. Every function takes a typed record
 (:mod:`retain.report.record`) or the parsed ``result.json`` it came from.
 """
@@ -16,7 +16,6 @@ import base64
 import csv
 import html
 import io
-import os
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +23,9 @@ from retain.report.blocks import build_blocks
 from retain.report.columns import COLUMNS
 from retain.report.record import Record
 from retain.report.summary import as_record, report_title, summary_lines
+from retain.utils.files import write_atomic
 
-__all__ = ["render_html", "render_markdown", "summary_lines", "write_atomic", "write_reports"]
+__all__ = ["render_html", "render_markdown", "summary_lines", "write_reports"]
 
 
 def _md_cell(text: str) -> str:
@@ -131,19 +131,6 @@ def render_html(record: Record | dict[str, Any], images: dict[str, Path] | None 
 
 
 # --------------------------------------------------------------------------- files
-
-
-def write_atomic(path: str | Path, data: str | bytes) -> Path:
-    """Write a file atomically (temporary file in the same folder, then a rename).
-
-    A reader (a browser refreshing report.html during training) never sees half a file. Kept here
-    rather than using ``retain.utils.state.write_text`` because that module imports torch.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
-    os.replace(tmp, path)
-    return path
 
 
 def _csv(rows: list[list[Any]]) -> str:

@@ -1,4 +1,4 @@
-"""Sequential fine-tuning: the baseline every method is measured against (seed 001's Model 1)."""
+"""Sequential fine-tuning: the baseline every method is measured against."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from retain.strategies.base import Strategy
 
 @register("finetune", reference_url="https://arxiv.org/abs/1312.6211")
 class Finetune(Strategy):
-    """Train on each task in turn with nothing to protect earlier tasks (seed 001's Model 1).
+    """Train on each task in turn with nothing to protect earlier tasks.
 
     It follows the gradient of the newest data only, so it shows how much an unprotected update
     forgets. It takes no hyperparameters: learning rate, epochs and optimizer policy are in

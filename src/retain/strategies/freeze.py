@@ -31,7 +31,7 @@ def layer_depths(model: nn.Module) -> dict[str, int]:
 @register("freeze", reference_url="https://arxiv.org/abs/1801.06146")
 @dataclass(repr=False)  # keep Strategy.__repr__: only non-default fields
 class Freeze(Strategy):
-    """Train every layer on the first task, then only the chosen layers (seeds 001 and 003).
+    """Train every layer on the first task, then only the chosen layers.
 
     The classic transfer-learning recipe applied to continual updates: what the early layers
     learned on earlier tasks is kept as it is, and later tasks only adapt the layers near the
@@ -59,8 +59,9 @@ class Freeze(Strategy):
             task trains the whole network, later tasks only the chosen layers. 0 also freezes
             during the first task (a pretrained model used as a fixed feature extractor).
         lr_decay: Layer-wise learning-rate decay for the trained layers: the layer at depth
-            ``d`` from the output trains at ``lr * lr_decay**d`` (seed 003: "increasingly lower
-            learning rates the further the layers are from the final output"). 1.0 turns it off.
+            ``d`` from the output trains at ``lr * lr_decay**d``: the further a layer is from the
+            output, the lower its learning rate (ULMFiT's discriminative fine-tuning, with
+            decay 1/2.6 there). 1.0 turns it off.
             Applies from ``from_task`` on, like the freezing.
 
     Reference:

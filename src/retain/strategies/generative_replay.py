@@ -53,7 +53,7 @@ class GenerativeReplay(Strategy):
             of ``vae_batch_size`` real inputs, each joined by generated ones for every earlier
             task, so all tasks so far weigh the same).
         vae_batch_size: Real inputs per VAE batch. The VAE's own, not ``train.batch_size``:
-            at Seq-MNIST's batch of 10 the VAE took 98 % of the run's time (140x finetune).
+            at Seq-MNIST's batch of 10 the VAE would take 98 % of the run's time (140x finetune).
         vae_lr: Learning rate of the VAE's own Adam optimizer.
         ratio: Fraction of each training batch that is generated, in [0, 1) (as ``replay``'s
             ratio): 0.5 adds as many generated samples as the batch has; 0 turns replay off.

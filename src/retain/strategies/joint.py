@@ -8,7 +8,7 @@ from retain.strategies.base import Strategy
 
 @register("joint")
 class Joint(Strategy):
-    """Train a fresh model once on the union of all tasks: the reference upper bound (Model 2).
+    """Train a fresh model once on the union of all tasks: the reference upper bound.
 
     It is what every sequential method is compared with (``gap_to_joint``). The union is shuffled
     together, and trained for ``train.epochs`` epochs (or ``train.steps`` steps) over all of it.

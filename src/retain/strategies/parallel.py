@@ -1,4 +1,4 @@
-"""Parallel: freeze the network and train a new one beside it that reads its features (seed 003)."""
+"""Parallel: freeze the network and train a new one beside it that reads its features."""
 
 from __future__ import annotations
 
@@ -19,21 +19,20 @@ if TYPE_CHECKING:
 class Parallel(Growing):
     """Freeze the trained network and train a new one beside it that also reads its features.
 
-    Seed 003's proposal: fine-tuning a new network on top of a frozen one limits what it can
-    learn from new data to what the frozen network passes on (the data processing inequality),
-    so the new network receives the raw input *and* the frozen network's features. Before each
-    task after the first, the whole current model is frozen (``requires_grad=False``) and a new
-    trainable stage with the same widths is added; the model's answer is the new stage's output.
-    The frozen stages are never changed. When the task of an input is known (always during
-    training; at test time in the task_il setting) the stage trained on that task answers it, so
-    earlier tasks are kept exactly (``route``). Without task ids at test time the newest stage
-    answers everything, and forgetting is limited only as far as it keeps using what the frozen
-    features carry: on permuted digits in domain-IL it forgot more than finetune (0.55 against
-    0.36), since the frozen features say little about a new pixel order. It suits new data that
-    resembles the old (seed 003's D1 and D2). Growth: every task adds a full copy of the network,
-    and its first layer reads the features of every earlier stage (``stats()`` reports the
-    parameters per stage). Supports MLP-shaped models (retain's MLP, or an ``nn.Sequential`` of
-    Linear layers and activations).
+    Fine-tuning a new network on top of a frozen one limits what it can learn from new data to what
+    the frozen network passes on (the data processing inequality), so the new network receives the
+    raw input *and* the frozen network's features. Before each task after the first, the whole
+    current model is frozen (``requires_grad=False``) and a new trainable stage with the same widths
+    is added; the model's answer is the new stage's output. The frozen stages are never changed.
+    When the task of an input is known (always during training; at test time in the task_il setting)
+    the stage trained on that task answers it, so earlier tasks are kept exactly (``route``).
+    Without task ids at test time the newest stage answers everything, and forgetting is limited
+    only as far as it keeps using what the frozen features carry: on permuted digits in domain-IL it
+    forgot more than finetune (0.55 against 0.36), since the frozen features say little about a new
+    pixel order. It suits new data that resembles the old (the same kind of input from another
+    source). Growth: every task adds a full copy of the network, and its first layer reads the
+    features of every earlier stage (``stats()`` reports the parameters per stage). Supports
+    MLP-shaped models (retain's MLP, or an ``nn.Sequential`` of Linear layers and activations).
 
     Args:
         features: What the new stage reads from the frozen ones: ``penultimate`` (the
@@ -47,9 +46,9 @@ class Parallel(Growing):
             or always with the newest stage (false).
 
     Reference:
-        Seed 003 (the answer proposing "an ANN frozen from D1 and ... a new ANN ... trained in
-        parallel ... on D2 as raw input along with that input run through the frozen network");
-        the lateral connections resemble progressive networks (Rusu et al. 2016).
+        Rusu et al., "Progressive Neural Networks" (2016): a frozen column per task and lateral
+        connections from earlier columns into the new one. Here each new stage also reads the
+        raw input and can start as an exact copy of the previous function.
     """
 
     features: Literal["penultimate", "logits"] = "penultimate"

@@ -4,7 +4,7 @@ Schedules are plain functions of the step, applied by setting each parameter gro
 ``base_lr * factor(step)`` before the optimizer step. Their whole state is one integer, which
 makes checkpoints trivial and ``schedule_scope: run`` (one schedule over all tasks) possible.
 
-WSD (warmup-stable-decay, seed 002): a linear warmup, a long stable phase at the peak rate, and a
+WSD (warmup-stable-decay; Hu et al., "MiniCPM", 2024): a linear warmup, a long stable phase at the peak rate, and a
 final linear decay over the last ``decay`` fraction of steps. Checkpoints taken in the stable
 phase keep full plasticity; each can be annealed on its own.
 """

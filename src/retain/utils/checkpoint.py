@@ -28,6 +28,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from retain.errors import RunDirError
+from retain.utils.files import write_atomic
 from retain.utils.state import load_state, save_state, write_json
 
 SCHEMA_VERSION = 1
@@ -91,7 +92,7 @@ class RunDir:
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
-        save_model(model, str(tmp / "model.safetensors"))
+        write_atomic(tmp / "model.safetensors", lambda p: save_model(model, str(p)))
         meta = dict(state)
         meta["schema_version"] = SCHEMA_VERSION
         meta["tasks_done"] = tasks_done

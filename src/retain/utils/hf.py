@@ -1,4 +1,4 @@
-"""Hugging Face specifics: building causal LMs.
+"""Hugging Face specifics: building causal language models.
 
 transformers is an optional dependency (``pip install "retain[hf]"``); it is imported here only.
 """

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+
+from retain.utils.files import write_atomic
 
 
 def flatten(obj: Any, tensors: dict[str, torch.Tensor], prefix: str = "t") -> Any:
@@ -77,28 +78,13 @@ def _to_dict(obj: Any) -> Any:
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    """Write JSON atomically: a temporary file in the same folder, then a rename.
-
-    Objects with a ``to_dict()`` (run records) are written as what it returns.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, allow_nan=False, default=_to_dict))
-    os.replace(tmp, path)
-
-
-def write_text(path: str | Path, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """Write strict JSON (no NaN or infinity, which other readers reject) atomically; objects
+    with a ``to_dict()`` (run records) are written as what it returns."""
+    write_atomic(path, json.dumps(obj, indent=1, allow_nan=False, default=_to_dict))
 
 
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor]) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: save_file(tensors, str(tmp)))
 
 
 def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
