@@ -51,12 +51,14 @@ def _help(text: str, **kw: Any) -> Any:
 class StreamConfig:
     """Where the data comes from and how it is cut into tasks."""
 
-    dataset: str = _help(
+    dataset: str | None = _help(
         "built-in name (digits, diabetes, mnist, fashion_mnist), a file (.csv, .parquet, .npz), "
-        "or a Hugging Face datasets folder saved with save_to_disk",
-        default="digits",
+        "or a Hugging Face datasets folder saved with save_to_disk (default: digits; not used by "
+        "scenario files). A relative path in a config file is relative to the config file's folder",
+        default=None,
     )
-    path: str | None = _help("where the files of a built-in dataset are (else RETAIN_DATA)", default=None)
+    path: str | None = _help("where the files of a built-in dataset are (else RETAIN_DATA); "
+                             "relative to the config file's folder", default=None)
     target: str | None = _help("target column of a table or HF dataset", default=None)
     input: str | None = _help("input column of an HF dataset (default: all non-target columns)", default=None)
     features: list[str] | None = _help("feature columns of a table (default: all but target/column)", default=None)
@@ -83,7 +85,9 @@ class StreamConfig:
     samples_per_task: int | None = _help("prior_shift: training samples per task", default=None)
     column: str | None = _help("by_column: the column whose values define the tasks", default=None)
     groups: list[Any] | None = _help("by_column: task order as values or lists of values", default=None)
-    files: list[str] | None = _help("files: one data file per task, in order (D1, then D2, ...)", default=None)
+    files: list[str] | None = _help(
+        "files: one data file per task, in order (D1, then D2, ...); relative paths in a config "
+        "file are relative to the config file's folder", default=None)
     angles: list[float] | None = _help("rotated: angle of each task in degrees", default=None)
     max_angle: float = _help("rotated: angles drawn uniformly from [0, max_angle)", default=180.0)
     validation: float = _help("fraction of each task's training data held out for validation", default=0.0)
@@ -99,6 +103,9 @@ class StreamConfig:
             raise ConfigError(f"stream.test_fraction must be in (0, 1), got {self.test_fraction}")
         if self.n_tasks is not None and self.n_tasks < 1:
             raise ConfigError(f"stream.n_tasks must be >= 1, got {self.n_tasks}")
+        # Scenario 'files' reads its files only, so the resolved config names no dataset (configs
+        # written by older versions say 'dataset: digits' there; it is dropped, not an error).
+        self.dataset = None if self.scenario == "files" else self.dataset or "digits"
         defaults = StreamConfig.__dataclass_fields__
         used = SCENARIO_FIELDS[self.scenario]
         for name in sorted(_SCENARIO_ONLY - set(used)):
@@ -424,9 +431,45 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def _resolve_data_paths(data: dict[str, Any], folder: Path) -> None:
+    """Make the relative data paths of a config file absolute, against the file's folder.
+
+    A config names its data as it sits beside it, so it runs the same from any working directory.
+    ``stream.dataset`` is taken as a path only when it looks like one (a suffix or a separator) or
+    exists beside the config, so built-in names such as ``digits`` stay names. Command-line
+    overrides are applied afterwards and stay relative to the working directory, like any path
+    typed in a shell.
+    """
+    stream = data.get("stream")
+    if not isinstance(stream, dict):
+        return
+
+    def absolute(value: Any, always: bool) -> Any:
+        if not isinstance(value, str) or not value:
+            return value
+        p = Path(value).expanduser()
+        if p.is_absolute():
+            return value
+        looks_like_path = bool(p.suffix) or "/" in value or (folder / p).exists()
+        return str((folder / p).resolve()) if always or looks_like_path else value
+
+    if "dataset" in stream:
+        stream["dataset"] = absolute(stream["dataset"], always=False)
+    if "path" in stream:
+        stream["path"] = absolute(stream["path"], always=True)
+    if isinstance(stream.get("files"), list):
+        stream["files"] = [absolute(f, always=True) for f in stream["files"]]
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
-    """Load a YAML config (or the defaults when ``path`` is None) and apply overrides."""
+    """Load a YAML config (or the defaults when ``path`` is None) and apply overrides.
+
+    Relative data paths in the file (``stream.dataset``, ``stream.path``, ``stream.files``) are
+    relative to the file's folder; see :func:`_resolve_data_paths`.
+    """
     data = load_yaml(path) if path is not None else {}
+    if path is not None:
+        _resolve_data_paths(data, Path(path).resolve().parent)
     data = apply_overrides(data, list(overrides or []))
     cfg = from_dict(RunConfig, data)
     if cfg.name is None and path is not None:
