@@ -136,13 +136,18 @@ def _class_ids(ys: list[np.ndarray], objective: str, where: Any,
 def _table_source(cols: dict[str, np.ndarray], path: Path, target: str | None,
                   features: list[str] | None, objective: str) -> Source:
     names = list(cols)
+    auto = target is None
     target = _pick_target(path, target, names)
+    dropped: dict[str, str] = {}
     if features is None:
         # Text columns are not features unless named: they are what by_column splits on.
         features = [n for n in names if n != target and cols[n].dtype.kind in "iufb"]
+        dropped = {n: "text" for n in names if n != target and n not in features}
         if not features:
             raise DataError(f"{path}: no numeric feature columns besides the target '{target}'; "
                             "encode text columns as numbers and list them in stream.features")
+    else:
+        dropped = {n: "not in stream.features" for n in names if n != target and n not in features}
     features = list(features)
     for f in features:
         if f not in cols:
@@ -166,7 +171,10 @@ def _table_source(cols: dict[str, np.ndarray], path: Path, target: str | None,
     x = np.stack([cols[f].astype(np.float32) for f in features], axis=1)
     src = from_arrays(x, y, objective=objective, name=dataset_name(path), class_names=class_names)
     columns = {n: c for n, c in cols.items() if n != target}
-    return replace(src, columns_train=columns, feature_names=features)
+    facts = {"target": target, "target_auto": auto, "dropped": dropped,
+             "encoded": {target: f"text classes as ids 0..{len(class_names) - 1} in sorted order"}
+             if class_names else {}}
+    return replace(src, columns_train=columns, feature_names=features, facts=facts)
 
 
 def read_table(path: str | Path, target: str | None, features: list[str] | None = None,
@@ -262,6 +270,7 @@ def from_hf(data: Any, input: str | None = None, target: str | None = None,
     if not hasattr(train, "column_names") or not hasattr(train, "__len__"):
         raise DataError(f"{name}: expected a datasets.Dataset, got {type(train).__name__}")
     cols = train.column_names
+    auto = target is None
     target = _pick_target(name, target, cols)
     input = input or next((c for c in _INPUT_NAMES if c in cols and c != target), None)
     x, y, extra, used = _hf_split(train, input, target, name)
@@ -276,8 +285,13 @@ def from_hf(data: Any, input: str | None = None, target: str | None = None,
     src = from_arrays(x, ys[0], xt, ys[1] if test is not None else None, objective=objective,
                       name=name, class_names=class_names)
     image = x.ndim >= 4
+    why = "not numeric" if input is None else f"not the input column '{input}'"
+    dropped = {c: why for c in cols if c != target and c not in used}
+    encoded = ({target: f"text classes as ids 0..{len(class_names) - 1} in sorted order"}
+               if class_names and type(feat).__name__ != "ClassLabel" else {})
+    facts = {"target": target, "target_auto": auto, "dropped": dropped, "encoded": encoded}
     return replace(src, columns_train=extra, columns_test=extra_t, is_image=image,
-                   feature_names=None if image or input else used)
+                   feature_names=None if image or input else used, facts=facts)
 
 
 def read_file(path: str | Path, target: str | None = None, features: list[str] | None = None,
@@ -289,7 +303,7 @@ def read_file(path: str | Path, target: str | None = None, features: list[str] |
     """
     p = Path(path).expanduser()
     if not p.exists():
-        raise DataError(f"data file '{path}' not found")
+        raise DataError(f"data file '{path}' not found (looked for {p.absolute()})")
     low = p.name.lower()
     if p.is_dir():
         if any((p / m).is_file() for m in _HF_MARKERS):
