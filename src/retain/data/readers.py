@@ -34,14 +34,15 @@ from retain.data.sources import Source, from_arrays
 from retain.errors import DataError, did_you_mean
 
 __all__ = [
-    "find_idx_files", "from_hf", "is_cifar_folder", "mnist_pkl_source", "read_cifar10", "read_file",
+    "find_idx_files", "from_hf", "is_cifar_folder", "mnist_pkl_source", "read_cifar10", "read_columns",
+    "read_file",
     "read_idx", "read_idx_folder", "read_mnist_pkl", "read_npz", "read_table", "safe_load_pickle",
 ]
 
-_TARGET_NAMES = ("label", "labels", "y", "target")
+TARGET_NAMES = ("label", "labels", "y", "target")
 _INPUT_NAMES = ("image", "img", "pixels", "x")
 _HF_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
-_MISSING = ("", "NA", "N/A", "NaN", "nan", "null", "NULL", "None")
+MISSING = ("", "NA", "N/A", "NaN", "nan", "null", "NULL", "None")
 SUPPORTED = (".csv, .csv.gz, .parquet, .pq, .npz, .pkl.gz (MNIST pickle), IDX files, "
              "cifar-10-python.tar.gz, or a Hugging Face datasets folder")
 
@@ -54,7 +55,7 @@ def _parse_column(arr: np.ndarray) -> np.ndarray:
         pass
     arr = np.char.strip(arr)
     try:
-        return np.where(np.isin(arr, _MISSING), "nan", arr).astype(np.float64)
+        return np.where(np.isin(arr, MISSING), "nan", arr).astype(np.float64)
     except ValueError:
         return arr
 
@@ -112,7 +113,7 @@ def _no_column(where: Any, kind: str, col: str, names: list[str]) -> DataError:
 
 
 def _pick_target(where: Any, target: str | None, names: list[str]) -> str:
-    target = target or next((n for n in _TARGET_NAMES if n in names), None)
+    target = target or next((n for n in TARGET_NAMES if n in names), None)
     if target is None:
         raise DataError(f"{where}: say which column to predict with stream.target=COLUMN "
                         f"(columns: {', '.join(names)})")
@@ -175,6 +176,23 @@ def _table_source(cols: dict[str, np.ndarray], path: Path, target: str | None,
              "encoded": {target: f"text classes as ids 0..{len(class_names) - 1} in sorted order"}
              if class_names else {}}
     return replace(src, columns_train=columns, feature_names=features, facts=facts)
+
+
+def read_columns(path: str | Path) -> dict[str, np.ndarray]:
+    """The columns of a CSV or Parquet table by name (int64, float64 with NaN for missing cells,
+    or text), as :func:`read_table` parses them.
+
+    Examples:
+        >>> cols = read_columns("jan.csv")  # doctest: +SKIP
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"data file '{path}' not found (looked for {path.absolute()})")
+    if path.suffix.lower() in (".parquet", ".pq"):
+        return _read_parquet(path)
+    if not path.name.lower().endswith((".csv", ".csv.gz")):
+        raise DataError(f"{path}: not a .csv, .csv.gz or .parquet table")
+    return _read_csv(path)
 
 
 def read_table(path: str | Path, target: str | None, features: list[str] | None = None,
