@@ -49,13 +49,16 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path, monkeypatch)
     assert load_config(project / "d.yaml").stream.dataset == "digits"
 
 
-def test_missing_file_says_where_it_was_looked_for(tmp_path, capsys):
+def test_missing_file_says_where_it_was_looked_for(tmp_path, capsys, monkeypatch):
     _data(tmp_path)
     cfg = tmp_path / "exp.yaml"
     cfg.write_text(CONFIG.format(a="a.csv", b="nowhere/b.csv"))
     assert main(["run", str(cfg), "--out", str(tmp_path / "r"), "-q"]) == 2
     err = _err(capsys)
     assert str(tmp_path / "nowhere" / "b.csv") in err and "looked for" in err
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "nope.yaml"]) == 2
+    assert str(tmp_path / "nope.yaml") in _err(capsys)
 
 
 @pytest.mark.parametrize("command", ["run", "compare"])

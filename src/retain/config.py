@@ -417,7 +417,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 def load_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"config file '{p}' not found; give the path to a YAML file (see examples/)")
+        raise ConfigError(f"config file '{p}' not found (looked for {p.absolute()}); give the path "
+                          "to a YAML file (see examples/, or write one with retain init)")
     try:
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:

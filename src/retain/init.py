@@ -178,6 +178,8 @@ def init_config(files: list[str | Path], target: str | None = None, by: str | No
     target, target_why = _target(cols, target, len(paths))
     objective, objective_why = _objective(cols[target])
     if by is not None:
+        if by == target:
+            raise DataError(f"--by '{by}' is the target; split by another column")
         if by not in cols:
             raise DataError(f"no column '{by}'{did_you_mean(by, list(cols))}; columns: "
                             f"{', '.join(cols)}")

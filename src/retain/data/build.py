@@ -35,12 +35,16 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _source_file(name: str) -> dict[str, Any]:
-    """Where a dataset came from: a built-in name, or a file with its checksum (not folders)."""
+def _source_file(name: str, path: str | None = None) -> dict[str, Any]:
+    """Where a dataset came from: a built-in name (and the ``path`` its files were looked for
+    in), or a file with its size and checksum (a folder is named only: it can be large)."""
     from retain.data.builtin import BUILTIN, _key
 
     if _key(name) in BUILTIN and not Path(name).exists():
-        return {"builtin": _key(name)}
+        out: dict[str, Any] = {"builtin": _key(name)}
+        if path is not None:
+            out["path"] = str(Path(path).expanduser().absolute())
+        return out
     p = Path(name).expanduser().absolute()
     if p.is_file():
         return {"file": str(p), "bytes": p.stat().st_size, "sha256": _sha256(p)}
@@ -52,7 +56,8 @@ def _round(v: float) -> float:
 
 
 def _source_facts(src: Any) -> dict[str, Any]:
-    facts = dict(src.facts)
+    """A copy of what the reader decided (the dicts are filled in further here)."""
+    facts = {k: dict(v) if isinstance(v, dict) else v for k, v in src.facts.items()}
     facts.setdefault("dropped", {})
     facts.setdefault("encoded", {})
     return facts
@@ -89,7 +94,7 @@ def _build(cfg: StreamConfig, seed: int) -> tuple[Stream, dict[str, Any]]:
         image = sources[0].is_image
     else:
         src = load_source(cfg).limit(cfg.limit_train, cfg.limit_test, seed)
-        info["sources"] = [_source_file(str(cfg.dataset))]
+        info["sources"] = [_source_file(str(cfg.dataset), cfg.path)]
         facts = _source_facts(src)
         if cfg.scenario == "by_column" and cfg.column and cfg.features is None:
             if src.feature_names and cfg.column in src.feature_names:
