@@ -49,8 +49,8 @@ from retain.train.optim import (
 )
 from retain.train.runtime import make_accelerator, needs_wrappers, task_context
 from retain.utils.checkpoint import RunDir, is_main_process, load_weights, optimizer_state
-from retain.utils.seed import derive_seed, generator, seed_everything
 from retain.utils.files import write_atomic
+from retain.utils.seed import derive_seed, generator, seed_everything
 from retain.utils.state import rng_state, set_rng_state, write_json
 
 

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 EPILOG = """examples:
   retain demo
+  retain init d1.csv d2.csv --target y --out my_data.yaml
   retain run examples/split_mnist.yaml train.lr=0.01 --out runs/smnist
   retain run examples/split_mnist.yaml --out runs/smnist --resume
   retain compare examples/split_mnist.yaml --strategies finetune,joint,ewc+replay
@@ -108,6 +109,15 @@ def _finish(record: Record, out: Path, args: argparse.Namespace) -> None:
     console.print(f"\nreport: {out / 'report.html'}  (and report.md, result.json)", highlight=False)
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    from retain.init import write_config
+
+    path, command = write_config(args.files, target=args.target, by=args.by, out=args.out,
+                                 force=args.force)
+    print(f"wrote {path}; check the choices explained in its comments, then run:\n  {command}")
+    return 0
+
+
 def cmd_strategies(args: argparse.Namespace) -> int:
     from retain.strategies import describe_all
 
@@ -168,6 +178,20 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out")
     c.add_argument("--resume", action="store_true")
     c.set_defaults(func=cmd_compare)
+
+    i = sub.add_parser("init", parents=[common], help="write a commented config for your CSV files",
+                       description="Look at the tables' columns (types, distinct values, missing "
+                       "values) and write a config that runs on them, each choice explained in a "
+                       "comment. Two or more files: one task per file, in order. One file: one "
+                       "task per value of --by, or two random halves.")
+    i.add_argument("files", nargs="+", help="CSV or Parquet tables, one per task, in order")
+    i.add_argument("--target", help="the column to predict (default: a column named label, y "
+                   "or target, else the last column)")
+    i.add_argument("--by", metavar="COLUMN", help="one file: one task per value of this column")
+    i.add_argument("--out", default="config.yaml", help="where to write the config "
+                   "(default: config.yaml); data paths in it are relative to its folder")
+    i.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    i.set_defaults(func=cmd_init)
 
     s = sub.add_parser("strategies", parents=[common], help="list strategies and their hyperparameters")
     s.add_argument("--markdown", action="store_true", help="as a Markdown document")

@@ -148,7 +148,9 @@ class ByColumnScenario:
 class FilesScenario:
     """one file per task"""
 
-    files: list[str] | None = _help("one data file per task, in order (D1, then D2, ...)", default=None)
+    files: list[str] | None = _help(
+        "one data file per task, in order (D1, then D2, ...); relative paths in a config file are "
+        "relative to the config file's folder", default=None)
 
     def __post_init__(self) -> None:
         check_fields(self, "stream")
@@ -173,12 +175,14 @@ class StreamConfig:
     mapping bound to it); config files write them beside the other stream fields.
     """
 
-    dataset: str = _help(
+    dataset: str | None = _help(
         "built-in name (digits, diabetes, mnist, fashion_mnist), a file (.csv, .parquet, .npz), "
-        "or a Hugging Face datasets folder saved with save_to_disk",
-        default="digits",
+        "or a Hugging Face datasets folder saved with save_to_disk (default: digits; not used by "
+        "scenario files). A relative path in a config file is relative to the config file's folder",
+        default=None,
     )
-    path: str | None = _help("where the files of a built-in dataset are (else RETAIN_DATA)", default=None)
+    path: str | None = _help("where the files of a built-in dataset are (else RETAIN_DATA); "
+                             "relative to the config file's folder", default=None)
     target: str | None = _help("target column of a table or HF dataset", default=None)
     input: str | None = _help("input column of an HF dataset (default: all non-target columns)", default=None)
     features: list[str] | None = _help("feature columns of a table (default: all but target/column)", default=None)
@@ -206,6 +210,9 @@ class StreamConfig:
 
     def __post_init__(self) -> None:
         check_fields(self, "stream")
+        # Scenario 'files' reads its files only, so the resolved config names no dataset (configs
+        # written by older versions say 'dataset: digits' there; it is dropped, not an error).
+        self.dataset = None if self.scenario == "files" else self.dataset or "digits"
         cls = scenario_options(self.scenario)
         if self.options is None:
             self.options = cls()
@@ -451,7 +458,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 def load_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"config file '{p}' not found; give the path to a YAML file (see examples/)")
+        raise ConfigError(f"config file '{p}' not found (looked for {p.absolute()}); give the path "
+                          "to a YAML file (see examples/, or write one with retain init)")
     try:
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
@@ -465,9 +473,45 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def _resolve_data_paths(data: dict[str, Any], folder: Path) -> None:
+    """Make the relative data paths of a config file absolute, against the file's folder.
+
+    A config names its data as it sits beside it, so it runs the same from any working directory.
+    ``stream.dataset`` is taken as a path only when it looks like one (a suffix or a separator) or
+    exists beside the config, so built-in names such as ``digits`` stay names. Command-line
+    overrides are applied afterwards and stay relative to the working directory, like any path
+    typed in a shell.
+    """
+    stream = data.get("stream")
+    if not isinstance(stream, dict):
+        return
+
+    def absolute(value: Any, always: bool) -> Any:
+        if not isinstance(value, str) or not value:
+            return value
+        p = Path(value).expanduser()
+        if p.is_absolute():
+            return value
+        looks_like_path = bool(p.suffix) or "/" in value or (folder / p).exists()
+        return str((folder / p).resolve()) if always or looks_like_path else value
+
+    if "dataset" in stream:
+        stream["dataset"] = absolute(stream["dataset"], always=False)
+    if "path" in stream:
+        stream["path"] = absolute(stream["path"], always=True)
+    if isinstance(stream.get("files"), list):
+        stream["files"] = [absolute(f, always=True) for f in stream["files"]]
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
-    """Load a YAML config (or the defaults when ``path`` is None) and apply overrides."""
+    """Load a YAML config (or the defaults when ``path`` is None) and apply overrides.
+
+    Relative data paths in the file (``stream.dataset``, ``stream.path``, ``stream.files``) are
+    relative to the file's folder; see :func:`_resolve_data_paths`.
+    """
     data = load_yaml(path) if path is not None else {}
+    if path is not None:
+        _resolve_data_paths(data, Path(path).resolve().parent)
     data = apply_overrides(data, list(overrides or []))
     cfg = from_dict(RunConfig, data)
     if cfg.name is None and path is not None:

@@ -9,7 +9,9 @@ own sub-directory with its own checkpoints), then writes one ``result.json`` hol
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -53,11 +55,13 @@ def run_config(cfg: RunConfig, out: str | Path | None, resume: bool = False,
 
     strategies = registry.build_all(cfg.strategies)  # config errors before any data is loaded
     out = Path(out) if out is not None else Path(cfg.output.dir) if cfg.output.dir else default_out(cfg)
-    RunDir(out).ensure_new_or_resumable(resume)
+    # The data is read before the run directory is made: a missing or bad file leaves no folder.
     stream, info = stream_info or prepare_stream(cfg)
-    model = _model(cfg, stream)
-    result = run(model, stream, strategies, cfg, out_dir=out, resume=resume, progress=progress,
-                 warn=warn)
+    with _removed_on_failure(out):
+        RunDir(out).ensure_new_or_resumable(resume)
+        model = _model(cfg, stream)
+        result = run(model, stream, strategies, cfg, out_dir=out, resume=resume,
+                     progress=progress, warn=warn)
     record = result.record
     record.data = info
     record.out_dir = str(out)
@@ -91,10 +95,36 @@ def specs_for(label: str, cfg: RunConfig) -> list[dict[str, Any]]:
     return specs
 
 
+@contextmanager
+def _removed_on_failure(out: Path) -> Iterator[None]:
+    """Remove ``out`` when the block fails, if the block made it and it holds only its config.
+
+    A run that failed before saving anything (a model or strategy error, a crash in the first
+    task) would otherwise leave a folder that makes the same command answer "already exists; pass
+    --resume". A folder that existed before, or that holds a result or a checkpoint, is kept.
+    """
+    existed = out.exists()
+    try:
+        yield
+    except Exception:
+        only_config = out.is_dir() and {p.name for p in out.iterdir()} <= {"config.resolved.yaml"}
+        if not existed and is_main_process() and only_config:
+            shutil.rmtree(out)
+        raise
+
+
 def compare_config(cfg: RunConfig, labels: list[str], out: str | Path | None, resume: bool = False,
                    progress: Any = None, warn: Callable[[str], None] | None = None,
                    announce: Callable[[str], None] | None = None) -> CompareRecord:
     """Run every strategy label on the same stream; return the comparison record."""
+    out = Path(out) if out is not None else Path(cfg.output.dir) if cfg.output.dir else default_out(cfg, "compare")
+    with _removed_on_failure(out):
+        return _compare_config(cfg, labels, out, resume, progress, warn, announce)
+
+
+def _compare_config(cfg: RunConfig, labels: list[str], out: Path, resume: bool,
+                    progress: Any, warn: Callable[[str], None] | None,
+                    announce: Callable[[str], None] | None) -> CompareRecord:
     from retain import strategies as registry
     from retain.utils.files import write_atomic
     from retain.utils.state import write_json
@@ -102,12 +132,11 @@ def compare_config(cfg: RunConfig, labels: list[str], out: str | Path | None, re
     plans = {label: specs_for(label, cfg) for label in labels}
     for specs in plans.values():
         registry.build_all(specs)
-    out = Path(out) if out is not None else Path(cfg.output.dir) if cfg.output.dir else default_out(cfg, "compare")
+    prepared = prepare_stream(cfg)  # before the run directory is made (see run_config)
     root = RunDir(out)
     root.ensure_new_or_resumable(resume)
     if is_main_process():
         write_atomic(out / "config.resolved.yaml", cfg.to_yaml())
-    prepared = prepare_stream(cfg)
     runs: dict[str, RunRecord] = {}
     for label, specs in plans.items():
         sub = out / label

@@ -138,7 +138,7 @@ def _search(places: list[Path], name: str, classes: list[str], files: tuple[str,
 
 
 def _looked(places: list[Path]) -> str:
-    return ", ".join(dict.fromkeys(str(p) for p in places))
+    return ", ".join(dict.fromkeys(str(p.absolute()) for p in places))
 
 
 def _mnist(path: str | Path | None) -> Source:

@@ -34,14 +34,15 @@ from retain.data.sources import Source, from_arrays
 from retain.errors import DataError, did_you_mean
 
 __all__ = [
-    "find_idx_files", "from_hf", "is_cifar_folder", "mnist_pkl_source", "read_cifar10", "read_file",
+    "find_idx_files", "from_hf", "is_cifar_folder", "mnist_pkl_source", "read_cifar10", "read_columns",
+    "read_file",
     "read_idx", "read_idx_folder", "read_mnist_pkl", "read_npz", "read_table", "safe_load_pickle",
 ]
 
-_TARGET_NAMES = ("label", "labels", "y", "target")
+TARGET_NAMES = ("label", "labels", "y", "target")
 _INPUT_NAMES = ("image", "img", "pixels", "x")
 _HF_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
-_MISSING = ("", "NA", "N/A", "NaN", "nan", "null", "NULL", "None")
+MISSING = ("", "NA", "N/A", "NaN", "nan", "null", "NULL", "None")
 SUPPORTED = (".csv, .csv.gz, .parquet, .pq, .npz, .pkl.gz (MNIST pickle), IDX files, "
              "cifar-10-python.tar.gz, or a Hugging Face datasets folder")
 
@@ -54,7 +55,7 @@ def _parse_column(arr: np.ndarray) -> np.ndarray:
         pass
     arr = np.char.strip(arr)
     try:
-        return np.where(np.isin(arr, _MISSING), "nan", arr).astype(np.float64)
+        return np.where(np.isin(arr, MISSING), "nan", arr).astype(np.float64)
     except ValueError:
         return arr
 
@@ -112,7 +113,7 @@ def _no_column(where: Any, kind: str, col: str, names: list[str]) -> DataError:
 
 
 def _pick_target(where: Any, target: str | None, names: list[str]) -> str:
-    target = target or next((n for n in _TARGET_NAMES if n in names), None)
+    target = target or next((n for n in TARGET_NAMES if n in names), None)
     if target is None:
         raise DataError(f"{where}: say which column to predict with stream.target=COLUMN "
                         f"(columns: {', '.join(names)})")
@@ -136,13 +137,18 @@ def _class_ids(ys: list[np.ndarray], objective: str, where: Any,
 def _table_source(cols: dict[str, np.ndarray], path: Path, target: str | None,
                   features: list[str] | None, objective: str) -> Source:
     names = list(cols)
+    auto = target is None
     target = _pick_target(path, target, names)
+    dropped: dict[str, str] = {}
     if features is None:
         # Text columns are not features unless named: they are what by_column splits on.
         features = [n for n in names if n != target and cols[n].dtype.kind in "iufb"]
+        dropped = {n: "text" for n in names if n != target and n not in features}
         if not features:
             raise DataError(f"{path}: no numeric feature columns besides the target '{target}'; "
                             "encode text columns as numbers and list them in stream.features")
+    else:
+        dropped = {n: "not in stream.features" for n in names if n != target and n not in features}
     features = list(features)
     for f in features:
         if f not in cols:
@@ -166,7 +172,27 @@ def _table_source(cols: dict[str, np.ndarray], path: Path, target: str | None,
     x = np.stack([cols[f].astype(np.float32) for f in features], axis=1)
     src = from_arrays(x, y, objective=objective, name=dataset_name(path), class_names=class_names)
     columns = {n: c for n, c in cols.items() if n != target}
-    return replace(src, columns_train=columns, feature_names=features)
+    facts = {"target": target, "target_auto": auto, "dropped": dropped,
+             "encoded": {target: f"text classes as ids 0..{len(class_names) - 1} in sorted order"}
+             if class_names else {}}
+    return replace(src, columns_train=columns, feature_names=features, facts=facts)
+
+
+def read_columns(path: str | Path) -> dict[str, np.ndarray]:
+    """The columns of a CSV or Parquet table by name (int64, float64 with NaN for missing cells,
+    or text), as :func:`read_table` parses them.
+
+    Examples:
+        >>> cols = read_columns("jan.csv")  # doctest: +SKIP
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"data file '{path}' not found (looked for {path.absolute()})")
+    if path.suffix.lower() in (".parquet", ".pq"):
+        return _read_parquet(path)
+    if not path.name.lower().endswith((".csv", ".csv.gz")):
+        raise DataError(f"{path}: not a .csv, .csv.gz or .parquet table")
+    return _read_csv(path)
 
 
 def read_table(path: str | Path, target: str | None, features: list[str] | None = None,
@@ -262,6 +288,7 @@ def from_hf(data: Any, input: str | None = None, target: str | None = None,
     if not hasattr(train, "column_names") or not hasattr(train, "__len__"):
         raise DataError(f"{name}: expected a datasets.Dataset, got {type(train).__name__}")
     cols = train.column_names
+    auto = target is None
     target = _pick_target(name, target, cols)
     input = input or next((c for c in _INPUT_NAMES if c in cols and c != target), None)
     x, y, extra, used = _hf_split(train, input, target, name)
@@ -276,8 +303,13 @@ def from_hf(data: Any, input: str | None = None, target: str | None = None,
     src = from_arrays(x, ys[0], xt, ys[1] if test is not None else None, objective=objective,
                       name=name, class_names=class_names)
     image = x.ndim >= 4
+    why = "not numeric" if input is None else f"not the input column '{input}'"
+    dropped = {c: why for c in cols if c != target and c not in used}
+    encoded = ({target: f"text classes as ids 0..{len(class_names) - 1} in sorted order"}
+               if class_names and type(feat).__name__ != "ClassLabel" else {})
+    facts = {"target": target, "target_auto": auto, "dropped": dropped, "encoded": encoded}
     return replace(src, columns_train=extra, columns_test=extra_t, is_image=image,
-                   feature_names=None if image or input else used)
+                   feature_names=None if image or input else used, facts=facts)
 
 
 def read_file(path: str | Path, target: str | None = None, features: list[str] | None = None,
@@ -289,7 +321,7 @@ def read_file(path: str | Path, target: str | None = None, features: list[str] |
     """
     p = Path(path).expanduser()
     if not p.exists():
-        raise DataError(f"data file '{path}' not found")
+        raise DataError(f"data file '{path}' not found (looked for {p.absolute()})")
     low = p.name.lower()
     if p.is_dir():
         if any((p / m).is_file() for m in _HF_MARKERS):

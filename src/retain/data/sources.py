@@ -24,7 +24,9 @@ class Source:
     """Labelled data. ``x_*``: inputs ``[N, ...]``; ``y_*``: int64 classes or float targets.
 
     ``columns_*`` map a column name to one value per sample (numpy arrays, any dtype), for
-    ``by_column`` scenarios. Images are float32 ``[N, C, H, W]`` in [0, 1].
+    ``by_column`` scenarios. Images are float32 ``[N, C, H, W]`` in [0, 1]. ``facts`` says how a
+    reader made it from a file (target column and whether it was guessed, columns left out or
+    encoded), for the run record.
     """
 
     x_train: torch.Tensor
@@ -38,6 +40,7 @@ class Source:
     name: str = "data"
     is_image: bool = False
     feature_names: list[str] | None = None
+    facts: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if len(self.x_train) != len(self.y_train):

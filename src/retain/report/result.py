@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from retain.eval import metrics as M
+from retain.objectives import HIGHER_IS_BETTER
 from retain.report.record import (
     Curves,
     EarlyStop,
@@ -29,7 +30,6 @@ from retain.report.record import (
     Timing,
     TrainSummary,
 )
-from retain.objectives import HIGHER_IS_BETTER
 
 if TYPE_CHECKING:
     from torch import nn

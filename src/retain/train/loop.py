@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from retain.errors import RetainError
-from retain.objectives import task_known
 from retain.strategies.base import overrides
 from retain.train.optim import Schedule, set_lr
 

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from retain.strategies.context import TaskContext, unwrap
 from retain.objectives import task_known
+from retain.strategies.context import TaskContext, unwrap
 
 if TYPE_CHECKING:
     from retain.config import TrainConfig
