@@ -57,7 +57,7 @@ def test_two_tables_give_a_files_config_that_loads_and_builds(tables, tmp_path):
     assert "left out: const: the same value everywhere" in text
     assert "--strategies finetune,joint,replay,ewc,lwf,si" in text
     cfg = load_config(out)
-    assert cfg.stream.files == [str(t) for t in tables]
+    assert cfg.stream.options.files == [str(t) for t in tables]
     built, info = build_stream(cfg.stream, cfg.seed)
     assert [t["name"] for t in info["tasks"]] == ["jan", "feb"] and built.objective == "classification"
     assert data["model"]["hidden"] == [64, 64] and data["train"]["patience"] >= 1
@@ -97,7 +97,7 @@ def test_the_example_config_is_what_init_writes():
         "retain compare " + str(example), "retain compare examples/my_two_csvs.yaml"))
     cfg = load_config(example)
     assert cfg.stream.target == "mdvis" and cfg.stream.objective == "regression"
-    assert all(Path(f).is_file() for f in cfg.stream.files)
+    assert all(Path(f).is_file() for f in cfg.stream.options.files)
     total = sum(f.stat().st_size for f in (ROOT / "examples" / "data").glob("*.csv"))
     assert total < 300_000
 

@@ -39,11 +39,11 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path, monkeypatch)
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     loaded = load_config(cfg)
-    assert loaded.stream.files == [str(project / "data" / "a.csv"), str(project / "data" / "b.csv")]
+    assert loaded.stream.options.files == [str(project / "data" / "a.csv"), str(project / "data" / "b.csv")]
     assert main(["run", str(cfg), "--out", "r", "-q"]) == 0
     # A path given on the command line stays relative to the working directory.
     (elsewhere / "c.csv").write_text((project / "data" / "a.csv").read_text())
-    assert load_config(cfg, ["stream.files.1=c.csv"]).stream.files[1] == "c.csv"
+    assert load_config(cfg, ["stream.files.1=c.csv"]).stream.options.files[1] == "c.csv"
     # Built-in names are not paths.
     (project / "d.yaml").write_text("stream: {dataset: digits}\n")
     assert load_config(project / "d.yaml").stream.dataset == "digits"

@@ -31,8 +31,8 @@ def two_files(tmp_path):
 
 
 def test_files_run_records_sources_target_columns_sizes_and_scaling(two_files):
-    cfg = StreamConfig(scenario="files", files=[str(f) for f in two_files], validation=0.2,
-                       test_fraction=0.2)
+    cfg = StreamConfig(scenario="files", options={"files": [str(f) for f in two_files]},
+                       validation=0.2, test_fraction=0.2)
     stream, info = build_stream(cfg, seed=0)
     assert info["sources"] == [
         {"file": str(f.absolute()), "bytes": f.stat().st_size,
@@ -54,15 +54,14 @@ def test_files_run_records_sources_target_columns_sizes_and_scaling(two_files):
 
 
 def test_named_target_unscaled_images_and_by_column(tmp_path):
-    _, info = build_stream(StreamConfig(scenario="split", n_tasks=2, classes=[0, 1, 2, 3]))
+    _, info = build_stream(StreamConfig(scenario="split", options={"n_tasks": 2, "classes": [0, 1, 2, 3]}))
     assert info["sources"] == [{"builtin": "digits"}] and info["standardized"] is False
     assert "target" not in info and info["features"] is None
-    _, info = build_stream(StreamConfig(dataset="diabetes", scenario="by_column", column="sex"))
+    _, info = build_stream(StreamConfig(dataset="diabetes", scenario="by_column", options={"column": "sex"}))
     assert info["dropped"] == {"sex": "defines the tasks (scenario by_column)"}
     assert "sex" not in info["features"] and info["standardized"]["target"]
     data = _csv(tmp_path / "d.csv", ["a,b,y"] + [f"{i},{i % 3},{i % 2}" for i in range(40)])
-    _, info = build_stream(StreamConfig(dataset=str(data), target="y", features=["a"],
-                                        scenario="iid"))
+    _, info = build_stream(StreamConfig(dataset=str(data), target="y", features=["a"], scenario="iid"))
     assert info["target"] == {"column": "y", "chosen_automatically": False}
     assert info["dropped"] == {"b": "not in stream.features"} and info["encoded"] == {}
     assert [t["test"] for t in info["tasks"]] == [4, 4]

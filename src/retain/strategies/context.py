@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from retain.data.loader import TensorLoader
+from retain.objectives import logits_of, masked
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -135,10 +136,7 @@ class TaskContext:
     def masked_logits(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """``logits`` with other tasks' classes at the most negative float (task_il), as the loss
         and the scores see them; unchanged in the other settings."""
-        mask = self.mask_for(batch)
-        if mask is None:
-            return logits
-        return logits.masked_fill(~mask, torch.finfo(logits.dtype).min)
+        return masked(logits, self.mask_for(batch))
 
     def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> Any:
         """The model's output on ``batch`` (logits, or a transformers ModelOutput); task-aware
@@ -147,7 +145,7 @@ class TaskContext:
 
     def logits(self, out: Any) -> torch.Tensor:
         """The logits (or predictions) in a model's output."""
-        return out if isinstance(out, torch.Tensor) else out.logits
+        return logits_of(out)
 
     def task_loss(self, out: Any, batch: dict[str, torch.Tensor],
                   reduction: str = "mean") -> torch.Tensor:
