@@ -49,8 +49,12 @@ def plain_loop(model, stream, cfg: TrainConfig, seed: int) -> tuple[int, float]:
 
 
 def retain_loop(model, stream, cfg: TrainConfig, seed: int) -> tuple[int, float]:
-    r = run(model, stream, ["finetune"],
-            RunConfig(train=cfg, eval=EvalConfig(batch_size=4096), seed=seed))
+    r = run(
+        model,
+        stream,
+        ["finetune"],
+        RunConfig(train=cfg, eval=EvalConfig(batch_size=4096), seed=seed),
+    )
     t = r["timing"]["per_task"]
     return sum(x["samples"] for x in t), sum(x["train_seconds"] for x in t)
 
@@ -79,12 +83,18 @@ def main() -> None:
             if rep > 0:  # the first round warms up allocators and caches
                 sink.append(n / s)
     p, r = statistics.median(plain), statistics.median(ours)
-    print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
-    print(f"plain PyTorch loop: median {p:,.0f} samples/s over {len(plain)} repeats "
-          f"(min {min(plain):,.0f}, max {max(plain):,.0f})")
-    print(f"retain loop:        median {r:,.0f} samples/s over {len(ours)} repeats "
-          f"(min {min(ours):,.0f}, max {max(ours):,.0f})")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
+    print(
+        f"plain PyTorch loop: median {p:,.0f} samples/s over {len(plain)} repeats "
+        f"(min {min(plain):,.0f}, max {max(plain):,.0f})"
+    )
+    print(
+        f"retain loop:        median {r:,.0f} samples/s over {len(ours)} repeats "
+        f"(min {min(ours):,.0f}, max {max(ours):,.0f})"
+    )
     print(f"ratio retain/plain: {r / p:.3f}")
     print(f"`retain --help`:    median {help_seconds(5):.3f} s over 5 runs")
 

@@ -38,20 +38,28 @@ def main() -> None:
         for n in variants:
             data = config_for("pmnist", "oewc-valsel")
             data["strategies"][0]["fisher_samples"] = n
-            rec = run_config(from_dict(RunConfig, {**data, "seed": seed}),
-                             Path(f"bench/out/fisher/ewc{n or 'all'}-s{seed}"), stream_info=prepared)
+            rec = run_config(
+                from_dict(RunConfig, {**data, "seed": seed}),
+                Path(f"bench/out/fisher/ewc{n or 'all'}-s{seed}"),
+                stream_info=prepared,
+            )
             key = "all" if n is None else str(n)
             acc.setdefault(key, []).append(100 * rec["metrics"]["avg_accuracy"])
             cost = rec["timing"]["train_seconds"] + rec["timing"]["hook_seconds"]
             ratio.setdefault(key, []).append(cost / ft_cost)
-            print(f"seed {seed} fisher_samples={key}: {acc[key][-1]:.2f} %, "
-                  f"{ratio[key][-1]:.2f}x finetune", flush=True)
+            print(
+                f"seed {seed} fisher_samples={key}: {acc[key][-1]:.2f} %, "
+                f"{ratio[key][-1]:.2f}x finetune",
+                flush=True,
+            )
     print("| fisher_samples | avg accuracy (mean ± std) | × finetune (median) |")
     print("|---|---|---|")
     for key in acc:
         sd = statistics.stdev(acc[key]) if len(acc[key]) > 1 else 0.0
-        print(f"| {key} | {statistics.mean(acc[key]):.2f} ± {sd:.2f} | "
-              f"{statistics.median(ratio[key]):.2f} |")
+        print(
+            f"| {key} | {statistics.mean(acc[key]):.2f} ± {sd:.2f} | "
+            f"{statistics.median(ratio[key]):.2f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -32,8 +32,14 @@ def main() -> None:
     args = ap.parse_args()
     stream = permuted(load_builtin("mnist"), n_tasks=args.tasks, seed=args.seed)
     torch.manual_seed(args.seed)
-    net = nn.Sequential(nn.Flatten(), nn.Linear(784, 100), nn.ReLU(), nn.Linear(100, 100),
-                        nn.ReLU(), nn.Linear(100, 10))
+    net = nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(784, 100),
+        nn.ReLU(),
+        nn.Linear(100, 100),
+        nn.ReLU(),
+        nn.Linear(100, 10),
+    )
     for m in net.modules():
         if isinstance(m, nn.Linear):
             nn.init.xavier_uniform_(m.weight)
@@ -53,12 +59,16 @@ def main() -> None:
         params = {k: v.detach() for k, v in net.named_parameters()}
         total = torch.zeros_like(flat())
         for s in range(0, len(x), 512):
-            xb, yb = x[s:s + 512], y[s:s + 512]
+            xb, yb = x[s : s + 512], y[s : s + 512]
             with torch.no_grad():
                 w = F.softmax(net(xb), -1).gather(1, yb[:, None]).squeeze(1)
             g = per_sample(params, xb, yb)
-            total += torch.cat([(w.view(-1, *[1] * (g[k].dim() - 1)) * g[k] ** 2).sum(0).view(-1)
-                                for k, _ in net.named_parameters()])
+            total += torch.cat(
+                [
+                    (w.view(-1, *[1] * (g[k].dim() - 1)) * g[k] ** 2).sum(0).view(-1)
+                    for k, _ in net.named_parameters()
+                ]
+            )
         return total / len(x)
 
     fish, anchor = None, None
@@ -67,7 +77,7 @@ def main() -> None:
         x, y = task.train.x, task.train.y
         order = torch.randperm(len(x))
         for s in range(0, len(x), 128):
-            idx = order[s:s + 128]
+            idx = order[s : s + 128]
             opt.zero_grad()
             loss = F.cross_entropy(net(x[idx]), y[idx])
             if fish is not None:
@@ -79,8 +89,10 @@ def main() -> None:
         anchor = flat().detach().clone()
     with torch.no_grad():
         accs = [(net(t.test.x).argmax(1) == t.test.y).float().mean().item() for t in stream.tasks]
-    print(f"lam={args.lam} lr={args.lr} seed={args.seed}: average accuracy "
-          f"{100 * sum(accs) / len(accs):.2f} ({time.time() - start:.0f} s)")
+    print(
+        f"lam={args.lam} lr={args.lr} seed={args.seed}: average accuracy "
+        f"{100 * sum(accs) / len(accs):.2f} ({time.time() - start:.0f} s)"
+    )
 
 
 if __name__ == "__main__":

@@ -45,11 +45,16 @@ def main(argv: list[str] | None = None) -> None:
     from retain.config import RunConfig, from_dict
     from retain.runner import prepare_stream, run_config
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--bench", default="pmnist", choices=sorted(BENCH))
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--methods", default="mammoth",
-                    help="'mammoth' (the benchmark's table), 'all' (plus the others), or a list")
+    ap.add_argument(
+        "--methods",
+        default="mammoth",
+        help="'mammoth' (the benchmark's table), 'all' (plus the others), or a list",
+    )
     ap.add_argument("--out", default="bench/out/speed")
     args = ap.parse_args(argv)
 
@@ -94,16 +99,24 @@ def main(argv: list[str] | None = None) -> None:
             t = rec["timing"]
             cost[m].append(t["train_seconds"] + t["hook_seconds"])
             evals[m].append(t["eval_seconds"])
-            print(f"  rep {rep} {m:18s} {cost[m][-1]:7.2f} s (eval {evals[m][-1]:.1f} s)", flush=True)
+            print(
+                f"  rep {rep} {m:18s} {cost[m][-1]:7.2f} s (eval {evals[m][-1]:.1f} s)", flush=True
+            )
         for m in methods:
             ratio[m].append(cost[m][-1] / cost["finetune"][-1])
-    print(f"\nmachine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch "
-          f"{torch.__version__}; stream {args.bench} prepared in {prep:.1f} s; {args.repeats} repeats")
-    print("| strategy | train + hooks s (median) | × finetune (median of per-repeat ratios) | eval s |")
+    print(
+        f"\nmachine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch "
+        f"{torch.__version__}; stream {args.bench} prepared in {prep:.1f} s; {args.repeats} repeats"
+    )
+    print(
+        "| strategy | train + hooks s (median) | × finetune (median of per-repeat ratios) | eval s |"
+    )
     print("|---|---|---|---|")
     for m in methods:
-        print(f"| {m} | {statistics.median(cost[m]):.1f} | {statistics.median(ratio[m]):.2f} | "
-              f"{statistics.median(evals[m]):.1f} |")
+        print(
+            f"| {m} | {statistics.median(cost[m]):.1f} | {statistics.median(ratio[m]):.2f} | "
+            f"{statistics.median(evals[m]):.1f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Mean ± std over seeds of the final average score of every strategy in result.json files.
 
-    python bench/summarize.py bench/out/split_mnist-s*
+python bench/summarize.py bench/out/split_mnist-s*
 """
 
 from __future__ import annotations
@@ -26,8 +26,14 @@ def main(paths: list[str]) -> None:
         bwt = [r["metrics"]["bwt"] for r in rs if r["metrics"].get("bwt") is not None]
         secs = statistics.median(r["timing"]["train_seconds"] for r in rs)
         sd = statistics.stdev(acc) if len(acc) > 1 else 0.0
-        b = f"{statistics.mean(bwt):.3f} ± {statistics.stdev(bwt) if len(bwt) > 1 else 0:.3f}" if bwt else "–"
-        print(f"| {name} | {label} | {len(rs)} | {statistics.mean(acc):.4f} ± {sd:.4f} | {b} | {secs:.1f} |")
+        b = (
+            f"{statistics.mean(bwt):.3f} ± {statistics.stdev(bwt) if len(bwt) > 1 else 0:.3f}"
+            if bwt
+            else "–"
+        )
+        print(
+            f"| {name} | {label} | {len(rs)} | {statistics.mean(acc):.4f} ± {sd:.4f} | {b} | {secs:.1f} |"
+        )
 
 
 if __name__ == "__main__":

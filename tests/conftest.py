@@ -42,9 +42,15 @@ def task_ctx(stream, i=0, model=None, *, n=None, train=None, seed=0):
     if n is not None:
         task = dataclasses.replace(task, train=task.train[torch.arange(n)])
     ctx = task_context(
-        make_accelerator(dataclasses.replace(train, cpu=True)), train, stream, task, i,
-        make_objective(stream.objective, stream.n_outputs), seed,
-        torch.Generator().manual_seed(seed), stream.class_mask(),
+        make_accelerator(dataclasses.replace(train, cpu=True)),
+        train,
+        stream,
+        task,
+        i,
+        make_objective(stream.objective, stream.n_outputs),
+        seed,
+        torch.Generator().manual_seed(seed),
+        stream.class_mask(),
     )
     return dataclasses.replace(ctx, model=model)
 
@@ -64,8 +70,13 @@ def tiny_stream(digits):
 def tiny_llama_config():
     transformers = pytest.importorskip("transformers")
     return transformers.LlamaConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, vocab_size=64, max_position_embeddings=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=64,
+        max_position_embeddings=64,
     )
 
 
@@ -175,13 +186,22 @@ def _crash_and_resume(stream, make, train, out_dir, model, seed=1, at=2):
     whole = make()
     full = run(model(), stream, [*whole, CrashBefore(at=at)], RunConfig(train=train, seed=seed))
     with pytest.raises(KeyboardInterrupt):
-        run(model(), stream, [*make(), CrashBefore(at=at, armed=True)],
+        run(
+            model(),
+            stream,
+            [*make(), CrashBefore(at=at, armed=True)],
             RunConfig(train=train, seed=seed),
-            out_dir=out_dir)
+            out_dir=out_dir,
+        )
     used = make()
-    resumed = run(model(), stream, [*used, CrashBefore(at=at)],
-                  RunConfig(train=train, seed=seed),
-                  out_dir=out_dir, resume=True)
+    resumed = run(
+        model(),
+        stream,
+        [*used, CrashBefore(at=at)],
+        RunConfig(train=train, seed=seed),
+        out_dir=out_dir,
+        resume=True,
+    )
     return SimpleNamespace(full=full, resumed=resumed, full_strategies=whole, strategies=used)
 
 

@@ -37,7 +37,9 @@ def test_finetune_forgets_in_class_il_and_metrics_follow_r(tiny_stream):
     assert R[3][0] < 0.2  # and forgotten after task 3 (class-IL, no protection)
     assert r.metrics.bwt < -0.7
     assert r.metrics.avg_accuracy == pytest.approx(sum(R[3]) / 3)
-    assert r.record.matrices["task_il_accuracy"][3][0] > R[3][0]  # task-aware view reported beside it
+    assert (
+        r.record.matrices["task_il_accuracy"][3][0] > R[3][0]
+    )  # task-aware view reported beside it
     assert r.record.timing.per_task[0].samples_per_s > 0
     assert r.record.memory.peak_rss_mb > 0
 
@@ -60,7 +62,9 @@ def test_joint_and_cumulative_reach_more_than_finetune(tiny_stream):
     assert jt.record.joint is True and jt.record.strategies == [{"name": "joint"}]
     assert jt.metrics.avg_accuracy > 0.9
     assert cu.metrics.avg_accuracy > ft.metrics.avg_accuracy + 0.4
-    assert jt.record.timing.per_task[0].samples == FAST.epochs * sum(len(t.train) for t in tiny_stream)
+    assert jt.record.timing.per_task[0].samples == FAST.epochs * sum(
+        len(t.train) for t in tiny_stream
+    )
 
 
 def test_early_stopping_stops_and_keeps_the_best(digits):
@@ -74,8 +78,12 @@ def test_early_stopping_stops_and_keeps_the_best(digits):
 
 def test_a_diverging_loss_is_reported(tiny_stream):
     with pytest.raises(RetainError, match="loss became"):
-        run(_mlp(), tiny_stream, ["finetune"],
-            RunConfig(train=TrainConfig(epochs=3, optimizer="sgd", lr=1e6)))
+        run(
+            _mlp(),
+            tiny_stream,
+            ["finetune"],
+            RunConfig(train=TrainConfig(epochs=3, optimizer="sgd", lr=1e6)),
+        )
 
 
 @pytest.mark.parametrize("policy", ["keep", "reset"])
@@ -98,10 +106,18 @@ def test_any_module_and_regression(digits):
     x = torch.randn(300, 4)
     y = x @ torch.tensor([1.0, -2.0, 0.5, 0.0])
     data = TensorData(x=x, y=y)
-    s = Stream((Task("a", data[torch.arange(200)], data[torch.arange(200, 300)]),),
-               objective="regression", n_outputs=1, setting="domain_il")
-    r = run(nn.Linear(4, 1), s, ["finetune"],
-            RunConfig(train=TrainConfig(epochs=30, optimizer="adam", lr=0.05)))
+    s = Stream(
+        (Task("a", data[torch.arange(200)], data[torch.arange(200, 300)]),),
+        objective="regression",
+        n_outputs=1,
+        setting="domain_il",
+    )
+    r = run(
+        nn.Linear(4, 1),
+        s,
+        ["finetune"],
+        RunConfig(train=TrainConfig(epochs=30, optimizer="adam", lr=0.05)),
+    )
     assert r.record.score == "mse" and not r.record.higher_is_better
     assert r.matrix[1][0] < 0.05 < r.matrix[0][0]
     assert r.record.matrices["r2"][1][0] > 0.95
@@ -117,37 +133,60 @@ def _lm_task(name, lo, n=24, length=16, seed=0):
 
 
 def test_hf_causal_lm_trains_through_the_loop(tiny_causal_lm):
-    s = Stream((_lm_task("lang_a", 0), _lm_task("lang_b", 32, seed=1)), objective="causal_lm",
-               setting="domain_il")
-    cfg = RunConfig(train=TrainConfig(steps=30, batch_size=8, optimizer="adamw", lr=3e-3),
-                    eval=EvalConfig(batch_size=8))
+    s = Stream(
+        (_lm_task("lang_a", 0), _lm_task("lang_b", 32, seed=1)),
+        objective="causal_lm",
+        setting="domain_il",
+    )
+    cfg = RunConfig(
+        train=TrainConfig(steps=30, batch_size=8, optimizer="adamw", lr=3e-3),
+        eval=EvalConfig(batch_size=8),
+    )
     r = run(tiny_causal_lm, s, ["finetune"], cfg)
     R = r.matrix
     assert r.record.score == "loss"
-    assert R[1][0] < R[0][0] - 0.5          # learnt language A
-    assert R[2][1] < R[0][1] - 0.5          # then language B
-    assert R[2][0] > R[1][0]                # and lost some of A: forgetting, measured on loss
+    assert R[1][0] < R[0][0] - 0.5  # learnt language A
+    assert R[2][1] < R[0][1] - 0.5  # then language B
+    assert R[2][0] > R[1][0]  # and lost some of A: forgetting, measured on loss
     assert r.metrics.forgetting > 0
     assert "perplexity" in r.record.matrices
 
 
 def test_gradient_clipping_is_applied(tiny_stream):
-    free = run(_mlp(), tiny_stream, ["finetune"],
-               RunConfig(train=TrainConfig(epochs=1, optimizer="sgd", lr=0.5)))
-    clipped = run(_mlp(), tiny_stream, ["finetune"],
-                  RunConfig(train=TrainConfig(epochs=1, optimizer="sgd", lr=0.5, grad_clip=1e-6)))
+    free = run(
+        _mlp(),
+        tiny_stream,
+        ["finetune"],
+        RunConfig(train=TrainConfig(epochs=1, optimizer="sgd", lr=0.5)),
+    )
+    clipped = run(
+        _mlp(),
+        tiny_stream,
+        ["finetune"],
+        RunConfig(train=TrainConfig(epochs=1, optimizer="sgd", lr=0.5, grad_clip=1e-6)),
+    )
     # A gradient norm of 1e-6 times lr 0.5 moves no weight visibly: the scores stay put.
     assert clipped.matrix[-1] == pytest.approx(clipped.matrix[0], abs=0.02)
     assert free.matrix[1][0] > clipped.matrix[1][0] + 0.3
 
 
 def test_schedule_scope_run_spans_all_tasks(tiny_stream):
-    per_task = run(_mlp(), tiny_stream, ["finetune"],
-                   RunConfig(train=TrainConfig(epochs=2, optimizer="sgd", lr=0.1, schedule="wsd",
-                                               decay=0.5)))
-    whole = run(_mlp(), tiny_stream, ["finetune"],
-                RunConfig(train=TrainConfig(epochs=2, optimizer="sgd", lr=0.1, schedule="wsd",
-                                            decay=0.2, schedule_scope="run")))
+    per_task = run(
+        _mlp(),
+        tiny_stream,
+        ["finetune"],
+        RunConfig(train=TrainConfig(epochs=2, optimizer="sgd", lr=0.1, schedule="wsd", decay=0.5)),
+    )
+    whole = run(
+        _mlp(),
+        tiny_stream,
+        ["finetune"],
+        RunConfig(
+            train=TrainConfig(
+                epochs=2, optimizer="sgd", lr=0.1, schedule="wsd", decay=0.2, schedule_scope="run"
+            )
+        ),
+    )
     last = [curve[-1][1] for curve in per_task.record.curves.lr_factor]
     assert last == pytest.approx([0.0, 0.0, 0.0], abs=0.01)  # each task decays to min_lr
     run_last = [curve[-1][1] for curve in whole.record.curves.lr_factor]
@@ -177,14 +216,15 @@ def test_evaluation_every_n_steps_is_recorded_and_changes_nothing(tiny_stream):
     plain = run(_mlp(), tiny_stream, config=RunConfig(train=train))
     every = run(_mlp(), tiny_stream, config=RunConfig(train=train, eval=EvalConfig(every_steps=4)))
     assert every.matrix == plain.matrix  # evaluating inside a task does not disturb training
-    assert "eval" not in plain["curves"]
-    curves = every["curves"]["eval"]
+    assert plain.record.curves.eval is None
+    assert "eval" not in plain.record.to_dict()["curves"]  # result.json as before
+    curves = every.record.curves.eval
     assert len(curves) == 3
-    for fit, points in zip(every["timing"]["per_task"], curves):
-        assert [p["step"] for p in points] == list(range(4, fit["steps"] + 1, 4))
+    for fit, points in zip(every.record.timing.per_task, curves):
+        assert [p["step"] for p in points] == list(range(4, fit.steps + 1, 4))
         assert all(len(p["scores"]) == 3 and 0 <= p["scores"][0]["accuracy"] <= 1 for p in points)
     # The last evaluation of task 1 inside training is the model of row 1 when it ends there.
-    steps = every["timing"]["per_task"][0]["steps"]
+    steps = every.record.timing.per_task[0].steps
     if steps % 4 == 0:
         assert [c["accuracy"] for c in curves[0][-1]["scores"]] == every.matrix[1]
 

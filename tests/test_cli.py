@@ -46,8 +46,13 @@ def test_run_writes_a_complete_run_directory(tmp_path, capsys):
         assert (out / name).is_file(), name
     rec = json.loads((out / "result.json").read_text())
     assert rec["kind"] == "run" and rec["status"] == "complete" and rec["schema_version"] == 1
-    assert len(rec["matrix"]) == 3 and set(rec["metrics"]) >= {"avg_accuracy", "bwt", "fwt",
-                                                               "forgetting", "plasticity"}
+    assert len(rec["matrix"]) == 3 and set(rec["metrics"]) >= {
+        "avg_accuracy",
+        "bwt",
+        "fwt",
+        "forgetting",
+        "plasticity",
+    }
     assert "avg" in capsys.readouterr().out.lower()
     # The resolved config alone reproduces the run.
     again = tmp_path / "again"
@@ -57,34 +62,69 @@ def test_run_writes_a_complete_run_directory(tmp_path, capsys):
 
 def test_overrides_may_come_after_flags(tmp_path):
     out = tmp_path / "r"
-    assert main(["run", str(_cfg(tmp_path, BASE)), "--out", str(out), "-q", "train.epochs=2", "seed=5"]) == 0
+    assert (
+        main(
+            ["run", str(_cfg(tmp_path, BASE)), "--out", str(out), "-q", "train.epochs=2", "seed=5"]
+        )
+        == 0
+    )
     cfg = (out / "config.resolved.yaml").read_text()
     assert "epochs: 2" in cfg and "seed: 5" in cfg
 
 
 def test_unknown_key(tmp_path, capsys):
     cfg = _cfg(tmp_path, BASE + "trian: {}\n")
-    _fails(capsys, ["run", str(cfg), "-q", "--out", str(tmp_path / "o")], "unknown key 'trian'",
-           "did you mean 'train'")
-    _fails(capsys, ["run", str(_cfg(tmp_path, BASE, "b.yaml")), "-q", "train.lrr=1"],
-           "unknown key 'train.lrr'", "did you mean 'lr'")
+    _fails(
+        capsys,
+        ["run", str(cfg), "-q", "--out", str(tmp_path / "o")],
+        "unknown key 'trian'",
+        "did you mean 'train'",
+    )
+    _fails(
+        capsys,
+        ["run", str(_cfg(tmp_path, BASE, "b.yaml")), "-q", "train.lrr=1"],
+        "unknown key 'train.lrr'",
+        "did you mean 'lr'",
+    )
 
 
 def test_wrong_type(tmp_path, capsys):
-    _fails(capsys, ["run", str(_cfg(tmp_path, BASE)), "-q", "train.epochs=many"],
-           "train.epochs must be an integer")
+    _fails(
+        capsys,
+        ["run", str(_cfg(tmp_path, BASE)), "-q", "train.epochs=many"],
+        "train.epochs must be an integer",
+    )
 
 
 def test_unknown_strategy_and_hyperparameter(tmp_path, capsys):
     cfg = _cfg(tmp_path, BASE)
-    _fails(capsys, ["run", str(cfg), "-q", "strategies.0.name=finetun"], "unknown strategy 'finetun'",
-           "did you mean 'finetune'")
-    _fails(capsys, ["compare", str(cfg), "-q", "--strategies", "finetune,jiont"], "unknown strategy 'jiont'")
+    _fails(
+        capsys,
+        ["run", str(cfg), "-q", "strategies.0.name=finetun"],
+        "unknown strategy 'finetun'",
+        "did you mean 'finetune'",
+    )
+    _fails(
+        capsys,
+        ["compare", str(cfg), "-q", "--strategies", "finetune,jiont"],
+        "unknown strategy 'jiont'",
+    )
 
 
 def test_missing_data_file(tmp_path, capsys):
-    _fails(capsys, ["run", str(_cfg(tmp_path, BASE)), "-q", "--out", str(tmp_path / "o"),
-                    "stream.dataset=nowhere/data.csv", "stream.scenario=iid"], "nowhere/data.csv")
+    _fails(
+        capsys,
+        [
+            "run",
+            str(_cfg(tmp_path, BASE)),
+            "-q",
+            "--out",
+            str(tmp_path / "o"),
+            "stream.dataset=nowhere/data.csv",
+            "stream.scenario=iid",
+        ],
+        "nowhere/data.csv",
+    )
 
 
 def test_missing_config_file(tmp_path, capsys):
@@ -106,36 +146,53 @@ output: {{plots: false}}
 
 
 def test_labels_out_of_range(tmp_path, capsys):
-    data = _csv(tmp_path / "d.csv", ["a,b,label"] + [f"{i},{i % 3},{(i % 3) - 1}" for i in range(30)])
+    data = _csv(
+        tmp_path / "d.csv", ["a,b,label"] + [f"{i},{i % 3},{(i % 3) - 1}" for i in range(30)]
+    )
     cfg = _cfg(tmp_path, TABLE.format(data=data, scenario="iid", extra=""))
-    _fails(capsys, ["run", str(cfg), "-q", "--out", str(tmp_path / "o")], "labels range over [-1, 1]")
+    _fails(
+        capsys, ["run", str(cfg), "-q", "--out", str(tmp_path / "o")], "labels range over [-1, 1]"
+    )
 
 
 def test_nan_in_inputs(tmp_path, capsys):
     import numpy as np
 
     rows = ["a,b,label"] + [f"{i},{'nan' if i == 7 else i},{i % 2}" for i in range(40)]
-    cfg = _cfg(tmp_path, TABLE.format(data=_csv(tmp_path / "d.csv", rows), scenario="iid", extra=""))
+    cfg = _cfg(
+        tmp_path, TABLE.format(data=_csv(tmp_path / "d.csv", rows), scenario="iid", extra="")
+    )
     _fails(capsys, ["run", str(cfg), "-q", "--out", str(tmp_path / "o")], "column 'b'", "missing")
     x = np.random.default_rng(0).normal(size=(40, 3)).astype(np.float32)
     x[5, 1] = np.inf
     np.savez(tmp_path / "d.npz", x=x, y=np.arange(40) % 2)
     cfg = _cfg(tmp_path, TABLE.format(data=tmp_path / "d.npz", scenario="iid", extra=""), "n.yaml")
-    _fails(capsys, ["run", str(cfg), "-q", "--out", str(tmp_path / "o2"), "stream.target=null"],
-           "NaN or inf in 1 sample")
+    _fails(
+        capsys,
+        ["run", str(cfg), "-q", "--out", str(tmp_path / "o2"), "stream.target=null"],
+        "NaN or inf in 1 sample",
+    )
 
 
 def test_feature_shapes_disagree(tmp_path, capsys):
     a = _csv(tmp_path / "jan.csv", ["a,b,label"] + [f"{i},{i},{i % 2}" for i in range(20)])
     b = _csv(tmp_path / "feb.csv", ["a,b,c,label"] + [f"{i},{i},{i},{i % 2}" for i in range(20)])
-    cfg = _cfg(tmp_path, TABLE.format(data="unused", scenario="files", extra=f", files: [{a}, {b}]"))
+    cfg = _cfg(
+        tmp_path, TABLE.format(data="unused", scenario="files", extra=f", files: [{a}, {b}]")
+    )
     _fails(capsys, ["run", str(cfg), "-q", "--out", str(tmp_path / "o")], "shape")
 
 
 def test_empty_task(tmp_path, capsys):
     rows = ["a,site,label"] + [f"{i},{'x' if i % 2 else 'y'},{i % 2}" for i in range(40)]
-    cfg = _cfg(tmp_path, TABLE.format(data=_csv(tmp_path / "d.csv", rows), scenario="by_column",
-                                      extra=", column: site, groups: [x, z]"))
+    cfg = _cfg(
+        tmp_path,
+        TABLE.format(
+            data=_csv(tmp_path / "d.csv", rows),
+            scenario="by_column",
+            extra=", column: site, groups: [x, z]",
+        ),
+    )
     _fails(capsys, ["run", str(cfg), "-q", "--out", str(tmp_path / "o")], "site=z", "empty")
 
 
@@ -146,8 +203,11 @@ def test_existing_run_dir_without_resume_loses_nothing(tmp_path, capsys):
     capsys.readouterr()
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     _fails(capsys, ["run", str(cfg), "--out", str(out), "-q"], "already exists", "--resume")
-    _fails(capsys, ["compare", str(cfg), "--strategies", "finetune", "--out", str(out), "-q"],
-           "already exists")
+    _fails(
+        capsys,
+        ["compare", str(cfg), "--strategies", "finetune", "--out", str(out), "-q"],
+        "already exists",
+    )
     after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert after == before
 
@@ -162,12 +222,15 @@ def test_debug_shows_the_traceback(tmp_path):
 def test_compare_report_and_strategies(tmp_path, capsys):
     cfg = _cfg(tmp_path, BASE)
     out = tmp_path / "cmp"
-    assert main(["compare", str(cfg), "--strategies", "finetune,joint", "--out", str(out), "-q"]) == 0
+    assert (
+        main(["compare", str(cfg), "--strategies", "finetune,joint", "--out", str(out), "-q"]) == 0
+    )
     rec = json.loads((out / "result.json").read_text())
     assert rec["kind"] == "compare" and list(rec["runs"]) == ["finetune", "joint"]
     ft, jt = rec["runs"]["finetune"], rec["runs"]["joint"]
     assert ft["metrics"]["gap_to_joint"] == pytest.approx(
-        jt["metrics"]["avg_accuracy"] - ft["metrics"]["avg_accuracy"])
+        jt["metrics"]["avg_accuracy"] - ft["metrics"]["avg_accuracy"]
+    )
     text = capsys.readouterr().out
     assert "joint" in text and "finetune" in text
     (out / "report.md").unlink()
@@ -191,9 +254,11 @@ def test_demo_shows_finetune_forgetting_and_joint_not(tmp_path, capsys):
 def test_help_imports_no_torch():
     """`retain --help` stays quick because nothing heavy is imported before a command runs
     (timed in bench/bench_cli.py; here the cause is checked, which does not depend on load)."""
-    code = ("import sys; from retain.cli import main\n"
-            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-            "print(sorted(m for m in ('torch', 'accelerate', 'numpy', 'matplotlib') if m in sys.modules))")
+    code = (
+        "import sys; from retain.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('torch', 'accelerate', 'numpy', 'matplotlib') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"
@@ -201,7 +266,20 @@ def test_help_imports_no_torch():
 
 def test_cnn_model_from_the_config(tmp_path):
     out = tmp_path / "cnn"
-    assert main(["run", str(_cfg(tmp_path, BASE)), "--out", str(out), "-q", "model.name=cnn",
-                 "model.channels=[8, 16]", "train.epochs=2"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                str(_cfg(tmp_path, BASE)),
+                "--out",
+                str(out),
+                "-q",
+                "model.name=cnn",
+                "model.channels=[8, 16]",
+                "train.epochs=2",
+            ]
+        )
+        == 0
+    )
     rec = json.loads((out / "result.json").read_text())
     assert rec["matrix"][1][0] > 0.9  # a 2-class digits task is learnt by the CNN

@@ -31,7 +31,10 @@ def test_wrong_types_are_named():
         from_dict(RunConfig, {"train": {"epochs": "three"}})
     with pytest.raises(ConfigError, match="train.lr must be a number"):
         from_dict(RunConfig, {"train": {"lr": [1]}})
-    with pytest.raises(ConfigError, match=r"train.optimizer must be one of sgd, adam, adamw; got 'adm' \(did you mean 'adam'\?\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"train.optimizer must be one of sgd, adam, adamw; got 'adm' \(did you mean 'adam'\?\)",
+    ):
         from_dict(RunConfig, {"train": {"optimizer": "adm"}})
     with pytest.raises(ConfigError, match="model.hidden.1 must be an integer"):
         from_dict(RunConfig, {"model": {"hidden": [10, "x"]}})
@@ -56,8 +59,10 @@ def test_scenario_fields_must_belong_to_the_scenario():
 
 def test_overrides_nested_and_list_indices():
     data = {"strategies": [{"name": "ewc", "lam": 1}], "train": {"lr": 0.1}}
-    out = apply_overrides(data, ["train.lr=3e-5", "strategies.0.lam=50", "strategies.1.name=replay",
-                                 "model.hidden=[8, 8]"])
+    out = apply_overrides(
+        data,
+        ["train.lr=3e-5", "strategies.0.lam=50", "strategies.1.name=replay", "model.hidden=[8, 8]"],
+    )
     assert out["train"]["lr"] == 3e-5 or out["train"]["lr"] == "3e-5"
     assert out["strategies"] == [{"name": "ewc", "lam": 50}, {"name": "replay"}]
     assert out["model"]["hidden"] == [8, 8]
@@ -84,15 +89,25 @@ def test_load_config_errors(tmp_path):
 def test_resolved_yaml_round_trips(tmp_path):
     import yaml
 
-    cfg = from_dict(RunConfig, {"stream": {"dataset": "digits", "n_tasks": 5},
-                                "strategies": [{"name": "ewc", "lam": 10.0}]})
+    cfg = from_dict(
+        RunConfig,
+        {
+            "stream": {"dataset": "digits", "n_tasks": 5},
+            "strategies": [{"name": "ewc", "lam": 10.0}],
+        },
+    )
     again = from_dict(RunConfig, yaml.safe_load(cfg.to_yaml()))
     assert again == cfg
 
 
 ROOT = Path(__file__).parent.parent
-SHIPPED = sorted([*ROOT.glob("examples/*.yaml"), *ROOT.glob("bench/configs/*.yaml"),
-                  *ROOT.glob("tests/configs/*.resolved.yaml")])
+SHIPPED = sorted(
+    [
+        *ROOT.glob("examples/*.yaml"),
+        *ROOT.glob("bench/configs/*.yaml"),
+        *ROOT.glob("tests/configs/*.resolved.yaml"),
+    ]
+)
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: f"{p.parent.name}/{p.name}")
@@ -105,7 +120,9 @@ def test_shipped_and_old_resolved_configs_load_and_round_trip(path):
     for spec in cfg.strategies:
         strategies.build(spec)
     assert from_dict(RunConfig, yaml.safe_load(cfg.to_yaml())) == cfg
-    assert set(yaml.safe_load(cfg.to_yaml())["stream"]) >= set(yaml.safe_load(path.read_text()).get("stream", {}))
+    assert set(yaml.safe_load(cfg.to_yaml())["stream"]) >= set(
+        yaml.safe_load(path.read_text()).get("stream", {})
+    )
 
 
 def test_old_resolved_config_keeps_its_scenario_options():
@@ -130,7 +147,9 @@ def test_bounds_come_from_field_metadata_with_one_line_messages():
         from_dict(RunConfig, {"model": {"hidden": [8, 0]}})
     with pytest.raises(ConfigError, match=r"^stream.n_tasks must be >= 1, got 0$"):
         from_dict(RunConfig, {"stream": {"n_tasks": 0}})
-    with pytest.raises(ConfigError, match=r"^strategies.0: strategy 'replay': ratio must be in \[0, 1\)"):
+    with pytest.raises(
+        ConfigError, match=r"^strategies.0: strategy 'replay': ratio must be in \[0, 1\)"
+    ):
         strategies.build({"name": "replay", "ratio": 1.5}, "strategies.0")
     # Python construction is checked by the same loop.
     with pytest.raises(ValueError, match=r"^gamma must be in \[0, 1\], got 2.0$"):
@@ -140,14 +159,32 @@ def test_bounds_come_from_field_metadata_with_one_line_messages():
 
 
 def test_scenarios_are_one_registry():
-    assert list(SCENARIOS) == ["split", "permuted", "rotated", "iid", "prior_shift", "by_column", "files"]
-    with pytest.raises(ConfigError, match=r"stream.scenario must be one of .*got 'permutd' \(did you mean 'permuted'\?\)"):
+    assert list(SCENARIOS) == [
+        "split",
+        "permuted",
+        "rotated",
+        "iid",
+        "prior_shift",
+        "by_column",
+        "files",
+    ]
+    with pytest.raises(
+        ConfigError,
+        match=r"stream.scenario must be one of .*got 'permutd' \(did you mean 'permuted'\?\)",
+    ):
         from_dict(RunConfig, {"stream": {"scenario": "permutd"}})
-    with pytest.raises(ConfigError, match=r"unknown key 'stream.n_taks' \(did you mean 'n_tasks'\?\)"):
+    with pytest.raises(
+        ConfigError, match=r"unknown key 'stream.n_taks' \(did you mean 'n_tasks'\?\)"
+    ):
         from_dict(RunConfig, {"stream": {"n_taks": 3}})
     # Another scenario's field at its default (as resolved configs write it) is accepted; a value is not.
-    assert from_dict(RunConfig, {"stream": {"scenario": "split", "max_angle": 180.0}}).stream.options == SplitScenario()
-    with pytest.raises(ConfigError, match=r"stream.max_angle is not used by scenario 'split' \(it reads: n_tasks, "):
+    assert (
+        from_dict(RunConfig, {"stream": {"scenario": "split", "max_angle": 180.0}}).stream.options
+        == SplitScenario()
+    )
+    with pytest.raises(
+        ConfigError, match=r"stream.max_angle is not used by scenario 'split' \(it reads: n_tasks, "
+    ):
         from_dict(RunConfig, {"stream": {"scenario": "split", "max_angle": 90}})
     # Python: the options as a dataclass or a mapping.
     cfg = StreamConfig(scenario="by_column", options={"column": "sex"})

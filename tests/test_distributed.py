@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-WORKER = '''
+WORKER = """
 import hashlib, json, os, sys
 import torch
 from retain.api import run
@@ -52,7 +52,7 @@ for i, s in enumerate(specs):
 with open(f"{out}/rank{rank}.json", "w") as f:
     json.dump({"weights": digest(result.model.state_dict()), "record": result.record.matrix,
                "processes": result.record.num_processes, "states": states}, f)
-'''
+"""
 
 
 def _launch(tmp_path: Path, specs: list) -> list[dict]:
@@ -62,9 +62,20 @@ def _launch(tmp_path: Path, specs: list) -> list[dict]:
     script.write_text(WORKER)
     torchrun = str(Path(sys.executable).with_name("torchrun"))
     proc = subprocess.run(
-        [torchrun, "--nproc_per_node", "2", "--master_port", str(29600 + hash(str(tmp_path)) % 300),
-         str(script), str(tmp_path), json.dumps(specs)],
-        capture_output=True, text=True, timeout=240, check=False,
+        [
+            torchrun,
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(29600 + hash(str(tmp_path)) % 300),
+            str(script),
+            str(tmp_path),
+            json.dumps(specs),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
@@ -75,7 +86,9 @@ def launched(tmp_path_factory) -> tuple[Path, list[dict]]:
     """One torchrun launch serves every test here (each costs two processes importing torch):
     strategies whose state must agree across ranks, which also train one DDP model."""
     tmp_path = tmp_path_factory.mktemp("ddp")
-    return tmp_path, _launch(tmp_path, [{"name": "ewc", "lam": 5.0}, {"name": "replay", "size": 40}])
+    return tmp_path, _launch(
+        tmp_path, [{"name": "ewc", "lam": 5.0}, {"name": "replay", "size": 40}]
+    )
 
 
 def test_two_processes_train_one_model(launched):
@@ -97,8 +110,12 @@ def test_two_processes_train_one_model(launched):
 
     stream = split(load_builtin("digits").with_test_split(0.25, 0), n_tasks=2, classes=[0, 1, 2, 3])
     torch.manual_seed(0)
-    single = run(MLP(64, 4, [32]), stream, ["finetune"],
-                 RunConfig(train=TrainConfig(epochs=1, optimizer="sgd")))
+    single = run(
+        MLP(64, 4, [32]),
+        stream,
+        ["finetune"],
+        RunConfig(train=TrainConfig(epochs=1, optimizer="sgd")),
+    )
     assert rec["matrix"][0] == single.matrix[0]
 
 

@@ -31,13 +31,17 @@ def tables(tmp_path):
         for i in range(n):
             a, b = rng.normal(shift), rng.normal()
             note = "" if i % 10 else "NA"
-            out.append(f"{a:.3f},{b:.3f},{i % 4},{'n' if i % 3 else 's'},{note or 1.5},7,"
-                       f"{'yes' if a > shift else 'no'}")
+            out.append(
+                f"{a:.3f},{b:.3f},{i % 4},{'n' if i % 3 else 's'},{note or 1.5},7,"
+                f"{'yes' if a > shift else 'no'}"
+            )
         return out
 
     header = "a,b,k,region,gappy,const,bought"
-    return [_csv(tmp_path / "jan.csv", header, rows(60, 0.0)),
-            _csv(tmp_path / "feb.csv", header, rows(40, 1.0))]
+    return [
+        _csv(tmp_path / "jan.csv", header, rows(60, 0.0)),
+        _csv(tmp_path / "feb.csv", header, rows(40, 1.0)),
+    ]
 
 
 def test_two_tables_give_a_files_config_that_loads_and_builds(tables, tmp_path):
@@ -59,7 +63,10 @@ def test_two_tables_give_a_files_config_that_loads_and_builds(tables, tmp_path):
     cfg = load_config(out)
     assert cfg.stream.options.files == [str(t) for t in tables]
     built, info = build_stream(cfg.stream, cfg.seed)
-    assert [t["name"] for t in info["tasks"]] == ["jan", "feb"] and built.objective == "classification"
+    assert [t["name"] for t in info["tasks"]] == [
+        "jan",
+        "feb",
+    ] and built.objective == "classification"
     assert data["model"]["hidden"] == [64, 64] and data["train"]["patience"] >= 1
 
 
@@ -93,8 +100,12 @@ def test_the_example_config_is_what_init_writes():
     example = ROOT / "examples" / "my_two_csvs.yaml"
     files = [ROOT / "examples" / "data" / f for f in ("site1.csv", "site5.csv")]
     written = init_config(files, target="mdvis", out=example)
-    assert example.read_text().endswith("\n" + written.replace(
-        "retain compare " + str(example), "retain compare examples/my_two_csvs.yaml"))
+    assert example.read_text().endswith(
+        "\n"
+        + written.replace(
+            "retain compare " + str(example), "retain compare examples/my_two_csvs.yaml"
+        )
+    )
     cfg = load_config(example)
     assert cfg.stream.target == "mdvis" and cfg.stream.objective == "regression"
     assert all(Path(f).is_file() for f in cfg.stream.options.files)
@@ -113,6 +124,8 @@ def test_cli_init_writes_once_and_reports_bad_input_in_one_line(tables, tmp_path
     assert main(["init", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "x.yaml")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(tmp_path / "nope.csv") in err
-    assert main(["init", str(tables[0]), "--target", "bogth", "--out", str(tmp_path / "y.yaml")]) == 2
+    assert (
+        main(["init", str(tables[0]), "--target", "bogth", "--out", str(tmp_path / "y.yaml")]) == 2
+    )
     assert "did you mean 'bought'" in capsys.readouterr().err
     assert not (tmp_path / "x.yaml").exists() and not (tmp_path / "y.yaml").exists()

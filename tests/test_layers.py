@@ -17,24 +17,43 @@ SRC = Path(retain.__file__).parent
 # Lowest layer first. A unit may import only the units listed for it; the table must be acyclic.
 ALLOWED: dict[str, set[str]] = {
     "errors": set(),
-    "binding": {"errors"},                      # dict -> dataclass, field checks
-    "config": {"errors", "binding"},            # imports no torch: `retain --help` stays fast
-    "utils": {"errors", "config"},              # seeding, state files, checkpoints, HF helpers
-    "objectives": {"errors"},                   # what is trained and scored; score directions
+    "binding": {"errors"},  # dict -> dataclass, field checks
+    "config": {"errors", "binding"},  # imports no torch: `retain --help` stays fast
+    "utils": {"errors", "config"},  # seeding, state files, checkpoints, HF helpers
+    "objectives": {"errors"},  # what is trained and scored; score directions
     "data": {"errors", "config", "utils"},
     "models": {"errors", "config", "data", "utils"},
     "eval": {"errors", "data", "objectives", "utils"},
     "strategies": {"errors", "binding", "config", "data", "models", "objectives", "utils"},
     "train": {"errors", "config", "data", "objectives", "strategies", "utils"},
     "report": {"errors", "config", "data", "eval", "objectives", "strategies", "utils"},
-    "api": {"errors", "config", "data", "eval", "models", "objectives", "report", "strategies",
-            "train", "utils"},
-    "runner": {"errors", "config", "data", "eval", "models", "report", "strategies", "api",
-               "utils"},
-    "init": {"errors", "data"},                 # `retain init`: a config for the user's files
+    "api": {
+        "errors",
+        "config",
+        "data",
+        "eval",
+        "models",
+        "objectives",
+        "report",
+        "strategies",
+        "train",
+        "utils",
+    },
+    "runner": {
+        "errors",
+        "config",
+        "data",
+        "eval",
+        "models",
+        "report",
+        "strategies",
+        "api",
+        "utils",
+    },
+    "init": {"errors", "data"},  # `retain init`: a config for the user's files
     "cli": {"retain", "errors", "config", "init", "report", "runner", "strategies", "utils"},
     "__main__": {"cli"},
-    "retain": {"strategies"},                   # the lazy public API
+    "retain": {"strategies"},  # the lazy public API
 }
 
 
@@ -67,7 +86,8 @@ def imports() -> list[tuple[str, str, str]]:
                 for a in node.names:
                     sub = f"{base}.{a.name}"
                     is_module = (SRC / Path(*sub.split(".")[1:])).is_dir() or (
-                        SRC / Path(*sub.split(".")[1:])).with_suffix(".py").is_file()
+                        SRC / Path(*sub.split(".")[1:])
+                    ).with_suffix(".py").is_file()
                     out.append((mod, sub, "") if is_module else (mod, base, a.name))
     return out
 
@@ -127,5 +147,9 @@ def test_the_walk_sees_lazy_and_type_checking_imports():
     found = {(m, t) for m, t, _ in imports()}
     assert ("retain", "retain.strategies") in found  # inside get_strategy()
     assert ("retain.models", "retain.config") in found  # under TYPE_CHECKING
-    assert package_of("retain.strategies.ewc") == package_of("retain.strategies") == "retain.strategies"
+    assert (
+        package_of("retain.strategies.ewc")
+        == package_of("retain.strategies")
+        == "retain.strategies"
+    )
     assert package_of("retain.config") == "retain"

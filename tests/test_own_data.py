@@ -39,7 +39,10 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path, monkeypatch)
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     loaded = load_config(cfg)
-    assert loaded.stream.options.files == [str(project / "data" / "a.csv"), str(project / "data" / "b.csv")]
+    assert loaded.stream.options.files == [
+        str(project / "data" / "a.csv"),
+        str(project / "data" / "b.csv"),
+    ]
     assert main(["run", str(cfg), "--out", "r", "-q"]) == 0
     # A path given on the command line stays relative to the working directory.
     (elsewhere / "c.csv").write_text((project / "data" / "a.csv").read_text())
@@ -76,8 +79,9 @@ def test_a_run_that_failed_on_its_data_can_be_retried(tmp_path, capsys, command)
     assert (out / "result.json").is_file()
 
 
-def test_a_failure_before_anything_was_saved_removes_only_a_folder_it_made(tmp_path, capsys,
-                                                                            monkeypatch):
+def test_a_failure_before_anything_was_saved_removes_only_a_folder_it_made(
+    tmp_path, capsys, monkeypatch
+):
     import retain.api
 
     def broken(train):

@@ -46,16 +46,29 @@ def test_resume_after_a_crash_gives_the_same_result(tiny_stream, tmp_path):
     full = run(_mlp(), tiny_stream, [Counter(), CrashBefore()], RunConfig(train=CFG, seed=1))
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
-        run(_mlp(), tiny_stream, [Counter(), CrashBefore(armed=True)], RunConfig(train=CFG, seed=1),
-            out_dir=out)
+        run(
+            _mlp(),
+            tiny_stream,
+            [Counter(), CrashBefore(armed=True)],
+            RunConfig(train=CFG, seed=1),
+            out_dir=out,
+        )
     assert json.loads((out / "checkpoints" / "LATEST.json").read_text())["tasks_done"] == 2
     assert json.loads((out / "result.json").read_text())["status"] == "running"
     counter = Counter()
-    resumed = run(_mlp(), tiny_stream, [counter, CrashBefore()], RunConfig(train=CFG, seed=1), out_dir=out,
-                  resume=True)
+    resumed = run(
+        _mlp(),
+        tiny_stream,
+        [counter, CrashBefore()],
+        RunConfig(train=CFG, seed=1),
+        out_dir=out,
+        resume=True,
+    )
     assert resumed.matrix == full.matrix
     assert resumed.metrics == full.metrics
-    assert counter.tasks_done_ == 3 and counter.seen_.tolist() == [len(t.train) for t in tiny_stream]
+    assert counter.tasks_done_ == 3 and counter.seen_.tolist() == [
+        len(t.train) for t in tiny_stream
+    ]
     assert json.loads((out / "result.json").read_text())["status"] == "complete"
 
 
@@ -67,8 +80,13 @@ def test_run_directory_holds_no_pickles(tiny_stream, tmp_path):
     ckpts = sorted((tmp_path / "r" / "checkpoints").glob("task-*"))
     assert [p.name for p in ckpts] == ["task-0003"]  # keep_checkpoints=1 prunes older ones
     names = {p.name for p in ckpts[0].iterdir()}
-    assert names == {"model.safetensors", "strategies.safetensors", "optimizer.safetensors",
-                     "rng.safetensors", "state.json"}
+    assert names == {
+        "model.safetensors",
+        "strategies.safetensors",
+        "optimizer.safetensors",
+        "rng.safetensors",
+        "state.json",
+    }
 
 
 def test_existing_run_dir_is_refused_and_left_intact(tiny_stream, tmp_path):
@@ -116,8 +134,13 @@ def test_killed_cli_run_resumes_to_the_same_metrics(tmp_path):
 
     cfg = _write_config(tmp_path / "exp.yaml", epochs=1)
     out = tmp_path / "killed"
-    proc = subprocess.run([sys.executable, "-c", _KILLED_RUN, "run", str(cfg), "--out", str(out), "-q"],
-                          check=False, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILLED_RUN, "run", str(cfg), "--out", str(out), "-q"],
+        check=False,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        timeout=600,
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
     assert json.loads((out / "checkpoints" / "LATEST.json").read_text())["tasks_done"] == KILL_AT
     assert json.loads((out / "result.json").read_text())["status"] == "running"
@@ -143,13 +166,15 @@ def test_resume_refuses_a_changed_config(tmp_path, capsys):
     assert (out / "result.json").read_text() == before
 
 
-def test_resume_keeps_optimizer_state_when_the_trainable_set_changes(tiny_stream, tmp_path,
-                                                                     crash_and_resume):
+def test_resume_keeps_optimizer_state_when_the_trainable_set_changes(
+    tiny_stream, tmp_path, crash_and_resume
+):
     """Regression: with optimizer_state=keep, a strategy that freezes layers from task 2 on made
     the saved optimizer state (indexed by position) not fit the new optimizer on resume."""
     from retain.strategies.freeze import Freeze
 
     cfg = TrainConfig(epochs=1, batch_size=32, optimizer="adam", lr=1e-3, optimizer_state="keep")
-    r = crash_and_resume(tiny_stream, lambda: [Freeze(last_k=1, from_task=2)], cfg, tmp_path / "r",
-                         _mlp, seed=2)
+    r = crash_and_resume(
+        tiny_stream, lambda: [Freeze(last_k=1, from_task=2)], cfg, tmp_path / "r", _mlp, seed=2
+    )
     assert r.resumed.matrix == r.full.matrix

@@ -31,4 +31,5 @@ def test_strategies_doc_is_generated(capsys):
     assert main(["strategies", "--markdown"]) == 0
     doc = ROOT / "docs" / "strategies.md"
     assert doc.read_text(encoding="utf-8") == capsys.readouterr().out, (
-        "docs/strategies.md is out of date: retain strategies --markdown > docs/strategies.md")
+        "docs/strategies.md is out of date: retain strategies --markdown > docs/strategies.md"
+    )

@@ -153,9 +153,17 @@ class RunState:
     class_mask: torch.Tensor | None = None
 
     def context(self, i: int) -> TaskContext:
-        return task_context(self.acc, self.cfg.train, self.stream, self.plan.tasks[i], i,
-                            self.objective, self.cfg.seed, generator(self.cfg.seed, i, 7),
-                            self.class_mask)
+        return task_context(
+            self.acc,
+            self.cfg.train,
+            self.stream,
+            self.plan.tasks[i],
+            i,
+            self.objective,
+            self.cfg.seed,
+            generator(self.cfg.seed, i, 7),
+            self.class_mask,
+        )
 
 
 @dataclass
@@ -168,7 +176,8 @@ class History:
     strategy_stats: list[dict[str, Any]] = field(default_factory=list)
     schedule_offset: int = 0
     started: str = field(
-        default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds")
+    )
 
     @property
     def tasks_done(self) -> int:
@@ -176,16 +185,32 @@ class History:
 
     @classmethod
     def from_checkpoint(cls, state: dict[str, Any]) -> History:
-        return cls(state["rows"], state["fits"], state["params"], state.get("strategy_stats", []),
-                   state["schedule_offset"], state["started"])
+        return cls(
+            state["rows"],
+            state["fits"],
+            state["params"],
+            state.get("strategy_stats", []),
+            state["schedule_offset"],
+            state["started"],
+        )
 
     def to_checkpoint(self) -> dict[str, Any]:
-        return {"rows": self.rows, "fits": self.fits, "params": self.params,
-                "schedule_offset": self.schedule_offset, "started": self.started,
-                "strategy_stats": self.strategy_stats}
+        return {
+            "rows": self.rows,
+            "fits": self.fits,
+            "params": self.params,
+            "schedule_offset": self.schedule_offset,
+            "started": self.started,
+            "strategy_stats": self.strategy_stats,
+        }
 
-    def add(self, row: list[dict[str, Any]], fit: dict[str, Any], params: int,
-            strategies: list[Strategy]) -> None:
+    def add(
+        self,
+        row: list[dict[str, Any]],
+        fit: dict[str, Any],
+        params: int,
+        strategies: list[Strategy],
+    ) -> None:
         self.rows.append(row)
         self.fits.append(fit)
         self.schedule_offset += fit["steps"]
@@ -196,14 +221,22 @@ class History:
 # --------------------------------------------------------------------------- the steps
 
 
-def start(stream: Stream, strategies: list[Any] | None, config: RunConfig | None,
-          out_dir: str | Path | None, resume: bool, progress: Any,
-          warn: Callable[[str], None] | None) -> RunState:
+def start(
+    stream: Stream,
+    strategies: list[Any] | None,
+    config: RunConfig | None,
+    out_dir: str | Path | None,
+    resume: bool,
+    progress: Any,
+    warn: Callable[[str], None] | None,
+) -> RunState:
     """Check the settings, open the run directory, make the accelerator and the plan."""
     cfg = config or RunConfig()
     if not isinstance(cfg, RunConfig):
-        raise TypeError(f"run() takes a RunConfig, got {type(cfg).__name__}; wrap it, e.g. "
-                        "RunConfig(train=TrainConfig(...))")
+        raise TypeError(
+            f"run() takes a RunConfig, got {type(cfg).__name__}; wrap it, e.g. "
+            "RunConfig(train=TrainConfig(...))"
+        )
     built = registry.build_all(list(strategies or cfg.strategies))
     objective = make_objective(stream.objective, stream.n_outputs)
     metric = check_eval(cfg, stream, objective)
@@ -214,17 +247,31 @@ def start(stream: Stream, strategies: list[Any] | None, config: RunConfig | None
         torch.use_deterministic_algorithms(True, warn_only=True)
     acc = make_accelerator(cfg.train)
     class_mask = stream.class_mask()
-    return RunState(stream, built, cfg, config, Plan.for_strategies(stream, built), objective,
-                    metric, acc, run_dir, progress or NullProgress(), warnings, saved,
-                    class_mask.to(acc.device) if class_mask is not None else None)
+    return RunState(
+        stream,
+        built,
+        cfg,
+        config,
+        Plan.for_strategies(stream, built),
+        objective,
+        metric,
+        acc,
+        run_dir,
+        progress or NullProgress(),
+        warnings,
+        saved,
+        class_mask.to(acc.device) if class_mask is not None else None,
+    )
 
 
 def check_eval(cfg: RunConfig, stream: Stream, objective: Any) -> str:
     """The metric of R (``eval.metric``, or the objective's default); errors for bad settings."""
     metric = objective.default_metric if cfg.eval.metric == "auto" else cfg.eval.metric
     if cfg.eval.split == "val" and any(t.val is None or len(t.val) == 0 for t in stream.tasks):
-        raise ConfigError("eval.split 'val' needs a validation split: set stream.validation, "
-                          "e.g. stream.validation=0.1")
+        raise ConfigError(
+            "eval.split 'val' needs a validation split: set stream.validation, "
+            "e.g. stream.validation=0.1"
+        )
     if metric not in objective.metrics and metric != "loss":
         raise ConfigError(
             f"eval.metric '{metric}' does not apply to {stream.objective}; "
@@ -233,16 +280,18 @@ def check_eval(cfg: RunConfig, stream: Stream, objective: Any) -> str:
     return metric
 
 
-def known_failures(stream: Stream, strategies: list[Strategy],
-                   warn: Callable[[str], None]) -> list[str]:
+def known_failures(
+    stream: Stream, strategies: list[Strategy], warn: Callable[[str], None]
+) -> list[str]:
     """Warnings for strategies known not to work in the stream's setting (not with rehearsal)."""
     if any(s.rehearsal for s in strategies):
         return []
     warnings = []
     for s in strategies:
         if stream.setting in s.known_failures:
-            warnings.append(f"'{s.name}' in the {stream.setting} setting: "
-                            f"{s.known_failures[stream.setting]}")
+            warnings.append(
+                f"'{s.name}' in the {stream.setting} setting: {s.known_failures[stream.setting]}"
+            )
             warn(warnings[-1])
     return warnings
 
@@ -271,8 +320,9 @@ def restore(r: RunState, model: nn.Module) -> tuple[nn.Module, History]:
     return model, history
 
 
-def open_run_dir(run_dir: RunDir | None, resume: bool, config: RunConfig | None
-                 ) -> dict[str, Any] | None:
+def open_run_dir(
+    run_dir: RunDir | None, resume: bool, config: RunConfig | None
+) -> dict[str, Any] | None:
     """Check the run directory, write the config; the checkpoint to resume from (or None)."""
     if run_dir is None:
         return None
@@ -302,8 +352,9 @@ def check_resume_config(run_dir: RunDir, config: RunConfig | None) -> None:
         )
 
 
-def prepare_task(r: RunState, ctx: TaskContext, model: nn.Module, optimizer: Any
-                 ) -> tuple[nn.Module, Any, TaskContext, float]:
+def prepare_task(
+    r: RunState, ctx: TaskContext, model: nn.Module, optimizer: Any
+) -> tuple[nn.Module, Any, TaskContext, float]:
     """``before_task`` hooks, a fresh optimizer (or the kept one's state), Accelerate's wrappers.
 
     Returns the model and optimizer to train, the context with ``model`` set, and the seconds
@@ -331,8 +382,9 @@ def prepare_task(r: RunState, ctx: TaskContext, model: nn.Module, optimizer: Any
     return model, optimizer, dataclasses.replace(ctx, model=model), hook_seconds
 
 
-def train_task(r: RunState, ctx: TaskContext, model: nn.Module, optimizer: Any,
-               schedule_offset: int) -> tuple[FitStats, list[dict[str, Any]]]:
+def train_task(
+    r: RunState, ctx: TaskContext, model: nn.Module, optimizer: Any, schedule_offset: int
+) -> tuple[FitStats, list[dict[str, Any]]]:
     """``train_data`` hooks, the learning-rate schedule, and ``fit_task``; also the evaluations
     every ``eval.every_steps`` steps, if set."""
     train = r.cfg.train
@@ -347,9 +399,20 @@ def train_task(r: RunState, ctx: TaskContext, model: nn.Module, optimizer: Any,
         schedule = Schedule.from_config(train, steps_for(len(data), train, r.acc.num_processes))
         offset = 0
     evals: list[dict[str, Any]] = []
-    stats = fit_task(model, data, ctx, r.strategies, optimizer, schedule, train, r.acc,
-                     schedule_offset=offset, val=ctx.task.val, progress=r.progress,
-                     every=evaluate_every(r, evals))
+    stats = fit_task(
+        model,
+        data,
+        ctx,
+        r.strategies,
+        optimizer,
+        schedule,
+        train,
+        r.acc,
+        schedule_offset=offset,
+        val=ctx.task.val,
+        progress=r.progress,
+        every=evaluate_every(r, evals),
+    )
     return stats, evals
 
 
@@ -360,10 +423,15 @@ def evaluate_every(r: RunState, evals: list[dict[str, Any]]) -> Every | None:
         return None
 
     def call(step: int, model: nn.Module) -> bool:
-        row = evaluate(model, r.stream, r.objective, r.acc, r.cfg.eval.batch_size,
-                       split=r.cfg.eval.split)
-        evals.append({"step": step, "scores": [
-            {k: v for k, v in cell.items() if isinstance(v, float)} for cell in row]})
+        row = evaluate(
+            model, r.stream, r.objective, r.acc, r.cfg.eval.batch_size, split=r.cfg.eval.split
+        )
+        evals.append(
+            {
+                "step": step,
+                "scores": [{k: v for k, v in cell.items() if isinstance(v, float)} for cell in row],
+            }
+        )
         return False
 
     return Every(r.cfg.eval.every_steps, call)
@@ -379,12 +447,27 @@ def finish_task(r: RunState, ctx: TaskContext, model: nn.Module) -> tuple[nn.Mod
 
 def evaluate_all(r: RunState, model: nn.Module, label: str) -> list[dict[str, Any]]:
     """One row of R: the model's scores on every task of the stream."""
-    return evaluate(model, r.stream, r.objective, r.acc, r.cfg.eval.batch_size,
-                    split=r.cfg.eval.split, progress=r.progress, label=label)
+    return evaluate(
+        model,
+        r.stream,
+        r.objective,
+        r.acc,
+        r.cfg.eval.batch_size,
+        split=r.cfg.eval.split,
+        progress=r.progress,
+        label=label,
+    )
 
 
-def evaluate_task(r: RunState, history: History, model: nn.Module, task: Task,
-                  stats: FitStats, hook_seconds: float, evals: list[dict[str, Any]]) -> None:
+def evaluate_task(
+    r: RunState,
+    history: History,
+    model: nn.Module,
+    task: Task,
+    stats: FitStats,
+    hook_seconds: float,
+    evals: list[dict[str, Any]],
+) -> None:
     """One row of R after ``task``, and what the record keeps of its training."""
     t0 = time.perf_counter()
     row = evaluate_all(r, model, f"eval after {task.name}")
@@ -392,15 +475,26 @@ def evaluate_task(r: RunState, history: History, model: nn.Module, task: Task,
     history.add(row, fit, count_parameters(r.acc.unwrap_model(model)), r.strategies)
 
 
-def fit_entry(task: Task, stats: FitStats, hook_seconds: float, eval_seconds: float,
-              evals: list[dict[str, Any]]) -> dict[str, Any]:
+def fit_entry(
+    task: Task,
+    stats: FitStats,
+    hook_seconds: float,
+    eval_seconds: float,
+    evals: list[dict[str, Any]],
+) -> dict[str, Any]:
     """What the record keeps of one task's training."""
     entry = {
-        "task": task.name, "steps": stats.steps, "samples": stats.samples,
-        "train_seconds": stats.seconds, "hook_seconds": hook_seconds,
+        "task": task.name,
+        "steps": stats.steps,
+        "samples": stats.samples,
+        "train_seconds": stats.seconds,
+        "hook_seconds": hook_seconds,
         "eval_seconds": eval_seconds,
-        "samples_per_s": stats.samples_per_s, "losses": stats.losses, "lrs": stats.lrs,
-        "best_val_loss": stats.best_val_loss, "stopped_early_at": stats.stopped_early_at,
+        "samples_per_s": stats.samples_per_s,
+        "losses": stats.losses,
+        "lrs": stats.lrs,
+        "best_val_loss": stats.best_val_loss,
+        "stopped_early_at": stats.stopped_early_at,
     }
     if evals:
         entry["evals"] = evals
@@ -415,8 +509,13 @@ def checkpoint(r: RunState, model: nn.Module, optimizer: Any, history: History) 
     if out.checkpoints:
         kept = optimizer_state(optimizer) if r.cfg.train.optimizer_state == "keep" else None
         r.run_dir.save_checkpoint(
-            history.tasks_done, r.acc.unwrap_model(model), [s.state_dict() for s in r.strategies],
-            history.to_checkpoint(), kept, rng_state(), out.keep_checkpoints,
+            history.tasks_done,
+            r.acc.unwrap_model(model),
+            [s.state_dict() for s in r.strategies],
+            history.to_checkpoint(),
+            kept,
+            rng_state(),
+            out.keep_checkpoints,
         )
     write_json(r.run_dir.path / "result.json", record(r, history, "running"))
 
@@ -432,11 +531,23 @@ def finish(r: RunState, model: nn.Module, history: History) -> RunResult:
 def record(r: RunState, history: History, status: str) -> RunRecord:
     """The run record (what result.json holds) for the history so far."""
     rec = build_record(
-        stream=r.stream, strategies=r.strategies, rows=history.rows, fits=history.fits,
-        params=history.params, strategy_stats=history.strategy_stats, metric=r.metric,
-        split=r.cfg.eval.split, joint=r.plan.joint, seed=r.cfg.seed, config=r.config,
-        train=r.cfg.train, warnings=r.warnings, started=history.started, status=status,
-        memory=peak_memory_mb(r.acc.device), device=str(r.acc.device),
+        stream=r.stream,
+        strategies=r.strategies,
+        rows=history.rows,
+        fits=history.fits,
+        params=history.params,
+        strategy_stats=history.strategy_stats,
+        metric=r.metric,
+        split=r.cfg.eval.split,
+        joint=r.plan.joint,
+        seed=r.cfg.seed,
+        config=r.config,
+        train=r.cfg.train,
+        warnings=r.warnings,
+        started=history.started,
+        status=status,
+        memory=peak_memory_mb(r.acc.device),
+        device=str(r.acc.device),
         num_processes=r.acc.num_processes,
     )
     if any("evals" in f for f in history.fits):

@@ -25,7 +25,15 @@ from typing import Any, Literal, Union
 
 from retain.errors import ConfigError, did_you_mean
 
-__all__ = ["BOUNDS", "bounds_text", "check_fields", "coerce", "field_hints", "from_dict", "type_name"]
+__all__ = [
+    "BOUNDS",
+    "bounds_text",
+    "check_fields",
+    "coerce",
+    "field_hints",
+    "from_dict",
+    "type_name",
+]
 
 #: Bound keys a field's metadata may hold, with the comparison each one requires.
 BOUNDS: dict[str, tuple[str, Callable[[Any, Any], bool]]] = {
@@ -85,7 +93,9 @@ def coerce(tp: Any, value: Any, where: str) -> Any:
         choices = typing.get_args(tp)
         if value not in choices:
             hint = did_you_mean(str(value), [str(c) for c in choices])
-            raise ConfigError(f"{where} must be one of {', '.join(map(str, choices))}; got {value!r}{hint}")
+            raise ConfigError(
+                f"{where} must be one of {', '.join(map(str, choices))}; got {value!r}{hint}"
+            )
         return value
     if origin is list:
         if not isinstance(value, (list, tuple)):
@@ -131,8 +141,14 @@ def field_hints(cls: type) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
-def from_dict(cls: type, data: Any, where: str = "", *, names: list[str] | None = None,
-              unknown: Callable[[str], str] | None = None) -> Any:
+def from_dict(
+    cls: type,
+    data: Any,
+    where: str = "",
+    *,
+    names: list[str] | None = None,
+    unknown: Callable[[str], str] | None = None,
+) -> Any:
     """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types.
 
     ``names`` limits the keys that may be set (default: every field); ``unknown(key)`` words the
@@ -162,8 +178,11 @@ def from_dict(cls: type, data: Any, where: str = "", *, names: list[str] | None 
     for key, value in data.items():
         full = f"{where}.{key}" if where else str(key)
         if key not in names:
-            raise ConfigError(unknown(str(key)) if unknown else
-                              f"unknown key '{full}'{did_you_mean(str(key), names)}")
+            raise ConfigError(
+                unknown(str(key))
+                if unknown
+                else f"unknown key '{full}'{did_you_mean(str(key), names)}"
+            )
         kwargs[key] = coerce(hints[key], value, full)
     return cls(**kwargs)
 
@@ -173,7 +192,9 @@ def bounds_text(meta: Any) -> str:
     lo = next(((k, meta[k]) for k in ("ge", "gt") if k in meta), None)
     hi = next(((k, meta[k]) for k in ("le", "lt") if k in meta), None)
     if lo and hi:
-        return f"in {'[' if lo[0] == 'ge' else '('}{lo[1]:g}, {hi[1]:g}{']' if hi[0] == 'le' else ')'}"
+        return (
+            f"in {'[' if lo[0] == 'ge' else '('}{lo[1]:g}, {hi[1]:g}{']' if hi[0] == 'le' else ')'}"
+        )
     return " and ".join(f"{BOUNDS[b[0]][0]} {b[1]:g}" for b in (lo, hi) if b)
 
 
@@ -222,6 +243,8 @@ def check_fields(obj: Any, where: str = "", error: type[Exception] = ConfigError
         for x in _numbers(value):
             if isinstance(x, float) and not math.isfinite(x):
                 raise error(f"{name} must be a finite number, got {value!r}")
-            failed = [k for k, (_, ok) in BOUNDS.items() if k in f.metadata and not ok(x, f.metadata[k])]
+            failed = [
+                k for k, (_, ok) in BOUNDS.items() if k in f.metadata and not ok(x, f.metadata[k])
+            ]
             if failed:
                 raise error(f"{name} must be {bounds_text(f.metadata)}, got {value!r}")

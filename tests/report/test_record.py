@@ -99,8 +99,13 @@ def test_unknown_keys_survive_a_rewrite():
 
 
 def test_a_real_run_record_round_trips(tiny_stream, tmp_path):
-    result = run(MLP(64, 6, [16]), tiny_stream, ["finetune"],
-                 RunConfig(train=TrainConfig(epochs=1, batch_size=32)), out_dir=tmp_path)
+    result = run(
+        MLP(64, 6, [16]),
+        tiny_stream,
+        ["finetune"],
+        RunConfig(train=TrainConfig(epochs=1, batch_size=32)),
+        out_dir=tmp_path,
+    )
     rec = result.record
     assert isinstance(rec, RunRecord) and rec.complete
     assert rec.metrics is not None and rec.metrics.avg_accuracy == M.avg_accuracy(rec.matrix)
@@ -125,8 +130,12 @@ def test_one_column_specification_for_every_format():
     assert header == ["strategy", "score", *(c.key for c in COLUMNS)]
     md = (FIXTURES / "v1-compare" / "report.md").read_text()
     table = next(line for line in md.splitlines() if line.startswith("| strategy | avg"))
-    assert table == "| " + " | ".join(
-        ["strategy", *(c.header.format(score="accuracy") for c in COLUMNS)]) + " |"
+    assert (
+        table
+        == "| "
+        + " | ".join(["strategy", *(c.header.format(score="accuracy") for c in COLUMNS)])
+        + " |"
+    )
     buf = io.StringIO()
     print_summary(rec, Console(file=buf, width=200, color_system=None))
     head = next(line for line in buf.getvalue().splitlines() if "strategy" in line)

@@ -31,13 +31,15 @@ R_JOINT = [[0.1, 0.1, 0.1], [0.85, 0.8, 0.75]]
 CONFIG = RunConfig(name="demo", seed=7)
 
 
-def toy_stream(tasks: list[str], score: str = "accuracy",
-               class_names: list[str] | None = None) -> Stream:
+def toy_stream(
+    tasks: list[str], score: str = "accuracy", class_names: list[str] | None = None
+) -> Stream:
     regression = score == "mse"
     y = torch.tensor([0.5, 1.5]) if regression else torch.tensor([0, 1])
     data = TensorData(x=torch.zeros(2, 4), y=y)
     return Stream(
-        [Task(t, data, data) for t in tasks], name="toy",
+        [Task(t, data, data) for t in tasks],
+        name="toy",
         objective="regression" if regression else "classification",
         n_outputs=1 if regression else len(class_names or []) or 6,
         class_names=tuple(class_names) if class_names else None,
@@ -71,16 +73,39 @@ def make_run(
             row.append(cell)
         rows.append(row)
     steps = ["joint"] if joint else tasks
-    fits = [{"task": t, "steps": 10, "samples": 320, "train_seconds": 0.5, "eval_seconds": 0.01,
-             "samples_per_s": 640.0, "losses": [[0, 1.0]], "lrs": [], "best_val_loss": None,
-             "stopped_early_at": None} for t in steps]
+    fits = [
+        {
+            "task": t,
+            "steps": 10,
+            "samples": 320,
+            "train_seconds": 0.5,
+            "eval_seconds": 0.01,
+            "samples_per_s": 640.0,
+            "losses": [[0, 1.0]],
+            "lrs": [],
+            "best_val_loss": None,
+            "stopped_early_at": None,
+        }
+        for t in steps
+    ]
     complete = len(R) == len(steps) + 1
     rec = build_record(
-        stream=toy_stream(tasks, score, class_names), strategies=registry.build_all([strategy]),
-        rows=rows, fits=fits, params=[], metric=score, joint=joint, seed=7, config=CONFIG,
-        train=TrainConfig(), warnings=warnings or [], started="2026-01-01T00:00:00+00:00",
-        status="complete" if complete else "running", memory={"peak_rss_mb": 300.0},
-        device="cpu", num_processes=1,
+        stream=toy_stream(tasks, score, class_names),
+        strategies=registry.build_all([strategy]),
+        rows=rows,
+        fits=fits,
+        params=[],
+        metric=score,
+        joint=joint,
+        seed=7,
+        config=CONFIG,
+        train=TrainConfig(),
+        warnings=warnings or [],
+        started="2026-01-01T00:00:00+00:00",
+        status="complete" if complete else "running",
+        memory={"peak_rss_mb": 300.0},
+        device="cpu",
+        num_processes=1,
     )
     # The environment's provenance, fixed so the report text does not depend on it.
     rec.versions, rec.git_sha = {"python": "3.11", "retain": "0.1.0"}, "abc1234"
@@ -129,8 +154,9 @@ def per_class_compare() -> CompareRecord:
     kw = {"tasks": ["t1", "t2"], "class_names": ["cat", "dog", "eel"]}
     runs = {
         "finetune": make_run("finetune", acc(ft_correct), **kw, per_class=(counts, ft_correct)),
-        "joint": make_run("joint", acc(jt_correct), joint=True, **kw,
-                          per_class=(counts, jt_correct)),
+        "joint": make_run(
+            "joint", acc(jt_correct), joint=True, **kw, per_class=(counts, jt_correct)
+        ),
     }
     return make_compare(runs)
 
@@ -353,11 +379,13 @@ def test_extra_matrices_compact() -> None:
     def til(R: list[list[float]]) -> dict[str, list[list[float]]]:
         return {"task_il_accuracy": [[min(1.0, v + 0.1) for v in row] for row in R]}
 
-    record = make_compare({
-        "finetune": make_run("finetune", R_FINETUNE, extra_scores=til(R_FINETUNE)),
-        "joint": make_run("joint", R_JOINT, joint=True, extra_scores=til(R_JOINT)),
-        "replay": make_run("replay", R_REPLAY, extra_scores=til(R_REPLAY)),
-    })
+    record = make_compare(
+        {
+            "finetune": make_run("finetune", R_FINETUNE, extra_scores=til(R_FINETUNE)),
+            "joint": make_run("joint", R_JOINT, joint=True, extra_scores=til(R_JOINT)),
+            "replay": make_run("replay", R_REPLAY, extra_scores=til(R_REPLAY)),
+        }
+    )
     md = render_markdown(record)
     assert "### task-IL accuracy (higher is better)" in md
     assert "| finetune | 0.400 | 0.700 | 0.800 | 0.633 | -0.400 | 0.400 |" in md
@@ -385,7 +413,8 @@ def test_fmt_is_consistent() -> None:
 def test_strategy_state_is_reported(tmp_path: Path, compare: CompareRecord) -> None:
     run = compare.runs["replay"]
     run.strategy_stats = [{"replay": {"buffer_samples": 100, "buffer_bytes": 27200}}] * len(
-        run.tasks)
+        run.tasks
+    )
     run.params.after_task = [1000] * len(run.tasks)
     write_reports(tmp_path, compare, plots=False)
     md = (tmp_path / "report.md").read_text()

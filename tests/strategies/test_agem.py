@@ -21,8 +21,8 @@ def test_memory_holds_size_over_n_tasks_samples_of_each_task(tiny_stream):
         agem.after_task(model, task_ctx(tiny_stream, i, model, train=TRAIN, seed=i))
         held = agem.buffer_.data
         assert len(agem.buffer_) == 10 * (i + 1)  # 31 // 3 tasks
-        assert held["task"][10 * i: 10 * (i + 1)].tolist() == [i] * 10
-        rows = held["x"][10 * i: 10 * (i + 1)]
+        assert held["task"][10 * i : 10 * (i + 1)].tolist() == [i] * 10
+        rows = held["x"][10 * i : 10 * (i + 1)]
         assert all((task.train.x == r).all(1).any() for r in rows)  # drawn from that task
 
 
@@ -33,7 +33,7 @@ def _grads(model):
 def _set_grads(model, flat):
     offset = 0
     for p in model.parameters():
-        p.grad = flat[offset:offset + p.numel()].view_as(p).clone()
+        p.grad = flat[offset : offset + p.numel()].view_as(p).clone()
         offset += p.numel()
 
 

@@ -13,9 +13,11 @@ from retain.utils.state import flatten, unflatten
 
 def _batch(ids, y=None):
     ids = torch.as_tensor(ids)
-    return {"x": ids.float()[:, None].repeat(1, 3),
-            "y": ids % 4 if y is None else torch.as_tensor(y),
-            "task": torch.zeros(len(ids), dtype=torch.long)}
+    return {
+        "x": ids.float()[:, None].repeat(1, 3),
+        "y": ids % 4 if y is None else torch.as_tensor(y),
+        "task": torch.zeros(len(ids), dtype=torch.long),
+    }
 
 
 def _held(buf):
@@ -66,8 +68,8 @@ def test_class_balanced_ends_balanced_and_keeps_rare_classes():
     balanced, reservoir = Buffer(200, "class_balanced"), Buffer(200)
     gen_a, gen_b = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
     for s in range(0, len(y), 16):
-        balanced.add(_batch(ids[s:s + 16], y[s:s + 16]), gen_a)
-        reservoir.add(_batch(ids[s:s + 16], y[s:s + 16]), gen_b)
+        balanced.add(_batch(ids[s : s + 16], y[s : s + 16]), gen_a)
+        reservoir.add(_batch(ids[s : s + 16], y[s : s + 16]), gen_b)
     held = torch.bincount(balanced.data["y"], minlength=4).tolist()
     assert held[2] == 40  # a rare class keeps every sample
     assert max(held[0], held[1], held[3]) - min(held[0], held[1], held[3]) <= 1
@@ -88,8 +90,10 @@ def test_a_negative_label_is_refused_before_the_memory_changes():
     buf.add({"x": torch.zeros(2, 1), "y": torch.tensor([0, 1])}, torch.Generator().manual_seed(0))
     before = (buf.seen, list(buf.class_seen), buf.filled)
     with pytest.raises(ValueError, match="must be >= 0"):
-        buf.add({"x": torch.zeros(3, 1), "y": torch.tensor([1, 0, -1])},
-                torch.Generator().manual_seed(0))
+        buf.add(
+            {"x": torch.zeros(3, 1), "y": torch.tensor([1, 0, -1])},
+            torch.Generator().manual_seed(0),
+        )
     assert (buf.seen, list(buf.class_seen), buf.filled) == before
 
 
@@ -129,8 +133,10 @@ def test_sample_is_without_replacement_and_sharded_across_ranks():
     one = buf.sample(12, torch.Generator().manual_seed(5))["x"][:, 0].tolist()
     assert len(set(one)) == 12
     assert len(buf.sample(100, torch.Generator())["x"]) == 30  # at most what it holds
-    shards = [buf.sample(4, torch.Generator().manual_seed(5), rank=r, world_size=3)["x"][:, 0]
-              for r in range(3)]
+    shards = [
+        buf.sample(4, torch.Generator().manual_seed(5), rank=r, world_size=3)["x"][:, 0]
+        for r in range(3)
+    ]
     assert sorted(torch.cat(shards).tolist()) == sorted(one)  # one draw, split between ranks
 
 

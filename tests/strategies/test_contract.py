@@ -34,8 +34,11 @@ def _model():
 
 def _finite(rec):
     losses = [loss for task in rec.curves.loss for _, loss in task]
-    return losses and all(math.isfinite(v) for v in losses) and all(
-        math.isfinite(v) for row in rec.matrix for v in row)
+    return (
+        losses
+        and all(math.isfinite(v) for v in losses)
+        and all(math.isfinite(v) for row in rec.matrix for v in row)
+    )
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -77,6 +80,7 @@ def test_registry_rejects_bad_names_and_duplicates():
     with pytest.raises(ValueError, match="lowercase"):
         registry.register("BadName")
     with pytest.raises(ValueError, match="already registered"):
+
         @registry.register("finetune")
         class Other(Strategy):
             pass

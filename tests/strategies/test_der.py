@@ -34,8 +34,9 @@ def test_loss_is_ce_plus_alpha_mse_on_logits_plus_beta_ce_on_labels(digits_class
     model = MLP(64, 10, [16])
     if batch_norm:  # the two memory draws then get separate forwards, as in mammoth
         nn = torch.nn
-        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.BatchNorm1d(16), nn.ReLU(),
-                              nn.Linear(16, 10))
+        model = nn.Sequential(
+            nn.Flatten(), nn.Linear(64, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 10)
+        )
     ctx = task_ctx(digits_class_il, 0, model, train=TRAIN)
     data = digits_class_il.tasks[0].train
     old, new = data.batch(torch.arange(8)), data.batch(torch.arange(8, 16))

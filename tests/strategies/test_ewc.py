@@ -39,8 +39,9 @@ def slow_fisher(model, x, y, mode, generator):
 
 def _nonlinear_model():
     torch.manual_seed(1)
-    return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.LayerNorm(16), nn.Tanh(),
-                         nn.Linear(16, 10))
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(64, 16), nn.LayerNorm(16), nn.Tanh(), nn.Linear(16, 10)
+    )
 
 
 class _PerToken(nn.Module):
@@ -65,10 +66,12 @@ def _inplace_relu_model():
 def test_fast_fisher_equals_a_loop_over_samples(digits_permuted, mode):
     # Regression: the last two models passed the closed form's checks and got a wrong Fisher
     # from it ("auto" picked it); they must fall back to vmap.
-    for model, methods in ((MLP(64, 10, [32, 16]), ("auto", "linear", "vmap", "loop")),
-                           (_nonlinear_model(), ("auto", "vmap", "loop")),
-                           (_inplace_relu_model(), ("auto", "vmap", "loop")),
-                           (_PerToken(), ("auto", "vmap", "loop"))):
+    for model, methods in (
+        (MLP(64, 10, [32, 16]), ("auto", "linear", "vmap", "loop")),
+        (_nonlinear_model(), ("auto", "vmap", "loop")),
+        (_inplace_relu_model(), ("auto", "vmap", "loop")),
+        (_PerToken(), ("auto", "vmap", "loop")),
+    ):
         ctx = task_ctx(digits_permuted, n=40)
         data = ctx.task.train
         expected = slow_fisher(model, data.x, data.y, mode, torch.Generator().manual_seed(0))
@@ -126,8 +129,10 @@ def test_online_and_separate_accumulation(digits_permuted):
     assert len(online.fisher_) == 1 and len(separate.fisher_) == 2
     ctx = task_ctx(digits_permuted, 1, model)
     params = dict(model.named_parameters())
-    for ewc, terms in ((online, [(online.fisher_[0], online.anchor_[0])]),
-                       (separate, list(zip(separate.fisher_, separate.anchor_)))):
+    for ewc, terms in (
+        (online, [(online.fisher_[0], online.anchor_[0])]),
+        (separate, list(zip(separate.fisher_, separate.anchor_))),
+    ):
         naive = 2.0 * sum((f[n] * (params[n] - a[n]) ** 2).sum() for f, a in terms for n in names)
         naive.backward()
         want = {n: p.grad.clone() for n, p in params.items()}
@@ -154,8 +159,13 @@ def test_online_and_separate_accumulation(digits_permuted):
 
 
 def test_validation():
-    for bad in ({"lam": -1}, {"mode": "both"}, {"gamma": 1.5}, {"fisher": "true"},
-                {"fisher_samples": 0}):
+    for bad in (
+        {"lam": -1},
+        {"mode": "both"},
+        {"gamma": 1.5},
+        {"fisher": "true"},
+        {"fisher_samples": 0},
+    ):
         with pytest.raises(ValueError):
             EWC(**bad)
 
@@ -163,13 +173,22 @@ def test_validation():
 def test_warns_once_in_class_il_unless_composed_with_rehearsal(digits_class_il):
     cfg = TrainConfig(steps=2, batch_size=32)
     messages: list[str] = []
-    run(MLP(64, 10, [16]), digits_class_il, [EWC(fisher_samples=32)], RunConfig(train=cfg),
-        warn=messages.append)
+    run(
+        MLP(64, 10, [16]),
+        digits_class_il,
+        [EWC(fisher_samples=32)],
+        RunConfig(train=cfg),
+        warn=messages.append,
+    )
     assert len(messages) == 1 and "class_il" in messages[0] and "'ewc'" in messages[0]
     messages.clear()
-    run(MLP(64, 10, [16]), digits_class_il, [EWC(fisher_samples=32), "cumulative"],
+    run(
+        MLP(64, 10, [16]),
+        digits_class_il,
+        [EWC(fisher_samples=32), "cumulative"],
         RunConfig(train=cfg),
-        warn=messages.append)
+        warn=messages.append,
+    )
     assert messages == []
 
 
@@ -185,8 +204,9 @@ def _lm_task(name, lo, n=12, length=12, seed=0):
 
 @pytest.mark.parametrize("fisher", ["sampled", "empirical_weighted"])
 def test_ewc_on_a_causal_lm(tiny_causal_lm, fisher):
-    stream = Stream((_lm_task("a", 0), _lm_task("b", 32, seed=1)), objective="causal_lm",
-                    setting="domain_il")
+    stream = Stream(
+        (_lm_task("a", 0), _lm_task("b", 32, seed=1)), objective="causal_lm", setting="domain_il"
+    )
     ewc = EWC(fisher=fisher, fisher_samples=6, lam=1.0)
     cfg = TrainConfig(steps=4, batch_size=4, optimizer="adamw", lr=3e-3)
     r = run(tiny_causal_lm, stream, [ewc], RunConfig(train=cfg, eval=EvalConfig(batch_size=8)))
@@ -200,8 +220,9 @@ def test_ewc_on_a_causal_lm(tiny_causal_lm, fisher):
 
 
 def test_regression_needs_the_empirical_fisher(digits_permuted):
-    ctx = dataclasses.replace(task_ctx(digits_permuted),
-                              objective=type("Regression", (), {"name": "regression"})())
+    ctx = dataclasses.replace(
+        task_ctx(digits_permuted), objective=type("Regression", (), {"name": "regression"})()
+    )
     with pytest.raises(ValueError, match="empirical"):
         EWC().setup(nn.Linear(2, 1), ctx)
     assert EWC(fisher="empirical").setup(nn.Linear(2, 1), ctx) is not None
@@ -209,15 +230,20 @@ def test_regression_needs_the_empirical_fisher(digits_permuted):
 
 # --------------------------------------------------------------------------- effect
 
+
 @pytest.mark.slow
-@pytest.mark.parametrize("spec, margin", [
-    # Measured with seed 0 (finetune: avg 0.522, forgetting 0.360): separate lam 2 -> 0.281,
-    # online lam 3 -> 0.210.
-    ({"name": "ewc", "lam": 2.0}, 0.04),
-    ({"name": "ewc", "mode": "online", "lam": 3.0}, 0.08),
-])
-def test_ewc_forgets_less_than_finetune(digits_permuted, finetune_permuted, run_strategies, spec,
-                                        margin):
+@pytest.mark.parametrize(
+    "spec, margin",
+    [
+        # Measured with seed 0 (finetune: avg 0.522, forgetting 0.360): separate lam 2 -> 0.281,
+        # online lam 3 -> 0.210.
+        ({"name": "ewc", "lam": 2.0}, 0.04),
+        ({"name": "ewc", "mode": "online", "lam": 3.0}, 0.08),
+    ],
+)
+def test_ewc_forgets_less_than_finetune(
+    digits_permuted, finetune_permuted, run_strategies, spec, margin
+):
     ft = finetune_permuted.metrics
     r = run_strategies(digits_permuted, [spec]).metrics
     assert r.forgetting < ft.forgetting - margin
@@ -236,21 +262,39 @@ class _CrashBefore(Strategy):
         return model
 
 
-@pytest.mark.parametrize("spec", [{"name": "ewc", "fisher": "sampled"},
-                                  {"name": "ewc", "mode": "online", "fisher": "empirical"},
-                                  {"name": "si"}, {"name": "mas"}, {"name": "lwf"}])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"name": "ewc", "fisher": "sampled"},
+        {"name": "ewc", "mode": "online", "fisher": "empirical"},
+        {"name": "si"},
+        {"name": "mas"},
+        {"name": "lwf"},
+    ],
+)
 def test_resume_gives_the_uninterrupted_result(tiny_stream, tmp_path, spec):
     # State saved after task 2 (Fisher, importances) is enough to finish the run identically;
     # LwF's teacher is rebuilt from the restored weights.
     cfg = TrainConfig(epochs=1, batch_size=32, optimizer="sgd", lr=0.05)
     torch.manual_seed(0)
-    full = run(MLP(64, 6, [32]), tiny_stream, [dict(spec), _CrashBefore()], RunConfig(train=cfg, seed=1))
+    full = run(
+        MLP(64, 6, [32]), tiny_stream, [dict(spec), _CrashBefore()], RunConfig(train=cfg, seed=1)
+    )
     torch.manual_seed(0)
     with pytest.raises(KeyboardInterrupt):
-        run(MLP(64, 6, [32]), tiny_stream, [dict(spec), _CrashBefore(armed=True)],
+        run(
+            MLP(64, 6, [32]),
+            tiny_stream,
+            [dict(spec), _CrashBefore(armed=True)],
             RunConfig(train=cfg, seed=1),
-            out_dir=tmp_path / "r")
-    resumed = run(MLP(64, 6, [32]), tiny_stream, [dict(spec), _CrashBefore()],
-                  RunConfig(train=cfg, seed=1),
-                  out_dir=tmp_path / "r", resume=True)
+            out_dir=tmp_path / "r",
+        )
+    resumed = run(
+        MLP(64, 6, [32]),
+        tiny_stream,
+        [dict(spec), _CrashBefore()],
+        RunConfig(train=cfg, seed=1),
+        out_dir=tmp_path / "r",
+        resume=True,
+    )
     assert resumed.matrix == full.matrix

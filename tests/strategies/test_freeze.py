@@ -31,8 +31,14 @@ def _trainable(model) -> set[str]:
 
 def test_layer_depths_count_from_the_output():
     depths = layer_depths(_mlp())
-    assert depths == {"net.1.weight": 2, "net.1.bias": 2, "net.3.weight": 1, "net.3.bias": 1,
-                      "net.5.weight": 0, "net.5.bias": 0}
+    assert depths == {
+        "net.1.weight": 2,
+        "net.1.bias": 2,
+        "net.3.weight": 1,
+        "net.3.bias": 1,
+        "net.5.weight": 0,
+        "net.5.bias": 0,
+    }
 
 
 def test_freezing_starts_at_from_task_and_combines_last_k_with_patterns():
@@ -45,8 +51,13 @@ def test_freezing_starts_at_from_task_and_combines_last_k_with_patterns():
     assert _trainable(model) == {"net.5.weight", "net.5.bias"}
     model = _mlp()  # Freeze never unfreezes: each setting on a fresh model
     Freeze(last_k=2, trainable=["net.1.w*"]).before_task(model, _ctx(1))
-    assert _trainable(model) == {"net.1.weight", "net.3.weight", "net.3.bias", "net.5.weight",
-                                 "net.5.bias"}
+    assert _trainable(model) == {
+        "net.1.weight",
+        "net.3.weight",
+        "net.3.bias",
+        "net.5.weight",
+        "net.5.bias",
+    }
     model = _mlp()
     Freeze(last_k=0, trainable=["net.1.*"], from_task=0).before_task(model, _ctx(0))
     assert _trainable(model) == {"net.1.weight", "net.1.bias"}
@@ -83,8 +94,10 @@ def test_lr_decay_gives_one_group_per_depth():
     s2 = Freeze(last_k=2, lr_decay=0.5)
     s2.before_task(model, _ctx(1))
     out = s2.param_groups(default_groups(model), model, _ctx(1))
-    assert [(g["names"][0], g["lr_scale"]) for g in out] == [("net.5.weight", 1.0),
-                                                            ("net.3.weight", 0.5)]
+    assert [(g["names"][0], g["lr_scale"]) for g in out] == [
+        ("net.5.weight", 1.0),
+        ("net.3.weight", 0.5),
+    ]
 
 
 def test_validation():
@@ -104,34 +117,36 @@ def test_validation():
 def test_frozen_layers_never_change(tiny_stream):
     model = MLP(64, 6, [16])
     start = copy.deepcopy(model.state_dict())
-    r = run(model, tiny_stream, [Freeze(from_task=0)],
-            RunConfig(train=TrainConfig(epochs=1)))
+    r = run(model, tiny_stream, [Freeze(from_task=0)], RunConfig(train=TrainConfig(epochs=1)))
     end = r.model.state_dict()
     assert torch.equal(end["net.1.weight"], start["net.1.weight"])
     assert not torch.equal(end["net.3.weight"], start["net.3.weight"])
 
 
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("spec, forgetting_drop, max_avg_loss", [
-    # Measured on seed 0 (finetune: avg 0.522, forgetting 0.360, plasticity 0.810):
-    # train only the input layer (a permutation is an input-level change): 0.505 / 0.241.
-    ({"last_k": 0, "trainable": ["net.1.*"]}, 0.08, 0.05),
-    # train all layers, the input layer at 0.09x the head's rate: 0.484 / 0.261.
-    ({"last_k": None, "lr_decay": 0.3}, 0.06, 0.08),
-], ids=["input_layer_only", "lr_decay"])
-def test_reduces_forgetting_on_permuted_digits(spec, forgetting_drop, max_avg_loss,
-                                               digits_permuted, run_strategies,
-                                               finetune_permuted):
+@pytest.mark.parametrize(
+    "spec, forgetting_drop, max_avg_loss",
+    [
+        # Measured on seed 0 (finetune: avg 0.522, forgetting 0.360, plasticity 0.810):
+        # train only the input layer (a permutation is an input-level change): 0.505 / 0.241.
+        ({"last_k": 0, "trainable": ["net.1.*"]}, 0.08, 0.05),
+        # train all layers, the input layer at 0.09x the head's rate: 0.484 / 0.261.
+        ({"last_k": None, "lr_decay": 0.3}, 0.06, 0.08),
+    ],
+    ids=["input_layer_only", "lr_decay"],
+)
+def test_reduces_forgetting_on_permuted_digits(
+    spec, forgetting_drop, max_avg_loss, digits_permuted, run_strategies, finetune_permuted
+):
     m = run_strategies(digits_permuted, [Freeze(**spec)]).metrics
     assert m.forgetting < finetune_permuted.metrics.forgetting - forgetting_drop
     assert m.avg_accuracy > finetune_permuted.metrics.avg_accuracy - max_avg_loss
 
 
 @pytest.mark.slow
-def test_defaults_trade_plasticity_for_stability(digits_permuted, run_strategies,
-                                                 finetune_permuted):
+def test_defaults_trade_plasticity_for_stability(
+    digits_permuted, run_strategies, finetune_permuted
+):
     # Measured: only the output layer trains after task 1, so a new permutation cannot be
     # learned well: forgetting 0.286 (finetune 0.360) but plasticity 0.438 (finetune 0.810).
     m = run_strategies(digits_permuted, ["freeze"]).metrics

@@ -31,9 +31,13 @@ def test_batch_adds_generated_rows_labelled_from_earlier_classes(small):
     ctx = task_ctx(small, 2, train=CFG)
     model = gr.before_task(model, ctx)
     n = 10
-    batch = {"x": small.tasks[2].train.x[:n], "y": small.tasks[2].train.y[:n],
-             "task": torch.full((n,), 2), "w": torch.ones(n, 3),
-             "replayed": torch.tensor([False] * 8 + [True] * 2)}  # e.g. from replay
+    batch = {
+        "x": small.tasks[2].train.x[:n],
+        "y": small.tasks[2].train.y[:n],
+        "task": torch.full((n,), 2),
+        "w": torch.ones(n, 3),
+        "replayed": torch.tensor([False] * 8 + [True] * 2),
+    }  # e.g. from replay
     out = gr.batch(batch, ctx)
     m = 15  # ratio 0.6: generated / (real + generated) = 15 / 25
     assert all(len(v) == n + m for v in out.values())
@@ -91,15 +95,20 @@ def _stream(x: torch.Tensor, objective: str = "classification") -> Stream:
     classify = objective == "classification"
     y = torch.zeros(len(x), dtype=torch.long) if classify else torch.zeros(len(x))
     data = TensorData(x=x, y=y)
-    return Stream((Task("a", data, data, classes=(0,)),), objective=objective,
-                  n_outputs=1 if objective == "classification" else None)
+    return Stream(
+        (Task("a", data, data, classes=(0,)),),
+        objective=objective,
+        n_outputs=1 if objective == "classification" else None,
+    )
 
 
 def test_inputs_outside_0_1_and_other_objectives_are_refused():
     from retain.errors import ConfigError
 
     with pytest.raises(ValueError, match=r"inputs in \[0, 1\].*\[0, 16\]") as e:
-        GenerativeReplay().setup(None, task_ctx(_stream(torch.linspace(0, 16, 12).view(4, 3)), train=CFG))
+        GenerativeReplay().setup(
+            None, task_ctx(_stream(torch.linspace(0, 16, 12).view(4, 3)), train=CFG)
+        )
     assert isinstance(e.value, ConfigError)  # the command line reports it in one line
     with pytest.raises(ValueError, match="classification"):
         GenerativeReplay().setup(None, task_ctx(_stream(torch.rand(4, 3), "regression"), train=CFG))

@@ -46,8 +46,9 @@ def test_zero_when_the_student_is_the_teacher_and_old_classes_only(digits_class_
     out = model(batch["x"])
     assert _value(lwf.loss(torch.zeros(()), out, batch, ctx)) == pytest.approx(0.0, abs=1e-6)
     # Tasks 0 and 1 hold classes 0-3: those are distilled, the current task's are not.
-    assert lwf._old_classes.tolist() == sorted(digits_class_il.tasks[0].classes
-                                                + digits_class_il.tasks[1].classes)
+    assert lwf._old_classes.tolist() == sorted(
+        digits_class_il.tasks[0].classes + digits_class_il.tasks[1].classes
+    )
     shifted = out.detach().clone()
     shifted[:, lwf._old_classes.max() + 1 :] += 5.0  # moves only non-distilled outputs
     assert _value(lwf.loss(torch.zeros(()), shifted, batch, ctx)) == pytest.approx(0.0, abs=1e-5)
@@ -63,8 +64,9 @@ def test_causal_lm_token_distillation_masks_padding(tiny_causal_lm):
     labels = ids.clone()
     labels[0, -4:] = -100
     data = TensorData(input_ids=ids, attention_mask=(labels != -100).long(), labels=labels)
-    stream = Stream((Task("a", data, data), Task("b", data, data)), objective="causal_lm",
-                    setting="domain_il")
+    stream = Stream(
+        (Task("a", data, data), Task("b", data, data)), objective="causal_lm", setting="domain_il"
+    )
     lwf = LwF(temperature=1.0)
     ctx = task_ctx(stream, 1, tiny_causal_lm)
     lwf.before_task(tiny_causal_lm, ctx)

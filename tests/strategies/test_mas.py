@@ -50,8 +50,9 @@ def test_importance_sums_over_tasks_and_the_penalty(digits_permuted):
         for p in model.parameters():
             p.add_(0.05)
     got = mas.penalty(ctx1).value()
-    want = 3.0 * sum((mas.importance_[n] * (p - mas.anchor_[n]) ** 2).sum()
-                     for n, p in model.named_parameters())
+    want = 3.0 * sum(
+        (mas.importance_[n] * (p - mas.anchor_[n]) ** 2).sum() for n, p in model.named_parameters()
+    )
     assert got == pytest.approx(want.item(), rel=1e-5, abs=1e-9)
 
 
@@ -60,6 +61,7 @@ def test_out_of_memory_is_not_mistaken_for_an_untraceable_model(digits_permuted,
     def oom(*args, **kwargs):
         def raise_oom(*a, **k):
             raise torch.OutOfMemoryError("simulated")
+
         return raise_oom
 
     monkeypatch.setattr(torch.func, "vmap", oom)
@@ -89,6 +91,11 @@ def test_a_penalty_sgd_cannot_follow_is_refused_with_the_fix(digits_permuted, ru
     from retain.errors import ConfigError
     from retain.strategies.mas import MAS
 
-    with pytest.raises(ConfigError, match=r"mas: lam=1000 is too large for SGD at lr=0.05 .*use lam < "):
-        run_strategies(digits_permuted, [MAS(lam=1000.0)],
-                       TrainConfig(epochs=1, batch_size=32, optimizer="sgd", lr=0.05))
+    with pytest.raises(
+        ConfigError, match=r"mas: lam=1000 is too large for SGD at lr=0.05 .*use lam < "
+    ):
+        run_strategies(
+            digits_permuted,
+            [MAS(lam=1000.0)],
+            TrainConfig(epochs=1, batch_size=32, optimizer="sgd", lr=0.05),
+        )

@@ -33,8 +33,9 @@ def _single_linear():
     return nn.Sequential(nn.Flatten(), nn.Linear(64, 5))
 
 
-@pytest.mark.parametrize("make", [lambda: MLP(64, 5, [16, 8]), _single_linear],
-                         ids=["mlp", "single_linear"])  # regression: a single Linear IndexError'd
+@pytest.mark.parametrize(
+    "make", [lambda: MLP(64, 5, [16, 8]), _single_linear], ids=["mlp", "single_linear"]
+)  # regression: a single Linear IndexError'd
 @pytest.mark.parametrize("features", ["penultimate", "logits"])
 def test_new_stage_starts_as_exactly_the_old_function(features, make):
     torch.manual_seed(0)
@@ -81,8 +82,9 @@ def test_unsupported_models_and_bad_features_are_refused():
 
 
 @pytest.mark.slow
-def test_on_permuted_digits_the_new_stage_forgets_like_finetune(digits_permuted, run_strategies,
-                                                               finetune_permuted):
+def test_on_permuted_digits_the_new_stage_forgets_like_finetune(
+    digits_permuted, run_strategies, finetune_permuted
+):
     """A measured negative result, kept honest. Permuted tasks share no input structure, so the
     frozen stages' features say little about the new permutation, and old tasks are answered by
     the newest stage, which drifts like finetune. Measured (seed 0): finetune avg 0.522,

@@ -69,19 +69,27 @@ def test_zero_forgetting_in_task_il(digits_task_il, run_strategies):
 def test_class_il_warns_but_runs(tiny_stream):
     warnings = []
     torch.manual_seed(0)
-    r = run(MLP(64, 6, [16]), tiny_stream, ["progressive"], RunConfig(train=TrainConfig(epochs=1)),
-            warn=warnings.append)
+    r = run(
+        MLP(64, 6, [16]),
+        tiny_stream,
+        ["progressive"],
+        RunConfig(train=TrainConfig(epochs=1)),
+        warn=warnings.append,
+    )
     assert len(r.matrix) == 4 and any("task labels at test time" in w for w in warnings)
 
 
 def test_unsupported_models_are_refused():
     with pytest.raises(ValueError, match="MLP-shaped"):
-        Progressive().setup(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(72, 2)),
-                            _ctx(0))
+        Progressive().setup(
+            nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(72, 2)), _ctx(0)
+        )
     with pytest.raises(ValueError, match="ends with a Linear"):
         Progressive().setup(nn.Sequential(nn.Linear(4, 2), nn.ReLU()), _ctx(0))
-    assert isinstance(Progressive().setup(nn.Sequential(nn.Linear(4, 3), nn.Tanh(),
-                                                        nn.Linear(3, 2)), _ctx(0)), ProgressiveNet)
+    assert isinstance(
+        Progressive().setup(nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2)), _ctx(0)),
+        ProgressiveNet,
+    )
 
 
 def test_resume_rebuilds_the_columns(digits, tmp_path, crash_and_resume):

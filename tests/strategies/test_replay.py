@@ -26,8 +26,11 @@ TRAIN = TrainConfig(batch_size=8)  # for hooks called by hand
 
 def _batch(ids, replayed=None):
     ids = torch.as_tensor(ids)
-    b = {"x": ids.float()[:, None].repeat(1, 64), "y": ids % 10,
-         "task": torch.zeros(len(ids), dtype=torch.long)}
+    b = {
+        "x": ids.float()[:, None].repeat(1, 64),
+        "y": ids % 10,
+        "task": torch.zeros(len(ids), dtype=torch.long),
+    }
     if replayed is not None:
         b["replayed"] = torch.as_tensor(replayed)
     return b
@@ -92,11 +95,18 @@ def test_stats_report_the_memory_in_bytes(tiny_stream):
     assert all(s["buffer_bytes"] == 100 * (64 * 4 + 8 + 8) for s in per_task)  # x f32, y, task
 
 
-@pytest.mark.parametrize("make", [
-    lambda: Replay(size=60), lambda: DER(size=60, beta=0.5), lambda: AGEM(size=60, batch_size=32),
-], ids=["replay", "der", "agem"])
-def test_resume_with_a_non_empty_memory_gives_the_same_result(make, tiny_stream, tmp_path,
-                                                             crash_and_resume):
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Replay(size=60),
+        lambda: DER(size=60, beta=0.5),
+        lambda: AGEM(size=60, batch_size=32),
+    ],
+    ids=["replay", "der", "agem"],
+)
+def test_resume_with_a_non_empty_memory_gives_the_same_result(
+    make, tiny_stream, tmp_path, crash_and_resume
+):
     cfg = TrainConfig(epochs=2, batch_size=32, optimizer="sgd", lr=0.05)
 
     def mlp():

@@ -57,8 +57,9 @@ def test_path_integral_is_lr_g2_for_plain_sgd(digits_permuted):
         for p in model.parameters():
             p.add_(0.01)
     got = si.penalty(ctx2).value()
-    want = 0.5 * sum((si.importance_[n] * (p - si.anchor_[n]) ** 2).sum()
-                     for n, p in model.named_parameters())
+    want = 0.5 * sum(
+        (si.importance_[n] * (p - si.anchor_[n]) ** 2).sum() for n, p in model.named_parameters()
+    )
     assert got == pytest.approx(want.item(), rel=1e-5, abs=1e-9)
     before = {n: v.clone() for n, v in si.importance_.items()}
     _train(si, model, ctx2, data.x, data.y, lr=0.1, steps=2, clip=0.05)

@@ -11,8 +11,8 @@ def test_wsd_warms_up_holds_then_decays():
     s = Schedule("wsd", total=100, warmup=0.1, decay=0.2, min_lr=0.0)
     f = [s.factor(i) for i in range(100)]
     assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)  # linear warmup over 10
-    assert all(v == 1.0 for v in f[10:80])                               # stable
-    assert f[80] < 1.0 and f[99] == pytest.approx(0.0)                   # decay over the last 20
+    assert all(v == 1.0 for v in f[10:80])  # stable
+    assert f[80] < 1.0 and f[99] == pytest.approx(0.0)  # decay over the last 20
     assert all(a >= b for a, b in zip(f[80:], f[81:]))
 
 

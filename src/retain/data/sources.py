@@ -44,11 +44,15 @@ class Source:
 
     def __post_init__(self) -> None:
         if len(self.x_train) != len(self.y_train):
-            raise DataError(f"{self.name}: {len(self.x_train)} training inputs but {len(self.y_train)} targets")
+            raise DataError(
+                f"{self.name}: {len(self.x_train)} training inputs but {len(self.y_train)} targets"
+            )
         if (self.x_test is None) != (self.y_test is None):
             raise DataError(f"{self.name}: give both test inputs and test targets, or neither")
         if self.x_test is not None and len(self.x_test) != len(self.y_test):
-            raise DataError(f"{self.name}: {len(self.x_test)} test inputs but {len(self.y_test)} targets")
+            raise DataError(
+                f"{self.name}: {len(self.x_test)} test inputs but {len(self.y_test)} targets"
+            )
 
     @property
     def n_classes(self) -> int | None:
@@ -68,9 +72,15 @@ class Source:
         te, tr = perm[:k].sort().values, perm[k:].sort().values
         cols_tr = {c: v[tr.numpy()] for c, v in self.columns_train.items()}
         cols_te = {c: v[te.numpy()] for c, v in self.columns_train.items()}
-        return replace(self, x_train=self.x_train[tr], y_train=self.y_train[tr],
-                       x_test=self.x_train[te], y_test=self.y_train[te],
-                       columns_train=cols_tr, columns_test=cols_te)
+        return replace(
+            self,
+            x_train=self.x_train[tr],
+            y_train=self.y_train[tr],
+            x_test=self.x_train[te],
+            y_test=self.y_train[te],
+            columns_train=cols_tr,
+            columns_test=cols_te,
+        )
 
     def drop_features(self, names: list[str]) -> Source:
         """Remove named feature columns from the inputs (they stay in ``columns_*``): the column a
@@ -82,9 +92,12 @@ class Source:
         if not keep:
             raise DataError(f"{self.name}: no features left after removing {names}")
         idx = torch.tensor(keep)
-        return replace(self, x_train=self.x_train[:, idx],
-                       x_test=self.x_test[:, idx] if self.x_test is not None else None,
-                       feature_names=[self.feature_names[i] for i in keep])
+        return replace(
+            self,
+            x_train=self.x_train[:, idx],
+            x_test=self.x_test[:, idx] if self.x_test is not None else None,
+            feature_names=[self.feature_names[i] for i in keep],
+        )
 
     def limit(self, train: int | None, test: int | None, seed: int) -> Source:
         """A random subset (for quick runs), keeping the columns aligned."""
@@ -92,12 +105,20 @@ class Source:
         g = torch.Generator().manual_seed(seed)
         if train is not None and train < len(self.x_train):
             idx = torch.randperm(len(self.x_train), generator=g)[:train].sort().values
-            out = replace(out, x_train=out.x_train[idx], y_train=out.y_train[idx],
-                          columns_train={c: v[idx.numpy()] for c, v in out.columns_train.items()})
+            out = replace(
+                out,
+                x_train=out.x_train[idx],
+                y_train=out.y_train[idx],
+                columns_train={c: v[idx.numpy()] for c, v in out.columns_train.items()},
+            )
         if test is not None and out.x_test is not None and test < len(out.x_test):
             idx = torch.randperm(len(out.x_test), generator=g)[:test].sort().values
-            out = replace(out, x_test=out.x_test[idx], y_test=out.y_test[idx],
-                          columns_test={c: v[idx.numpy()] for c, v in out.columns_test.items()})
+            out = replace(
+                out,
+                x_test=out.x_test[idx],
+                y_test=out.y_test[idx],
+                columns_test={c: v[idx.numpy()] for c, v in out.columns_test.items()},
+            )
         return out
 
 
@@ -115,17 +136,26 @@ def _targets(y: torch.Tensor, objective: str) -> tuple[torch.Tensor, str]:
         objective = "regression" if y.is_floating_point() else "classification"
     if objective == "classification":
         if y.is_floating_point() and not torch.all(y == y.round()):
-            raise DataError("classification targets must be whole numbers; "
-                            "set stream.objective=regression for numeric targets")
+            raise DataError(
+                "classification targets must be whole numbers; "
+                "set stream.objective=regression for numeric targets"
+            )
         y = y.long()
     else:
         y = y.float()
     return y, objective
 
 
-def from_arrays(x: Any, y: Any, x_test: Any = None, y_test: Any = None, *,
-                objective: str = "auto", name: str = "arrays",
-                class_names: list[str] | None = None) -> Source:
+def from_arrays(
+    x: Any,
+    y: Any,
+    x_test: Any = None,
+    y_test: Any = None,
+    *,
+    objective: str = "auto",
+    name: str = "arrays",
+    class_names: list[str] | None = None,
+) -> Source:
     """A Source from numpy arrays or tensors (float inputs; int classes or float targets)."""
     xt, yt = _tensor(x, "x"), _tensor(y, "y")
     if not xt.is_floating_point():
@@ -139,8 +169,14 @@ def from_arrays(x: Any, y: Any, x_test: Any = None, y_test: Any = None, *,
     return Source(xt, yt, xs, ys, objective=objective, name=name, class_names=class_names)
 
 
-def from_torch(dataset: Any, test: Any = None, *, objective: str = "auto", name: str = "dataset",
-               batch_size: int = 1024) -> Source:
+def from_torch(
+    dataset: Any,
+    test: Any = None,
+    *,
+    objective: str = "auto",
+    name: str = "dataset",
+    batch_size: int = 1024,
+) -> Source:
     """Materialise a map-style torch ``Dataset`` of ``(x, y)`` pairs into tensors, once."""
     from torch.utils.data import DataLoader
 

@@ -45,8 +45,10 @@ class TensorData:
         return key in self.tensors
 
     def __repr__(self) -> str:
-        shapes = ", ".join(f"{k}={tuple(v.shape)}:{str(v.dtype).replace('torch.', '')}"
-                           for k, v in self.tensors.items())
+        shapes = ", ".join(
+            f"{k}={tuple(v.shape)}:{str(v.dtype).replace('torch.', '')}"
+            for k, v in self.tensors.items()
+        )
         return f"TensorData(n={len(self)}, {shapes})"
 
     def get(self, key: str) -> torch.Tensor | None:
@@ -141,11 +143,15 @@ class Stream:
         # and per-task scoring read it.
         tasks = []
         for i, t in enumerate(self.tasks):
+
             def tag(d: TensorData | None, i: int = i) -> TensorData | None:
                 if d is None:
                     return None
                 return d.with_tensor("task", torch.full((len(d),), i, dtype=torch.long))
-            tasks.append(dataclasses.replace(t, train=tag(t.train), test=tag(t.test), val=tag(t.val)))
+
+            tasks.append(
+                dataclasses.replace(t, train=tag(t.train), test=tag(t.test), val=tag(t.val))
+            )
         object.__setattr__(self, "tasks", tuple(tasks))
         validate_stream(self)
 
@@ -198,7 +204,9 @@ def validate_stream(stream: Stream) -> None:
             if len(data) == 0:
                 if split == "validation":
                     continue
-                raise DataError(f"{where} is empty; check the scenario's class groups or column values")
+                raise DataError(
+                    f"{where} is empty; check the scenario's class groups or column values"
+                )
             _check_finite(where, data)
             if "x" in data:
                 s = tuple(data.x.shape[1:])
@@ -212,7 +220,9 @@ def validate_stream(stream: Stream) -> None:
             if stream.objective == "classification" and "y" in data:
                 y = data.y
                 if y.is_floating_point():
-                    raise DataError(f"{where}: classification labels must be integers, got {y.dtype}")
+                    raise DataError(
+                        f"{where}: classification labels must be integers, got {y.dtype}"
+                    )
                 if stream.n_outputs is not None and len(y):
                     lo, hi = int(y.min()), int(y.max())
                     if lo < 0 or hi >= stream.n_outputs:

@@ -34,9 +34,12 @@ def evaluate(
     class_mask = stream.class_mask()
     # The task-aware view beside class-IL accuracy (mammoth reports both from one run).
     task_view = None
-    if stream.setting == "class_il" and stream.objective == "classification" and all(
-        t.classes is not None for t in stream.tasks
-    ) and len(stream.tasks) > 1:
+    if (
+        stream.setting == "class_il"
+        and stream.objective == "classification"
+        and all(t.classes is not None for t in stream.tasks)
+        and len(stream.tasks) > 1
+    ):
         task_view = torch.zeros(len(stream.tasks), stream.n_outputs, dtype=torch.bool)
         for i, t in enumerate(stream.tasks):
             task_view[i, list(t.classes)] = True
@@ -55,16 +58,22 @@ def evaluate(
     with torch.no_grad():
         for task in stream.tasks:
             data = getattr(task, split)
-            loader = TensorLoader(data, batch_size, device=device,
-                                  rank=accelerator.process_index,
-                                  world_size=accelerator.num_processes, even=False)
+            loader = TensorLoader(
+                data,
+                batch_size,
+                device=device,
+                rank=accelerator.process_index,
+                world_size=accelerator.num_processes,
+                even=False,
+            )
             total: dict[str, torch.Tensor] = {}
             for batch in loader:
                 with accelerator.autocast():
                     out = objective.forward(model, batch, task_known=known)
                 t = batch["task"]
                 s = objective.stats(
-                    out, batch,
+                    out,
+                    batch,
                     class_mask[t] if class_mask is not None else None,
                     task_view[t] if task_view is not None else None,
                 )

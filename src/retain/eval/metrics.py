@@ -85,7 +85,9 @@ def fwt(R: Sequence[Sequence[float]] | np.ndarray, higher_is_better: bool = True
     return float(np.mean([m[i - 1, i - 1] - m[0, i - 1] for i in range(2, T + 1)]))
 
 
-def forgetting(R: Sequence[Sequence[float]] | np.ndarray, higher_is_better: bool = True) -> float | None:
+def forgetting(
+    R: Sequence[Sequence[float]] | np.ndarray, higher_is_better: bool = True
+) -> float | None:
     """Average forgetting: (1/(T-1)) Σ_{j<T} max_{j<=l<T} (R[l, j] - R[T, j]); positive = lost.
 
     Examples:
@@ -96,8 +98,9 @@ def forgetting(R: Sequence[Sequence[float]] | np.ndarray, higher_is_better: bool
     return float(np.mean(per[:-1])) if len(per) > 1 else None
 
 
-def per_task_forgetting(R: Sequence[Sequence[float]] | np.ndarray,
-                        higher_is_better: bool = True) -> list[float]:
+def per_task_forgetting(
+    R: Sequence[Sequence[float]] | np.ndarray, higher_is_better: bool = True
+) -> list[float]:
     """For each task j: its best score after training it and before the end, minus its final
     score (0 for the last task)."""
     m = _oriented(_as_matrix(R), higher_is_better)
@@ -107,7 +110,9 @@ def per_task_forgetting(R: Sequence[Sequence[float]] | np.ndarray,
         if j == T - 1:
             out.append(0.0)
             continue
-        best = max(m[row, j] for row in range(j + 1, T))  # rows j+1 .. T-1: after task j, before the end
+        best = max(
+            m[row, j] for row in range(j + 1, T)
+        )  # rows j+1 .. T-1: after task j, before the end
         out.append(float(best - m[T, j]))
     return out
 

@@ -30,8 +30,15 @@ class MLP(nn.Module):
         torch.Size([2, 10])
     """
 
-    def __init__(self, n_inputs: int, n_outputs: int, hidden: list[int] | tuple[int, ...] = (100, 100),
-                 activation: str = "relu", dropout: float = 0.0, init: str = "default") -> None:
+    def __init__(
+        self,
+        n_inputs: int,
+        n_outputs: int,
+        hidden: list[int] | tuple[int, ...] = (100, 100),
+        activation: str = "relu",
+        dropout: float = 0.0,
+        init: str = "default",
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.Flatten()]
         width = n_inputs
@@ -57,8 +64,13 @@ class SmallCNN(nn.Module):
         torch.Size([2, 10])
     """
 
-    def __init__(self, input_shape: tuple[int, ...], n_outputs: int,
-                 channels: list[int] | tuple[int, ...] = (32, 64), activation: str = "relu") -> None:
+    def __init__(
+        self,
+        input_shape: tuple[int, ...],
+        n_outputs: int,
+        channels: list[int] | tuple[int, ...] = (32, 64),
+        activation: str = "relu",
+    ) -> None:
         super().__init__()
         if len(input_shape) != 3:
             raise ConfigError(

@@ -37,7 +37,9 @@ class ParallelNet(nn.Module):
     """A stack of stages; the last one answers. Parameters: ``stages.<k>.layers.<l>.*`` and
     ``stages.<k>.lateral.<j>.weight`` (the map from stage ``j``'s features)."""
 
-    def __init__(self, stack: LinearStack, features: str = "penultimate", route: bool = True) -> None:
+    def __init__(
+        self, stack: LinearStack, features: str = "penultimate", route: bool = True
+    ) -> None:
         super().__init__()
         self.task_aware = route
         if features not in ("penultimate", "logits"):

@@ -25,7 +25,6 @@ class LinearStack:
     between: list[nn.Sequential]
 
 
-
 def linear_stack(model: nn.Module, who: str) -> LinearStack:
     """Parse ``model`` (retain's MLP or an nn.Sequential of Linear layers and activations)."""
     from retain.models import MLP
@@ -63,9 +62,16 @@ def linear_stack(model: nn.Module, who: str) -> LinearStack:
 def fresh_like(layers: list[nn.Linear], bias: bool | None = None) -> list[nn.Linear]:
     """New Linears with the shapes, device and dtype of ``layers`` (PyTorch's default init);
     ``bias`` None keeps each layer's."""
-    return [nn.Linear(lin.in_features, lin.out_features,
-                      bias=(lin.bias is not None) if bias is None else bias,
-                      device=lin.weight.device, dtype=lin.weight.dtype) for lin in layers]
+    return [
+        nn.Linear(
+            lin.in_features,
+            lin.out_features,
+            bias=(lin.bias is not None) if bias is None else bias,
+            device=lin.weight.device,
+            dtype=lin.weight.dtype,
+        )
+        for lin in layers
+    ]
 
 
 def as_flat(x: torch.Tensor, flatten: bool) -> torch.Tensor:

@@ -25,17 +25,24 @@ class VAE(nn.Module):
         torch.Size([3, 1, 8, 8])
     """
 
-    def __init__(self, input_shape: tuple[int, ...], latent_dim: int = 8,
-                 hidden: int = 256) -> None:
+    def __init__(
+        self, input_shape: tuple[int, ...], latent_dim: int = 8, hidden: int = 256
+    ) -> None:
         super().__init__()
         self.input_shape = tuple(input_shape)
         n = math.prod(self.input_shape)
         self.latent_dim = latent_dim
-        self.encoder = nn.Sequential(nn.Flatten(), nn.Linear(n, hidden), nn.ReLU(),
-                                     nn.Linear(hidden, hidden), nn.ReLU())
+        self.encoder = nn.Sequential(
+            nn.Flatten(), nn.Linear(n, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU()
+        )
         self.to_stats = nn.Linear(hidden, 2 * latent_dim)
-        self.decoder = nn.Sequential(nn.Linear(latent_dim, hidden), nn.ReLU(),
-                                     nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, n))
+        self.decoder = nn.Sequential(
+            nn.Linear(latent_dim, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, n),
+        )
 
     def loss(self, x: torch.Tensor) -> torch.Tensor:
         mu, logvar = self.to_stats(self.encoder(x)).chunk(2, dim=-1)

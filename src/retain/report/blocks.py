@@ -36,8 +36,16 @@ SETTINGS = {
 MAX_CLASS_COLUMNS = 20  # wider per-class tables per training step would not fit a page
 # Scores where lower is better, for the extra matrices (the record states only the main score's).
 LOWER_IS_BETTER = frozenset({"mse", "loss", "perplexity"})
-TIMING_HEAD = ("strategy", "task", "steps", "samples", "train s", "strategy s", "eval s",
-               "samples/s")
+TIMING_HEAD = (
+    "strategy",
+    "task",
+    "steps",
+    "samples",
+    "train s",
+    "strategy s",
+    "eval s",
+    "samples/s",
+)
 
 METRICS_NOTE = (
     "One row per strategy; definitions and denominators are at the end. The best non-joint "
@@ -71,7 +79,6 @@ LOWER_NOTE = (
     "{name} is better when lower: BWT, FWT and forgetting are computed on -R, so negative BWT and "
     "positive forgetting still mean something was lost; averages stay in the score's own units."
 )
-
 
 
 # --------------------------------------------------------------------------- document
@@ -111,8 +118,10 @@ def _head_blocks(record: Record, runs: dict[str, RunRecord]) -> list[Block]:
         f"score: {score_name(score)} ({'higher' if record.higher_is_better else 'lower'} is better)",
     ]
     if record.split == "val":
-        items.append("evaluated on each task's validation split, not its test set "
-                     "(eval.split=val): where the notes below say test set, read validation split")
+        items.append(
+            "evaluated on each task's validation split, not its test set "
+            "(eval.split=val): where the notes below say test set, read validation split"
+        )
     first = next(iter(runs.values()), None)
     classes = first.task_classes if first is not None else []
     if any(c is not None for c in classes):
@@ -201,15 +210,22 @@ def _state_blocks(runs: dict[str, RunRecord]) -> list[Block]:
             task = run.tasks[i] if i < len(run.tasks) else str(i + 1)
             if run.joint:
                 task = "joint"
-            items = [f"{name}.{k}={_state_cell(v)}" for name, stats in per_task.items()
-                     for k, v in stats.items()]
+            items = [
+                f"{name}.{k}={_state_cell(v)}"
+                for name, stats in per_task.items()
+                for k, v in stats.items()
+            ]
             if items or (params and len(set(params)) > 1):
-                rows.append([label, task, f"{params[i]:,}" if i < len(params) else "",
-                             "; ".join(items)])
+                rows.append(
+                    [label, task, f"{params[i]:,}" if i < len(params) else "", "; ".join(items)]
+                )
     if not rows:
         return []
-    return [("h", 2, "Strategy state"), ("p", STATE_NOTE),
-            ("table", ["strategy", "after", "model parameters", "state"], rows, None)]
+    return [
+        ("h", 2, "Strategy state"),
+        ("p", STATE_NOTE),
+        ("table", ["strategy", "after", "model parameters", "state"], rows, None),
+    ]
 
 
 def _definition_blocks(record: Record) -> list[Block]:
@@ -256,7 +272,9 @@ def _extra_score_blocks(record: Record, runs: dict[str, RunRecord]) -> list[Bloc
             m = run.metrics_by_score.get(key)
             summary = (m.avg_accuracy, m.bwt, m.forgetting) if m else (None, None, None)
             rows.append(
-                [label] + [fmt(v, key) for v in (R[-1] if R else [])] + [fmt(v, key) for v in summary]
+                [label]
+                + [fmt(v, key) for v in (R[-1] if R else [])]
+                + [fmt(v, key) for v in summary]
             )
         better = "lower" if key in LOWER_IS_BETTER else "higher"
         blocks += [

@@ -34,7 +34,8 @@ def print_summary(record: Record | dict[str, Any], console: Console) -> None:
     for c in TERMINAL_COLUMNS:
         table.add_column(c.short, justify="right", no_wrap=True)
     table.caption = "; ".join(f"{c.short}: {c.brief}" for c in TERMINAL_COLUMNS if c.brief) + (
-        "; bold: best non-joint" if best else "")
+        "; bold: best non-joint" if best else ""
+    )
     for label, run in record.runs.items():
         table.add_row(
             label + ("" if run.complete else " (incomplete)"),

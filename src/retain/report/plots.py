@@ -85,9 +85,7 @@ def heatmap(record_run: RunRecord, path: Path) -> Path:
                 color="white" if dark else "black",
             )
     fig.colorbar(im, ax=ax, label=f"{score_name(score)} ({_direction(record_run)})")
-    ax.set_title(
-        f"{record_run.strategy}: {score_name(score)} after each step", fontsize=10
-    )
+    ax.set_title(f"{record_run.strategy}: {score_name(score)} after each step", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -108,9 +106,7 @@ def task_curves(record_run: RunRecord, path: Path) -> Path:
         ha="right" if len(R) > 6 else "center",
     )
     ax.set_ylabel(f"{score_name(score)} ({_direction(record_run)})")
-    ax.set_title(
-        f"{record_run.strategy}: {score_name(score)} on each task", fontsize=10
-    )
+    ax.set_title(f"{record_run.strategy}: {score_name(score)} on each task", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(
         fontsize=7,

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from retain.data.stream import Stream
     from retain.strategies.base import Strategy
 
+
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for pkg in ("retain", "torch", "accelerate", "numpy", "safetensors", "transformers", "peft"):
@@ -49,8 +50,14 @@ def versions() -> dict[str, str]:
 def git_sha() -> str | None:
     try:
         here = Path(__file__).resolve().parent
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
-                             text=True, timeout=2, check=False)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=2,
+            check=False,
+        )
         return out.stdout.strip() or None if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -66,7 +73,9 @@ def scores_metrics(R: list[list[float]], higher: bool, joint: bool) -> Metrics:
 
 def stream_info(stream: Stream) -> StreamInfo:
     return StreamInfo(
-        name=stream.name, setting=stream.setting, objective=stream.objective,
+        name=stream.name,
+        setting=stream.setting,
+        objective=stream.objective,
         n_outputs=stream.n_outputs,
         class_names=list(stream.class_names) if stream.class_names else None,
     )
@@ -75,10 +84,15 @@ def stream_info(stream: Stream) -> StreamInfo:
 def timing_of(fits: list[dict[str, Any]]) -> Timing:
     """Per-task and total timing from the loop's per-task statistics."""
     per_task = [
-        TaskTiming(task=f["task"], steps=f["steps"], samples=f["samples"],
-                   train_seconds=f["train_seconds"], eval_seconds=f["eval_seconds"],
-                   samples_per_s=f["samples_per_s"],
-                   hook_seconds=f.get("hook_seconds", 0.0))  # older checkpoints lack it
+        TaskTiming(
+            task=f["task"],
+            steps=f["steps"],
+            samples=f["samples"],
+            train_seconds=f["train_seconds"],
+            eval_seconds=f["eval_seconds"],
+            samples_per_s=f["samples_per_s"],
+            hook_seconds=f.get("hook_seconds", 0.0),
+        )  # older checkpoints lack it
         for f in fits
     ]
     train_s = sum(t.train_seconds for t in per_task)
@@ -122,8 +136,10 @@ def build_record(
     complete = len(rows) == (2 if joint else len(stream.tasks) + 1)
     per_class = None
     if rows and "class_counts" in rows[0][0]:
-        per_class = PerClass(counts=[[cell["class_counts"] for cell in row] for row in rows],
-                             correct=[[cell["class_correct"] for cell in row] for row in rows])
+        per_class = PerClass(
+            counts=[[cell["class_counts"] for cell in row] for row in rows],
+            correct=[[cell["class_correct"] for cell in row] for row in rows],
+        )
     return RunRecord(
         name=config.name if config and config.name else stream.name,
         strategy=label(strategies),
@@ -141,22 +157,33 @@ def build_record(
         metrics=scores_metrics(matrices[metric], higher, joint) if complete else None,
         metrics_by_score={
             k: scores_metrics(m, HIGHER_IS_BETTER[k], joint)
-            for k, m in matrices.items() if k != metric
-        } if complete else {},
+            for k, m in matrices.items()
+            if k != metric
+        }
+        if complete
+        else {},
         timing=timing_of(fits),
         memory=Memory(**memory),
         params=Params(after_task=list(params)),
         strategy_stats=list(strategy_stats or []),
         curves=Curves(loss=[f["losses"] for f in fits], lr_factor=[f.get("lrs", []) for f in fits]),
         early_stopping=[
-            EarlyStop(task=f["task"], best_val_loss=f["best_val_loss"],
-                      stopped_at=f["stopped_early_at"])
-            for f in fits if f.get("best_val_loss") is not None
+            EarlyStop(
+                task=f["task"], best_val_loss=f["best_val_loss"], stopped_at=f["stopped_early_at"]
+            )
+            for f in fits
+            if f.get("best_val_loss") is not None
         ],
         warnings=list(warnings),
         seed=seed,
-        train=TrainSummary(optimizer=train.optimizer, lr=train.lr, batch_size=train.batch_size,
-                           epochs=train.epochs, steps=train.steps, schedule=train.schedule),
+        train=TrainSummary(
+            optimizer=train.optimizer,
+            lr=train.lr,
+            batch_size=train.batch_size,
+            epochs=train.epochs,
+            steps=train.steps,
+            schedule=train.schedule,
+        ),
         versions=versions(),
         git_sha=git_sha(),
         device=device,
@@ -192,5 +219,7 @@ class RunResult:
         m = self.record.metrics
         if m is None:
             return "RunResult(incomplete)"
-        return (f"RunResult(strategy={self.record.strategy!r}, tasks={len(self.tasks)}, "
-                f"{self.record.score}={m.avg_accuracy:.4f})")
+        return (
+            f"RunResult(strategy={self.record.strategy!r}, tasks={len(self.tasks)}, "
+            f"{self.record.score}={m.avg_accuracy:.4f})"
+        )

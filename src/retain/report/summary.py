@@ -13,8 +13,19 @@ from typing import Any
 from retain.report.columns import ACCURACY_LIKE, BY_KEY, fmt, score_name
 from retain.report.record import CompareRecord, Record, RunRecord, record_from_dict
 
-__all__ = ["as_record", "best_strategy", "class_accuracy", "class_label", "fmt", "pooled_accuracy",
-           "report_title", "row_labels", "score_name", "summary_lines", "vanished_classes"]
+__all__ = [
+    "as_record",
+    "best_strategy",
+    "class_accuracy",
+    "class_label",
+    "fmt",
+    "pooled_accuracy",
+    "report_title",
+    "row_labels",
+    "score_name",
+    "summary_lines",
+    "vanished_classes",
+]
 
 MAX_LISTED_TASKS = 8  # beyond this, the per-task loss sentence names only the worst tasks
 

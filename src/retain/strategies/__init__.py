@@ -113,8 +113,10 @@ def build(spec: dict[str, Any] | str | Strategy, where: str = "strategies") -> S
     fields = [f.name for f in cls.hparam_fields()]
 
     def unknown(key: str) -> str:
-        return (f"unknown hyperparameter '{key}' for strategy '{name}'{did_you_mean(key, fields)}; "
-                f"it takes: {', '.join(fields) or 'none'}")
+        return (
+            f"unknown hyperparameter '{key}' for strategy '{name}'{did_you_mean(key, fields)}; "
+            f"it takes: {', '.join(fields) or 'none'}"
+        )
 
     try:
         return from_dict(cls, spec, f"{where}.{name}", names=fields, unknown=unknown)
@@ -176,17 +178,26 @@ def describe_all(markdown: bool = False) -> str:
         else:
             lines.append(f"{name}: {cls.summary()}")
         for f in cls.hparam_fields():
-            default = f.default if f.default is not dataclasses.MISSING else (
-                f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+            default = (
+                f.default
+                if f.default is not dataclasses.MISSING
+                else (f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+            )
             tp = type_name(hints[f.name])
             helptext = docs.get(f.name, "")
             if markdown:
                 lines.append(f"- `{f.name}` ({tp}, default `{default!r}`): {helptext}")
             else:
-                lines.append(f"    {f.name}: {tp} = {default!r}" + (f"  {helptext}" if helptext else ""))
+                lines.append(
+                    f"    {f.name}: {tp} = {default!r}" + (f"  {helptext}" if helptext else "")
+                )
         if not cls.hparam_fields():
             lines.append("- no hyperparameters" if markdown else "    (no hyperparameters)")
         if cls.reference_url:
-            lines.append(f"\n  reference: {cls.reference_url}" if markdown else f"    reference: {cls.reference_url}")
+            lines.append(
+                f"\n  reference: {cls.reference_url}"
+                if markdown
+                else f"    reference: {cls.reference_url}"
+            )
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"

@@ -67,8 +67,12 @@ class Buffer:
         ``batch["replayed"]``), with ``extra`` fields (DER's logits); all processes' rows."""
         replayed = batch.get("replayed")
         rows = {**{k: v for k, v in batch.items() if k != "replayed"}, **extra}
-        self.add(rows, ctx.generator, mask=None if replayed is None else ~replayed,
-                 gather=ctx.gather if ctx.world_size > 1 else None)
+        self.add(
+            rows,
+            ctx.generator,
+            mask=None if replayed is None else ~replayed,
+            gather=ctx.gather if ctx.world_size > 1 else None,
+        )
 
     def draw(self, n: int, ctx: Any, device: torch.device) -> dict[str, torch.Tensor]:
         """``sample`` this process's share of ``n`` per process, with the run's generator."""
@@ -76,8 +80,13 @@ class Buffer:
 
     # ------------------------------------------------------------------ add
 
-    def add(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None,
-            mask: torch.Tensor | None = None, gather: Any = None) -> None:
+    def add(
+        self,
+        batch: dict[str, torch.Tensor],
+        generator: torch.Generator | None = None,
+        mask: torch.Tensor | None = None,
+        gather: Any = None,
+    ) -> None:
         """Offer the samples of ``batch`` (only rows where ``mask`` is true) to the memory.
 
         Two samples of one batch that pick the same slot: the later one wins, as in a sequential
@@ -108,8 +117,9 @@ class Buffer:
         for k, v in batch.items():
             self.data[k][slots] = v[rows].to(self.data[k].dtype)
 
-    def _reservoir(self, offered: np.ndarray, generator: torch.Generator | None
-                   ) -> tuple[np.ndarray, np.ndarray]:
+    def _reservoir(
+        self, offered: np.ndarray, generator: torch.Generator | None
+    ) -> tuple[np.ndarray, np.ndarray]:
         # NumPy for the decisions: on a batch of 10 it is several times faster than CPU tensor ops.
         n = len(offered)
         count = np.arange(self.seen + 1, self.seen + n + 1)  # samples seen, this one included
@@ -127,12 +137,14 @@ class Buffer:
             rows, slot = rows[last], slot[last]
         return rows, slot
 
-    def _balanced(self, offered: np.ndarray, batch: dict[str, torch.Tensor],
-                  generator: torch.Generator | None) -> tuple[np.ndarray, np.ndarray]:
+    def _balanced(
+        self, offered: np.ndarray, batch: dict[str, torch.Tensor], generator: torch.Generator | None
+    ) -> tuple[np.ndarray, np.ndarray]:
         y = batch.get("y")
         if y is None or y.dim() != 1 or y.is_floating_point():
             raise ValueError(
-                "policy 'class_balanced' needs integer class labels 'y' (one per sample)")
+                "policy 'class_balanced' needs integer class labels 'y' (one per sample)"
+            )
         labels = self._slot_labels()
         counts, seen = self._counts, self.class_seen
         # One draw from the shared generator seeds a local RNG for this call: O(batch) work in
@@ -169,8 +181,10 @@ class Buffer:
                 labels[slot] = c
             counts[c] += 1
             writes[slot] = row
-        return (np.fromiter(writes.values(), np.int64, len(writes)),
-                np.fromiter(writes.keys(), np.int64, len(writes)))
+        return (
+            np.fromiter(writes.values(), np.int64, len(writes)),
+            np.fromiter(writes.keys(), np.int64, len(writes)),
+        )
 
     def _slot_labels(self) -> list[int]:
         if self._labels is None:
@@ -182,8 +196,14 @@ class Buffer:
 
     # ------------------------------------------------------------------ sample
 
-    def sample(self, n: int, generator: torch.Generator | None = None, rank: int = 0,
-               world_size: int = 1, device: torch.device | None = None) -> dict[str, torch.Tensor]:
+    def sample(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        device: torch.device | None = None,
+    ) -> dict[str, torch.Tensor]:
         """``n`` distinct random samples (fewer if the memory holds fewer), as a batch dict.
 
         Under several processes one set of ``n * world_size`` is drawn (the same on every rank)
@@ -210,8 +230,11 @@ class Buffer:
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "capacity": self.capacity, "policy": self.policy, "seen": self.seen,
-            "filled": self.filled, "class_seen": list(self.class_seen),
+            "capacity": self.capacity,
+            "policy": self.policy,
+            "seen": self.seen,
+            "filled": self.filled,
+            "class_seen": list(self.class_seen),
             "data": {k: v[: self.filled] for k, v in self.data.items()},
         }
 

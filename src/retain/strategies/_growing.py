@@ -20,7 +20,7 @@ class Growing(Strategy):
     units and leaves only the newest trainable. State: the unit count (``units_``), so a resumed
     run rebuilds the units before their weights are loaded, and each unit's parameter count."""
 
-    unit: ClassVar[str] = "unit"            # its name in stats(): "column", "stage"
+    unit: ClassVar[str] = "unit"  # its name in stats(): "column", "stage"
     net_type: ClassVar[type]
 
     def __post_init__(self) -> None:
@@ -42,8 +42,9 @@ class Growing(Strategy):
 
     def setup(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
         if isinstance(model, self.net_type):
-            raise Unsupported(f"'{self.name}' was given a {self.net_type.__name__}: list it once "
-                              "per run")
+            raise Unsupported(
+                f"'{self.name}' was given a {self.net_type.__name__}: list it once per run"
+            )
         net = self.build(model)
         self._grow_to(net, self.units_)  # resume: rebuild the units, weights come next
         return net
@@ -51,9 +52,11 @@ class Growing(Strategy):
     def before_task(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
         net = ctx.unwrap(model)
         if not isinstance(net, self.net_type):
-            raise Unsupported(f"'{self.name}' expected its {self.net_type.__name__} before task "
-                              f"{ctx.task_index}, got {type(net).__name__}: another strategy "
-                              "replaced the model")
+            raise Unsupported(
+                f"'{self.name}' expected its {self.net_type.__name__} before task "
+                f"{ctx.task_index}, got {type(net).__name__}: another strategy "
+                "replaced the model"
+            )
         self._grow_to(net, ctx.task_index + 1)
         return net
 
@@ -69,5 +72,9 @@ class Growing(Strategy):
     def stats(self) -> dict[str, Any]:
         per = self.unit_params_
         total = sum(per)
-        return {f"{self.unit}s": self.units_, f"params_per_{self.unit}": list(per),
-                "params": total, "growth": total / per[0] if per else 1.0}
+        return {
+            f"{self.unit}s": self.units_,
+            f"params_per_{self.unit}": list(per),
+            "params": total,
+            "growth": total / per[0] if per else 1.0,
+        }

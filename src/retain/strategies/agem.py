@@ -60,11 +60,19 @@ class AGEM(Strategy):
         with torch.enable_grad(), ctx.autocast():
             ref_loss = ctx.task_loss(ctx.forward(inner, mem), mem)
         ref = torch.autograd.grad(ref_loss, params, allow_unused=True)
-        g_ref = torch.cat([(r if r is not None else torch.zeros_like(p)).reshape(-1).float()
-                           for r, p in zip(ref, params)])
+        g_ref = torch.cat(
+            [
+                (r if r is not None else torch.zeros_like(p)).reshape(-1).float()
+                for r, p in zip(ref, params)
+            ]
+        )
         g_ref = ctx.all_reduce(g_ref)  # mean over processes: each rank used its own memory share
-        g = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float()
-                       for p in params])
+        g = torch.cat(
+            [
+                (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float()
+                for p in params
+            ]
+        )
         dot = torch.dot(g, g_ref)
         # coef is 0 when g . g_ref >= 0 (no projection), without reading the sign back to the host.
         coef = dot.clamp(max=0.0) / torch.dot(g_ref, g_ref).clamp_min(1e-30)
@@ -73,7 +81,7 @@ class AGEM(Strategy):
         for p in params:
             n = p.numel()
             if p.grad is not None:  # parameters without a gradient stay without one (mammoth)
-                p.grad.copy_(g[offset:offset + n].view_as(p.grad))
+                p.grad.copy_(g[offset : offset + n].view_as(p.grad))
             offset += n
 
     def after_task(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
@@ -83,8 +91,9 @@ class AGEM(Strategy):
         k = min(self.size // len(ctx.stream.tasks), len(data))
         if k > 0:
             idx = torch.randperm(len(data), generator=ctx.generator)[:k]
-            self.buffer_.add({key: v.to(ctx.device) for key, v in data.batch(idx).items()},
-                             ctx.generator)
+            self.buffer_.add(
+                {key: v.to(ctx.device) for key, v in data.batch(idx).items()}, ctx.generator
+            )
         return model
 
     def stats(self) -> dict[str, Any]:

@@ -42,17 +42,26 @@ if TYPE_CHECKING:
     from retain.strategies.context import TaskContext
 
 HOOKS = (
-    "setup", "before_task", "param_groups", "train_data", "batch", "loss",
-    "after_backward", "after_step", "after_task",
+    "setup",
+    "before_task",
+    "param_groups",
+    "train_data",
+    "batch",
+    "loss",
+    "after_backward",
+    "after_step",
+    "after_task",
 )
 
 
 def fails_in_class_il(what: str) -> str:
     """The ``known_failures["class_il"]`` message of a method that protects old tasks by ``what``
     alone (regularisation, distillation)."""
-    return (f"{what} alone does not prevent forgetting in class-incremental learning without "
-            "replay or task labels (van de Ven et al. 2022); compose it with a rehearsal "
-            "strategy (e.g. replay) or use the task_il setting")
+    return (
+        f"{what} alone does not prevent forgetting in class-incremental learning without "
+        "replay or task labels (van de Ven et al. 2022); compose it with a rehearsal "
+        "strategy (e.g. replay) or use the task_il setting"
+    )
 
 
 @dataclass
@@ -78,8 +87,9 @@ class Strategy:
     def before_task(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
         return model
 
-    def param_groups(self, groups: list[dict[str, Any]], model: nn.Module,
-                     ctx: TaskContext) -> list[dict[str, Any]]:
+    def param_groups(
+        self, groups: list[dict[str, Any]], model: nn.Module, ctx: TaskContext
+    ) -> list[dict[str, Any]]:
         return groups
 
     def train_data(self, data: TensorData, ctx: TaskContext) -> TensorData:
@@ -88,8 +98,9 @@ class Strategy:
     def batch(self, batch: dict[str, torch.Tensor], ctx: TaskContext) -> dict[str, torch.Tensor]:
         return batch
 
-    def loss(self, loss: torch.Tensor, out: Any, batch: dict[str, torch.Tensor],
-             ctx: TaskContext) -> torch.Tensor:
+    def loss(
+        self, loss: torch.Tensor, out: Any, batch: dict[str, torch.Tensor], ctx: TaskContext
+    ) -> torch.Tensor:
         return loss
 
     def after_backward(self, model: nn.Module, ctx: TaskContext) -> None:
@@ -110,8 +121,11 @@ class Strategy:
     def state_dict(self) -> dict[str, Any]:
         """Learned state: every public attribute whose name ends in ``_``. An attribute that has
         its own ``state_dict``/``load_state_dict`` (a buffer, a module) is saved through them."""
-        return {k: v.state_dict() if _stateful(v) else v
-                for k, v in vars(self).items() if k.endswith("_") and not k.startswith("_")}
+        return {
+            k: v.state_dict() if _stateful(v) else v
+            for k, v in vars(self).items()
+            if k.endswith("_") and not k.startswith("_")
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for k, v in state.items():
@@ -134,8 +148,11 @@ class Strategy:
     def non_default_hparams(self) -> dict[str, Any]:
         out = {}
         for f in self.hparam_fields():
-            default = f.default if f.default is not dataclasses.MISSING else (
-                f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+            default = (
+                f.default
+                if f.default is not dataclasses.MISSING
+                else (f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+            )
             if getattr(self, f.name) != default:
                 out[f.name] = getattr(self, f.name)
         return out
@@ -155,7 +172,8 @@ class Strategy:
 
 def _stateful(value: Any) -> bool:
     return callable(getattr(value, "state_dict", None)) and callable(
-        getattr(value, "load_state_dict", None))
+        getattr(value, "load_state_dict", None)
+    )
 
 
 def overrides(strategy: Strategy, hook: str) -> bool:

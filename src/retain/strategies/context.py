@@ -43,7 +43,9 @@ def unwrap(model: nn.Module, accelerator: Accelerator | None = None) -> nn.Modul
             inner = inner.module
         elif hasattr(inner, "_orig_mod"):  # torch.compile
             inner = inner._orig_mod
-        elif accelerator is not None and type(inner).__module__.startswith(("deepspeed", "torch.distributed.fsdp")):
+        elif accelerator is not None and type(inner).__module__.startswith(
+            ("deepspeed", "torch.distributed.fsdp")
+        ):
             return accelerator.unwrap_model(inner)
         else:
             return inner
@@ -108,7 +110,8 @@ class TaskContext:
     class_mask: torch.Tensor | None = None
     model: nn.Module | None = None
     autocast: Callable[[], contextlib.AbstractContextManager] = field(
-        default=contextlib.nullcontext, repr=False)
+        default=contextlib.nullcontext, repr=False
+    )
     gather: Callable[[Any], Any] = field(default=_same, repr=False)
     unwrap: Callable[[nn.Module], nn.Module] = field(default=unwrap, repr=False)
     all_reduce: Callable[..., torch.Tensor] = field(default=_no_reduce, repr=False)
@@ -118,12 +121,21 @@ class TaskContext:
         """Tasks up to and including the current one."""
         return self.stream.tasks[: self.task_index + 1]
 
-    def make_loader(self, data: TensorData, batch_size: int | None = None,
-                    shuffle: bool = False, shard: bool = True) -> TensorLoader:
+    def make_loader(
+        self,
+        data: TensorData,
+        batch_size: int | None = None,
+        shuffle: bool = False,
+        shard: bool = True,
+    ) -> TensorLoader:
         """Batches on this process's device; ``shard=False`` gives every rank all the data."""
         return TensorLoader(
-            data, batch_size or self.batch_size, shuffle=shuffle, generator=self.generator,
-            device=self.device, rank=self.rank if shard else 0,
+            data,
+            batch_size or self.batch_size,
+            shuffle=shuffle,
+            generator=self.generator,
+            device=self.device,
+            rank=self.rank if shard else 0,
             world_size=self.world_size if shard else 1,
         )
 
@@ -147,7 +159,8 @@ class TaskContext:
         """The logits (or predictions) in a model's output."""
         return logits_of(out)
 
-    def task_loss(self, out: Any, batch: dict[str, torch.Tensor],
-                  reduction: str = "mean") -> torch.Tensor:
+    def task_loss(
+        self, out: Any, batch: dict[str, torch.Tensor], reduction: str = "mean"
+    ) -> torch.Tensor:
         """The objective's loss (task-IL masking included), e.g. for a Fisher or a buffer batch."""
         return self.objective.loss(out, batch, self.mask_for(batch), reduction=reduction)

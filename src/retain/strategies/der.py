@@ -70,8 +70,9 @@ class DER(Strategy):
     def _draw(self, ctx: TaskContext, device: torch.device) -> dict[str, torch.Tensor]:
         return self.buffer_.draw(self.batch_size or ctx.batch_size, ctx, device)
 
-    def loss(self, loss: torch.Tensor, out: Any, batch: dict[str, torch.Tensor],
-             ctx: TaskContext) -> torch.Tensor:
+    def loss(
+        self, loss: torch.Tensor, out: Any, batch: dict[str, torch.Tensor], ctx: TaskContext
+    ) -> torch.Tensor:
         logits = ctx.logits(out)
         device = logits.device
         # mammoth's order: draw from the memory, take the loss, then store the current batch.

@@ -23,8 +23,10 @@ if TYPE_CHECKING:
 
     from retain.strategies.context import TaskContext
 
-def sample_labels(out: Any, batch: dict[str, torch.Tensor],
-                  ctx: TaskContext) -> dict[str, torch.Tensor]:
+
+def sample_labels(
+    out: Any, batch: dict[str, torch.Tensor], ctx: TaskContext
+) -> dict[str, torch.Tensor]:
     """Labels drawn from the model's own predictive distribution (next tokens for causal LMs)."""
     logits = ctx.masked_logits(ctx.logits(out).detach().float(), batch)
     if ctx.objective.name == "causal_lm":
@@ -95,19 +97,23 @@ class EWC(Penalized):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.fisher_: list[dict[str, torch.Tensor]] = []   # one per task (separate) or one (online)
-        self.anchor_: list[dict[str, torch.Tensor]] = []   # theta* matching each F
+        self.fisher_: list[dict[str, torch.Tensor]] = []  # one per task (separate) or one (online)
+        self.anchor_: list[dict[str, torch.Tensor]] = []  # theta* matching each F
         self._last: dict[str, Any] = {}
 
     def setup(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
         if ctx.objective.name == "regression" and self.fisher != "empirical":
-            raise ValueError(f"ewc: fisher '{self.fisher}' needs class probabilities; use "
-                             "fisher: empirical for regression")
+            raise ValueError(
+                f"ewc: fisher '{self.fisher}' needs class probabilities; use "
+                "fisher: empirical for regression"
+            )
         return model
 
-    def fisher_diagonal(self, model: nn.Module, ctx: TaskContext,
-                        method: str = "auto") -> dict[str, torch.Tensor]:
+    def fisher_diagonal(
+        self, model: nn.Module, ctx: TaskContext, method: str = "auto"
+    ) -> dict[str, torch.Tensor]:
         """F on ``fisher_samples`` of the current task's training data (float32, all-reduced)."""
+
         def prepare(out, batch):
             if self.fisher == "sampled":
                 return sample_labels(out, batch, ctx), None
@@ -118,8 +124,14 @@ class EWC(Penalized):
         data = subset(ctx.task.train, self.fisher_samples, ctx.generator)
         t0 = time.perf_counter()
         fisher, used = per_sample_importance(
-            model, ctx, data, lambda out, b: ctx.task_loss(out, b, reduction="none"),
-            prepare, power=2, method=method)
+            model,
+            ctx,
+            data,
+            lambda out, b: ctx.task_loss(out, b, reduction="none"),
+            prepare,
+            power=2,
+            method=method,
+        )
         self._last = {"fisher_seconds": time.perf_counter() - t0, "fisher_method": used}
         return fisher
 
@@ -127,8 +139,10 @@ class EWC(Penalized):
         base = ctx.unwrap(model)
         fisher = self.fisher_diagonal(base, ctx)
         if self.mode == "online" and self.fisher_:
-            merged = {n: self.gamma * f.to(fisher[n].device) if n in fisher else self.gamma * f
-                      for n, f in self.fisher_[0].items()}
+            merged = {
+                n: self.gamma * f.to(fisher[n].device) if n in fisher else self.gamma * f
+                for n, f in self.fisher_[0].items()
+            }
             for n, f in fisher.items():
                 merged[n] = merged[n] + f if n in merged else f
             self.fisher_ = [merged]
@@ -152,8 +166,9 @@ class EWC(Penalized):
             fs = [f[n].to(p.device).float() for f in self.fisher_ if n in f]
             if not fs:
                 continue
-            anchors = [a[n].to(p.device).float()
-                       for f, a in zip(self.fisher_, self.anchor_) if n in f]
+            anchors = [
+                a[n].to(p.device).float() for f, a in zip(self.fisher_, self.anchor_) if n in f
+            ]
             total = torch.stack(fs).sum(0)
             if len(fs) == 1:
                 center = anchors[0]
@@ -168,5 +183,8 @@ class EWC(Penalized):
         return QuadraticPenalty(kept, totals, centers, self.lam, const=self.lam * const)
 
     def stats(self) -> dict[str, Any]:
-        return {"fisher_bytes": nbytes(self.fisher_) + nbytes(self.anchor_), **self._last,
-                **self.penalty_stats()}
+        return {
+            "fisher_bytes": nbytes(self.fisher_) + nbytes(self.anchor_),
+            **self._last,
+            **self.penalty_stats(),
+        }

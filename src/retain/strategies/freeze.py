@@ -21,11 +21,16 @@ def layer_depths(model: nn.Module) -> dict[str, int]:
 
     A layer is a module that owns parameters itself, in registration order (the forward order
     of an ``nn.Sequential``, and of most models)."""
-    layers = [(name, [pn for pn, _ in m.named_parameters(recurse=False)])
-              for name, m in model.named_modules()]
+    layers = [
+        (name, [pn for pn, _ in m.named_parameters(recurse=False)])
+        for name, m in model.named_modules()
+    ]
     layers = [(name, pns) for name, pns in layers if pns]
-    return {f"{name}.{pn}" if name else pn: len(layers) - 1 - d
-            for d, (name, pns) in enumerate(layers) for pn in pns}
+    return {
+        f"{name}.{pn}" if name else pn: len(layers) - 1 - d
+        for d, (name, pns) in enumerate(layers)
+        for pn in pns
+    }
 
 
 @register("freeze", reference_url="https://arxiv.org/abs/1801.06146")
@@ -79,11 +84,15 @@ class Freeze(Strategy):
         if not all(self.trainable):
             raise ValueError(f"trainable must be a list of name patterns, got {self.trainable!r}")
         if self.last_k is None and self.trainable:
-            raise ValueError("trainable patterns with last_k=None (train everything) choose "
-                             "nothing; set last_k=0 to train only the matching parameters")
+            raise ValueError(
+                "trainable patterns with last_k=None (train everything) choose "
+                "nothing; set last_k=0 to train only the matching parameters"
+            )
         if self.last_k == 0 and not self.trainable:
-            raise ValueError("last_k=0 with no trainable patterns would freeze every parameter; "
-                             "give last_k >= 1 or trainable patterns")
+            raise ValueError(
+                "last_k=0 with no trainable patterns would freeze every parameter; "
+                "give last_k >= 1 or trainable patterns"
+            )
 
     def chosen(self, model: nn.Module) -> set[str]:
         """Names of the parameters that stay trainable."""
@@ -95,8 +104,10 @@ class Freeze(Strategy):
             hits = fnmatch.filter(depths, pattern)
             if not hits:
                 few = ", ".join(list(depths)[:6])
-                raise Unsupported(f"freeze: trainable pattern {pattern!r} matches no parameter; "
-                                 f"the model's parameters are named like: {few}")
+                raise Unsupported(
+                    f"freeze: trainable pattern {pattern!r} matches no parameter; "
+                    f"the model's parameters are named like: {few}"
+                )
             names.update(hits)
         return names
 
@@ -113,8 +124,9 @@ class Freeze(Strategy):
                     p.requires_grad_(False)
         return model
 
-    def param_groups(self, groups: list[dict[str, Any]], model: nn.Module,
-                     ctx: TaskContext) -> list[dict[str, Any]]:
+    def param_groups(
+        self, groups: list[dict[str, Any]], model: nn.Module, ctx: TaskContext
+    ) -> list[dict[str, Any]]:
         if self.lr_decay == 1.0 or ctx.task_index < self.from_task:
             return groups
         depths = layer_depths(model)

@@ -91,8 +91,10 @@ class GenerativeReplay(Strategy):
     def setup(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
         stream = ctx.stream
         if stream.objective != "classification" or "x" not in stream.tasks[0].train:
-            raise Unsupported("'generative_replay' supports classification streams only "
-                              f"(this one is {stream.objective})")
+            raise Unsupported(
+                "'generative_replay' supports classification streams only "
+                f"(this one is {stream.objective})"
+            )
         for t in stream.tasks:
             x = t.train.x
             if not x.is_floating_point() or x.min() < 0 or x.max() > 1:
@@ -140,8 +142,12 @@ class GenerativeReplay(Strategy):
             logits = ctx.objective.forward(self._teacher, {"x": x}, task_known=False)
             logits = ctx.logits(logits).masked_fill(~self._seen, float("-inf"))
         y = logits.argmax(-1)
-        new = {"x": x, "y": y, "task": self._task_of[y],
-               "replayed": torch.ones(m, dtype=torch.bool, device=y.device)}
+        new = {
+            "x": x,
+            "y": y,
+            "task": self._task_of[y],
+            "replayed": torch.ones(m, dtype=torch.bool, device=y.device),
+        }
         out = {}
         for k, v in {**batch, "replayed": batch.get("replayed")}.items():
             if v is None:
@@ -152,8 +158,9 @@ class GenerativeReplay(Strategy):
             self._soft = (n, logits)
         return out
 
-    def loss(self, loss: torch.Tensor, out: Any, batch: dict[str, torch.Tensor],
-             ctx: TaskContext) -> torch.Tensor:
+    def loss(
+        self, loss: torch.Tensor, out: Any, batch: dict[str, torch.Tensor], ctx: TaskContext
+    ) -> torch.Tensor:
         if self._soft is None:
             return loss
         start, teacher = self._soft
@@ -178,8 +185,9 @@ class GenerativeReplay(Strategy):
         optimizer = torch.optim.Adam(vae.parameters(), lr=self.vae_lr)
         vae.train()
         # shard=False: every process trains the same VAE on all the data.
-        loader = ctx.make_loader(ctx.task.train, batch_size=self.vae_batch_size, shuffle=True,
-                                 shard=False)
+        loader = ctx.make_loader(
+            ctx.task.train, batch_size=self.vae_batch_size, shuffle=True, shard=False
+        )
         for _ in range(self.vae_epochs):
             for b in loader:
                 x = b["x"].float()
@@ -197,5 +205,7 @@ class GenerativeReplay(Strategy):
         if self._vae is None:
             return {}
         params = list(self._vae.parameters())
-        return {"generator_params": sum(p.numel() for p in params),
-                "generator_bytes": sum(p.numel() * p.element_size() for p in params)}
+        return {
+            "generator_params": sum(p.numel() for p in params),
+            "generator_bytes": sum(p.numel() * p.element_size() for p in params),
+        }

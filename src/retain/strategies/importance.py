@@ -108,8 +108,10 @@ def _linear_pass(model, linears, batch, prepare, sample_loss, power, acc, ctx) -
     def record(k, inp, out):
         calls.append((k, inp[0], out, inp[0]._version, out._version))
 
-    hooks = [m.register_forward_hook(lambda _m, inp, out, k=k: record(k, inp, out))
-             for k, m in linears.items()]
+    hooks = [
+        m.register_forward_hook(lambda _m, inp, out, k=k: record(k, inp, out))
+        for k, m in linears.items()
+    ]
     try:
         out = ctx.forward(model, batch)
     finally:
@@ -161,8 +163,13 @@ def _batches(ctx: TaskContext, data: TensorData, size: int):
 
 
 def per_sample_importance(
-    model: nn.Module, ctx: TaskContext, data: TensorData, sample_loss: SampleLoss,
-    prepare: Prepare | None = None, power: int = 2, method: str = "auto",
+    model: nn.Module,
+    ctx: TaskContext,
+    data: TensorData,
+    sample_loss: SampleLoss,
+    prepare: Prepare | None = None,
+    power: int = 2,
+    method: str = "auto",
     batch_size: int | None = None,
 ) -> tuple[dict[str, torch.Tensor], str]:
     """``mean_n  v_n * |d sample_loss_n / d theta|^power`` for every trainable parameter.
@@ -205,8 +212,9 @@ def per_sample_importance(
                     _linear_pass(model, linears, batch, prepare, sample_loss, power, acc, ctx)
                     continue
                 except _NotLinear:  # raised on the first batch, before anything was drawn
-                    return per_sample_importance(model, ctx, data, sample_loss, prepare, power,
-                                                 "vmap", batch_size)
+                    return per_sample_importance(
+                        model, ctx, data, sample_loss, prepare, power, "vmap", batch_size
+                    )
             weight = None
             if prepare is not None:  # else no forward is needed before the gradients
                 with torch.no_grad():
@@ -222,10 +230,18 @@ def per_sample_importance(
                     method = "loop"  # flow); the loop below still raises a genuine error
             for i in range(len(next(iter(batch.values())))):
                 b = {k: v[i : i + 1] for k, v in batch.items()}
-                grads = torch.autograd.grad(sample_loss(ctx.forward(model, b), b)[0],
-                                            list(params.values()), materialize_grads=True)
-                _accumulate(acc, names, [g.unsqueeze(0) for g in grads],
-                            None if weight is None else weight[i : i + 1], power)
+                grads = torch.autograd.grad(
+                    sample_loss(ctx.forward(model, b), b)[0],
+                    list(params.values()),
+                    materialize_grads=True,
+                )
+                _accumulate(
+                    acc,
+                    names,
+                    [g.unsqueeze(0) for g in grads],
+                    None if weight is None else weight[i : i + 1],
+                    power,
+                )
     finally:
         model.train(was_training)
     flat = torch.cat([count.view(1)] + [t.view(-1) for t in acc.values()])

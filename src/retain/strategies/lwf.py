@@ -44,7 +44,8 @@ class LwF(Strategy):
     temperature: float = field(default=2.0, metadata={"gt": 0})
 
     known_failures: ClassVar[dict[str, str]] = {
-        "class_il": fails_in_class_il("distillation on new-task data")}
+        "class_il": fails_in_class_il("distillation on new-task data")
+    }
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -69,8 +70,9 @@ class LwF(Strategy):
                 self._old_classes = torch.tensor(old, device=ctx.device)
         return model
 
-    def loss(self, loss: torch.Tensor, out: Any, batch: dict[str, torch.Tensor],
-             ctx: TaskContext) -> torch.Tensor:
+    def loss(
+        self, loss: torch.Tensor, out: Any, batch: dict[str, torch.Tensor], ctx: TaskContext
+    ) -> torch.Tensor:
         if self._teacher is None:
             return loss
         with torch.no_grad():
@@ -81,8 +83,9 @@ class LwF(Strategy):
             # Position t predicts token t + 1; score the positions whose target is not padding.
             teacher, student = teacher[:, :-1], student[:, :-1]
             labels = batch.get("labels")
-            valid = (labels[:, 1:] != -100 if labels is not None
-                     else batch["attention_mask"][:, 1:] > 0)
+            valid = (
+                labels[:, 1:] != -100 if labels is not None else batch["attention_mask"][:, 1:] > 0
+            )
         elif self._old_classes is not None:
             teacher, student = teacher[..., self._old_classes], student[..., self._old_classes]
         return loss + self.alpha * distillation_loss(student, teacher, self.temperature, valid)

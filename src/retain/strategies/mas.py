@@ -66,17 +66,23 @@ class MAS(Penalized):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.importance_: dict[str, torch.Tensor] = {}  # Omega, summed over tasks
-        self.anchor_: dict[str, torch.Tensor] = {}      # theta* at the end of the last task
+        self.anchor_: dict[str, torch.Tensor] = {}  # theta* at the end of the last task
         self._last: dict[str, Any] = {}
 
-    def importance(self, model: nn.Module, ctx: TaskContext,
-                   method: str = "auto") -> dict[str, torch.Tensor]:
+    def importance(
+        self, model: nn.Module, ctx: TaskContext, method: str = "auto"
+    ) -> dict[str, torch.Tensor]:
         """Omega on ``samples`` of the current task's training data (float32, all-reduced)."""
         data = subset(ctx.task.train, self.samples, ctx.generator)
         t0 = time.perf_counter()
         omega, used = per_sample_importance(
-            model, ctx, data, lambda out, b: squared_output_norm(ctx.logits(out), b),
-            power=1, method=method)
+            model,
+            ctx,
+            data,
+            lambda out, b: squared_output_norm(ctx.logits(out), b),
+            power=1,
+            method=method,
+        )
         self._last = {"importance_seconds": time.perf_counter() - t0, "importance_method": used}
         return omega
 
@@ -86,5 +92,8 @@ class MAS(Penalized):
         return model
 
     def stats(self) -> dict[str, Any]:
-        return {"importance_bytes": nbytes(self.importance_) + nbytes(self.anchor_), **self._last,
-                **self.penalty_stats()}
+        return {
+            "importance_bytes": nbytes(self.importance_) + nbytes(self.anchor_),
+            **self._last,
+            **self.penalty_stats(),
+        }

@@ -57,8 +57,13 @@ if TYPE_CHECKING:
     from retain.strategies.context import TaskContext
 
 __all__ = [
-    "FAILS_IN_CLASS_IL", "Penalized", "QuadraticPenalty", "anchored_penalty", "check_sgd_stable",
-    "grad_path", "trainable",
+    "FAILS_IN_CLASS_IL",
+    "Penalized",
+    "QuadraticPenalty",
+    "anchored_penalty",
+    "check_sgd_stable",
+    "grad_path",
+    "trainable",
 ]
 
 #: ``known_failures["class_il"]`` of every method whose only effect is a weight penalty.
@@ -99,11 +104,17 @@ class QuadraticPenalty:
     Memory: three float32 copies of the covered parameters, four with the buffer.
     """
 
-    def __init__(self, params: list[torch.Tensor], weights: list[torch.Tensor],
-                 centers: list[torch.Tensor], scale: float = 1.0, const: float = 0.0) -> None:
+    def __init__(
+        self,
+        params: list[torch.Tensor],
+        weights: list[torch.Tensor],
+        centers: list[torch.Tensor],
+        scale: float = 1.0,
+        const: float = 0.0,
+    ) -> None:
         self.params = params
-        self.const = const          # added to the value (EWC's separate-mode remainder)
-        self.via_grad = False       # how the owning strategy applies it (set by Penalized)
+        self.const = const  # added to the value (EWC's separate-mode remainder)
+        self.via_grad = False  # how the owning strategy applies it (set by Penalized)
         self.roots = [w.float().clamp_min(0.0).sqrt().mul_(math.sqrt(scale)) for w in weights]
         neg_rc = torch._foreach_mul(self.roots, [c.float() for c in centers])
         torch._foreach_neg_(neg_rc)
@@ -186,8 +197,9 @@ class Penalized(Strategy):
         for n, v in new.items():
             old = self.importance_.get(n)
             self.importance_[n] = v if old is None else old.to(v.device) + v
-        self.anchor_ = {n: p.detach().clone() for n, p in model.named_parameters()
-                        if n in self.importance_}
+        self.anchor_ = {
+            n: p.detach().clone() for n, p in model.named_parameters() if n in self.importance_
+        }
         self.invalidate()
 
     def build_penalty(self, ctx: TaskContext) -> QuadraticPenalty | None:
@@ -196,8 +208,9 @@ class Penalized(Strategy):
         if not self.importance_ or scale == 0:
             return None
         check_sgd_stable(self.name, self.strength, scale, list(self.importance_.values()), ctx)
-        return anchored_penalty(trainable(ctx.unwrap(ctx.model)), self.importance_, self.anchor_,
-                                scale)
+        return anchored_penalty(
+            trainable(ctx.unwrap(ctx.model)), self.importance_, self.anchor_, scale
+        )
 
     def penalty(self, ctx: TaskContext) -> QuadraticPenalty | None:
         cached = self.__dict__.get("_penalty_cache")
@@ -218,8 +231,9 @@ class Penalized(Strategy):
             self._penalty_end = cached[1].value()
         self._penalty_cache = None
 
-    def loss(self, loss: torch.Tensor, out: Any, batch: dict[str, torch.Tensor],
-             ctx: TaskContext) -> torch.Tensor:
+    def loss(
+        self, loss: torch.Tensor, out: Any, batch: dict[str, torch.Tensor], ctx: TaskContext
+    ) -> torch.Tensor:
         penalty = self.penalty(ctx)
         return loss if penalty is None or penalty.via_grad else loss + penalty()
 
@@ -238,8 +252,9 @@ class Penalized(Strategy):
         self._penalty_cache = None
 
 
-def check_sgd_stable(strategy: str, param: str, scale: float,
-                     weights: list[torch.Tensor], ctx: Any) -> None:
+def check_sgd_stable(
+    strategy: str, param: str, scale: float, weights: list[torch.Tensor], ctx: Any
+) -> None:
     """Refuse a quadratic penalty that plain SGD cannot follow.
 
     Under SGD without momentum the penalty alone updates ``theta - c`` by the factor
@@ -261,12 +276,19 @@ def check_sgd_stable(strategy: str, param: str, scale: float,
         )
 
 
-def anchored_penalty(params: dict[str, torch.Tensor], importance: dict[str, torch.Tensor],
-                     anchor: dict[str, torch.Tensor], scale: float) -> QuadraticPenalty:
+def anchored_penalty(
+    params: dict[str, torch.Tensor],
+    importance: dict[str, torch.Tensor],
+    anchor: dict[str, torch.Tensor],
+    scale: float,
+) -> QuadraticPenalty:
     """``scale * sum_i Omega_i (theta_i - theta*_i)^2`` over the parameters that have an
     importance (float32 on each parameter's device); parameters added since, or frozen, are left
     out."""
     keep = [n for n in params if n in importance]
-    return QuadraticPenalty([params[n] for n in keep],
-                            [importance[n].to(params[n].device) for n in keep],
-                            [anchor[n].to(params[n].device) for n in keep], scale)
+    return QuadraticPenalty(
+        [params[n] for n in keep],
+        [importance[n].to(params[n].device) for n in keep],
+        [anchor[n].to(params[n].device) for n in keep],
+        scale,
+    )

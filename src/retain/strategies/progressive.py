@@ -12,9 +12,11 @@ from retain.models.stack import linear_stack
 from retain.strategies import register
 from retain.strategies._growing import Growing
 
-_NEEDS_IDS = ("it answers each sample with the column of that sample's task, so it needs task "
-              "labels at test time; without them every sample goes to the newest column, which "
-              "has only been trained on the newest task. Use stream.setting=task_il")
+_NEEDS_IDS = (
+    "it answers each sample with the column of that sample's task, so it needs task "
+    "labels at test time; without them every sample goes to the newest column, which "
+    "has only been trained on the newest task. Use stream.setting=task_il"
+)
 
 
 @register("progressive", reference_url="https://arxiv.org/abs/1606.04671")

@@ -86,10 +86,12 @@ class Replay(Strategy):
                 raise ValueError(f"replay: the memory has no {sorted(missing)} for this batch")
             out = {k: torch.cat([v, mem[k]]) for k, v in incoming.items()}
             was = batch.get("replayed")
-            out["replayed"] = torch.cat([
-                was if was is not None else torch.zeros(n, dtype=torch.bool, device=device),
-                torch.ones(len(mem["task"]), dtype=torch.bool, device=device),
-            ])
+            out["replayed"] = torch.cat(
+                [
+                    was if was is not None else torch.zeros(n, dtype=torch.bool, device=device),
+                    torch.ones(len(mem["task"]), dtype=torch.bool, device=device),
+                ]
+            )
         self.buffer_.offer(batch, ctx)
         return out
 

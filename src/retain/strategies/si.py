@@ -54,18 +54,20 @@ class SynapticIntelligence(Penalized):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.importance_: dict[str, torch.Tensor] = {}  # Omega, summed over tasks
-        self.anchor_: dict[str, torch.Tensor] = {}      # theta* at the end of the last task
+        self.anchor_: dict[str, torch.Tensor] = {}  # theta* at the end of the last task
         self._names: list[str] = []
         self._params: list[torch.Tensor] = []
-        self._omega: list[torch.Tensor] = []            # this task's path integral
-        self._grad: list[torch.Tensor] = []             # this step's gradient
-        self._prev: list[torch.Tensor] = []             # weights before this step
+        self._omega: list[torch.Tensor] = []  # this task's path integral
+        self._grad: list[torch.Tensor] = []  # this step's gradient
+        self._prev: list[torch.Tensor] = []  # weights before this step
         self._start: list[torch.Tensor] = []
 
     def setup(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
         if ctx.grads_are_scaled:
-            raise ValueError("si reads gradients before the fp16 loss scaler unscales them; "
-                             "use train.mixed_precision=bf16 or no")
+            raise ValueError(
+                "si reads gradients before the fp16 loss scaler unscales them; "
+                "use train.mixed_precision=bf16 or no"
+            )
         return model
 
     def before_task(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
@@ -92,12 +94,17 @@ class SynapticIntelligence(Penalized):
         self._grad = []
 
     def after_task(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
-        self.consolidate({n: (omega / ((p.detach().float() - start) ** 2 + self.xi)).clamp_min(0.0)
-                          for n, p, start, omega
-                          in zip(self._names, self._params, self._start, self._omega)},
-                         ctx.unwrap(model))
+        self.consolidate(
+            {
+                n: (omega / ((p.detach().float() - start) ** 2 + self.xi)).clamp_min(0.0)
+                for n, p, start, omega in zip(self._names, self._params, self._start, self._omega)
+            },
+            ctx.unwrap(model),
+        )
         return model
 
     def stats(self) -> dict[str, Any]:
-        return {"importance_bytes": nbytes(self.importance_) + nbytes(self.anchor_),
-                **self.penalty_stats()}
+        return {
+            "importance_bytes": nbytes(self.importance_) + nbytes(self.anchor_),
+            **self.penalty_stats(),
+        }

@@ -100,10 +100,21 @@ def validation_loss(model: nn.Module, data: TensorData, ctx: TaskContext) -> flo
     return float(total) / max(n, 1)
 
 
-def fit_task(model: nn.Module, data: TensorData, ctx: TaskContext, strategies: list[Strategy],
-             optimizer: torch.optim.Optimizer, schedule: Schedule, cfg: TrainConfig,
-             accelerator: Any, *, schedule_offset: int = 0, val: TensorData | None = None,
-             progress: Any = None, every: Every | None = None) -> FitStats:
+def fit_task(
+    model: nn.Module,
+    data: TensorData,
+    ctx: TaskContext,
+    strategies: list[Strategy],
+    optimizer: torch.optim.Optimizer,
+    schedule: Schedule,
+    cfg: TrainConfig,
+    accelerator: Any,
+    *,
+    schedule_offset: int = 0,
+    val: TensorData | None = None,
+    progress: Any = None,
+    every: Every | None = None,
+) -> FitStats:
     """Train ``model`` on ``data`` for ``cfg.steps`` steps or ``cfg.epochs`` epochs.
 
     ``schedule_offset`` is where this task starts in ``schedule`` (non-zero when one schedule
@@ -112,8 +123,9 @@ def fit_task(model: nn.Module, data: TensorData, ctx: TaskContext, strategies: l
     every ``every.steps`` optimizer steps (evaluation inside a task).
     """
     progress = progress or NullProgress()
-    stepper = _Stepper(model, ctx, strategies, optimizer, schedule, cfg, accelerator,
-                       schedule_offset)
+    stepper = _Stepper(
+        model, ctx, strategies, optimizer, schedule, cfg, accelerator, schedule_offset
+    )
     loader = ctx.make_loader(data, shuffle=True)
     steps_per_epoch = max(1, -(-len(loader) // cfg.grad_accum))
     total = cfg.steps if cfg.steps is not None else cfg.epochs * steps_per_epoch
@@ -159,9 +171,17 @@ def fit_task(model: nn.Module, data: TensorData, ctx: TaskContext, strategies: l
 class _Stepper:
     """A micro-batch's forward and backward, and an optimizer step, with the strategies' hooks."""
 
-    def __init__(self, model: nn.Module, ctx: TaskContext, strategies: list[Strategy],
-                 optimizer: torch.optim.Optimizer, schedule: Schedule, cfg: TrainConfig,
-                 accelerator: Any, schedule_offset: int) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        ctx: TaskContext,
+        strategies: list[Strategy],
+        optimizer: torch.optim.Optimizer,
+        schedule: Schedule,
+        cfg: TrainConfig,
+        accelerator: Any,
+        schedule_offset: int,
+    ) -> None:
         self.model, self.ctx, self.optimizer, self.cfg = model, ctx, optimizer, cfg
         self.schedule, self.offset, self.accelerator = schedule, schedule_offset, accelerator
         self.batch_hooks, self.loss_hooks = _hooks(strategies, "batch"), _hooks(strategies, "loss")
@@ -217,8 +237,15 @@ def _log(loop: _Loop, stats: FitStats, factor: float, progress: Any, task: str) 
     loop.loss_count = 0
 
 
-def _validate(loop: _Loop, stats: FitStats, model: nn.Module, val: TensorData, ctx: TaskContext,
-              accelerator: Any, patience: int) -> None:
+def _validate(
+    loop: _Loop,
+    stats: FitStats,
+    model: nn.Module,
+    val: TensorData,
+    ctx: TaskContext,
+    accelerator: Any,
+    patience: int,
+) -> None:
     """Early stopping: keep the best weights; end the task after ``patience`` worse validations."""
     v = validation_loss(model, val, ctx)
     if loop.best is None or v < loop.best[0]:

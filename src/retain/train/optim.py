@@ -86,13 +86,20 @@ def build_optimizer(groups: list[dict[str, Any]], cfg: TrainConfig) -> torch.opt
         if not g["params"]:
             continue
         base = cfg.lr * float(g.get("lr_scale", 1.0))
-        torch_groups.append({"params": list(g["params"]), "lr": base, "base_lr": base,
-                             "names": list(g.get("names", []))})
+        torch_groups.append(
+            {
+                "params": list(g["params"]),
+                "lr": base,
+                "base_lr": base,
+                "names": list(g.get("names", [])),
+            }
+        )
     if not torch_groups:
         raise ValueError("no trainable parameters: every parameter is frozen")
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(torch_groups, lr=cfg.lr, momentum=cfg.momentum,
-                               weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(
+            torch_groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
     if cfg.optimizer == "adam":
         return torch.optim.Adam(torch_groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adamw":
@@ -124,11 +131,16 @@ def load_state_by_name(optimizer: torch.optim.Optimizer, saved: dict[str, Any]) 
             st = by_name.get(name)
             if st is None:
                 continue
-            shapes_fit = all(v.shape == p.shape for k, v in st.items()
-                             if isinstance(v, torch.Tensor) and v.dim() > 0)
+            shapes_fit = all(
+                v.shape == p.shape
+                for k, v in st.items()
+                if isinstance(v, torch.Tensor) and v.dim() > 0
+            )
             if shapes_fit:
-                optimizer.state[p] = {k: v.to(p.device) if isinstance(v, torch.Tensor) and v.dim() > 0
-                                      else v for k, v in st.items()}
+                optimizer.state[p] = {
+                    k: v.to(p.device) if isinstance(v, torch.Tensor) and v.dim() > 0 else v
+                    for k, v in st.items()
+                }
 
 
 def set_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:

@@ -42,8 +42,11 @@ def needs_wrappers(acc: Any) -> bool:
     """
     from accelerate.utils import DistributedType
 
-    return (acc.num_processes > 1 or acc.scaler is not None
-            or acc.distributed_type not in (DistributedType.NO, DistributedType.MULTI_CPU))
+    return (
+        acc.num_processes > 1
+        or acc.scaler is not None
+        or acc.distributed_type not in (DistributedType.NO, DistributedType.MULTI_CPU)
+    )
 
 
 def grads_are_local(acc: Any) -> bool:
@@ -52,23 +55,44 @@ def grads_are_local(acc: Any) -> bool:
     from accelerate.utils import DistributedType
 
     return acc.scaler is None and acc.distributed_type in (
-        DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
+        DistributedType.NO,
+        DistributedType.MULTI_CPU,
+        DistributedType.MULTI_GPU,
+    )
 
 
-def task_context(acc: Any, train: TrainConfig, stream: Stream, task: Task, task_index: int,
-                 objective: Any, seed: int, generator: torch.Generator,
-                 class_mask: torch.Tensor | None = None) -> TaskContext:
+def task_context(
+    acc: Any,
+    train: TrainConfig,
+    stream: Stream,
+    task: Task,
+    task_index: int,
+    objective: Any,
+    seed: int,
+    generator: torch.Generator,
+    class_mask: torch.Tensor | None = None,
+) -> TaskContext:
     """The context of task ``task_index`` (``model`` unset: the loop sets it after prepare)."""
     plain_sgd = train.optimizer == "sgd" and train.momentum == 0
     return TaskContext(
-        stream=stream, task=task, task_index=task_index, objective=objective, seed=seed,
-        generator=generator, batch_size=train.batch_size, device=acc.device,
-        rank=acc.process_index, world_size=acc.num_processes,
-        grads_are_local=grads_are_local(acc), grads_are_scaled=acc.scaler is not None,
-        sgd_lr=train.lr if plain_sgd else None, task_known=task_known(stream.setting),
+        stream=stream,
+        task=task,
+        task_index=task_index,
+        objective=objective,
+        seed=seed,
+        generator=generator,
+        batch_size=train.batch_size,
+        device=acc.device,
+        rank=acc.process_index,
+        world_size=acc.num_processes,
+        grads_are_local=grads_are_local(acc),
+        grads_are_scaled=acc.scaler is not None,
+        sgd_lr=train.lr if plain_sgd else None,
+        task_known=task_known(stream.setting),
         class_mask=class_mask,
         autocast=acc.autocast if acc.mixed_precision != "no" else contextlib.nullcontext,
-        gather=acc.gather, unwrap=functools.partial(unwrap, accelerator=acc),
+        gather=acc.gather,
+        unwrap=functools.partial(unwrap, accelerator=acc),
         all_reduce=functools.partial(_all_reduce, acc),
     )
 

@@ -74,7 +74,9 @@ class RunDir:
         try:
             return json.loads(p.read_text())
         except json.JSONDecodeError:
-            raise RunDirError(f"'{p}' is damaged; delete it to restart the run from scratch") from None
+            raise RunDirError(
+                f"'{p}' is damaged; delete it to restart the run from scratch"
+            ) from None
 
     def save_checkpoint(
         self,
@@ -119,8 +121,10 @@ class RunDir:
         try:
             meta = json.loads((d / "state.json").read_text())
         except (OSError, json.JSONDecodeError):
-            raise RunDirError(f"checkpoint '{d}' is incomplete or damaged; delete it and "
-                              "checkpoints/LATEST.json to restart from scratch") from None
+            raise RunDirError(
+                f"checkpoint '{d}' is incomplete or damaged; delete it and "
+                "checkpoints/LATEST.json to restart from scratch"
+            ) from None
         meta["strategies"] = load_state(d / "strategies.safetensors", meta["strategies"])
         meta["rng"] = load_state(d / "rng.safetensors", meta["rng"])
         if meta.get("optimizer") is not None:
@@ -140,6 +144,8 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
 
 def optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     sd = optimizer.state_dict()
-    groups = [{k: v for k, v in g.items() if k != "names"} | {"names": g.get("names", [])}
-              for g in sd["param_groups"]]
+    groups = [
+        {k: v for k, v in g.items() if k != "names"} | {"names": g.get("names", [])}
+        for g in sd["param_groups"]
+    ]
     return {"state": sd["state"], "param_groups": groups}

@@ -34,7 +34,9 @@ def build_causal_lm(cfg: ModelConfig) -> nn.Module:
         try:
             return tf.AutoModelForCausalLM.from_pretrained(cfg.pretrained, dtype=torch.float32)
         except OSError as e:
-            raise ConfigError(f"cannot load model.pretrained '{cfg.pretrained}': {str(e).splitlines()[0]}") from None
+            raise ConfigError(
+                f"cannot load model.pretrained '{cfg.pretrained}': {str(e).splitlines()[0]}"
+            ) from None
     conf = dict(cfg.hf_config or {})
     model_type = conf.pop("model_type", "llama")
     try:

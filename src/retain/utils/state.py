@@ -35,8 +35,11 @@ def flatten(obj: Any, tensors: dict[str, torch.Tensor], prefix: str = "t") -> An
     if isinstance(obj, dict):
         if all(isinstance(k, str) and not k.startswith("__") for k in obj):
             return {k: flatten(v, tensors, prefix) for k, v in obj.items()}
-        return {"__dict__": [[flatten(k, tensors, prefix), flatten(v, tensors, prefix)]
-                             for k, v in obj.items()]}
+        return {
+            "__dict__": [
+                [flatten(k, tensors, prefix), flatten(v, tensors, prefix)] for k, v in obj.items()
+            ]
+        }
     if isinstance(obj, tuple):
         return {"__tuple__": [flatten(v, tensors, prefix) for v in obj]}
     if isinstance(obj, list):
@@ -108,8 +111,9 @@ def rng_state() -> dict[str, Any]:
 
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": [v.astype(np.int64) if isinstance(v, np.ndarray) else v
-                  for v in np.random.get_state()],
+        "numpy": [
+            v.astype(np.int64) if isinstance(v, np.ndarray) else v for v in np.random.get_state()
+        ],
         "python": random.getstate(),
     }
     if torch.cuda.is_available():
