@@ -51,7 +51,18 @@ ALLOWED: dict[str, set[str]] = {
         "utils",
     },
     "init": {"errors", "data"},  # `retain init`: a config for the user's files
-    "cli": {"retain", "errors", "config", "init", "report", "runner", "strategies", "utils"},
+    "reference": {"binding", "config"},  # `retain config`: every config key, from the dataclasses
+    "cli": {
+        "retain",
+        "errors",
+        "config",
+        "init",
+        "reference",
+        "report",
+        "runner",
+        "strategies",
+        "utils",
+    },
     "__main__": {"cli"},
     "retain": {"strategies"},  # the lazy public API
 }

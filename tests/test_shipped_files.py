@@ -33,3 +33,13 @@ def test_strategies_doc_is_generated(capsys):
     assert doc.read_text(encoding="utf-8") == capsys.readouterr().out, (
         "docs/strategies.md is out of date: retain strategies --markdown > docs/strategies.md"
     )
+
+
+def test_config_doc_is_generated(capsys):
+    from retain.cli import main
+
+    assert main(["config", "--markdown"]) == 0
+    doc = ROOT / "docs" / "config.md"
+    assert doc.read_text(encoding="utf-8") == capsys.readouterr().out, (
+        "docs/config.md is out of date: retain config --markdown > docs/config.md"
+    )

@@ -24,6 +24,7 @@ EPILOG = """examples:
   retain run examples/split_mnist.yaml --out runs/smnist --resume
   retain compare examples/split_mnist.yaml --strategies finetune,joint,ewc+replay
   retain strategies
+  retain config
   retain report runs/smnist
 """
 
@@ -135,6 +136,13 @@ def cmd_strategies(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    from retain.reference import config_reference
+
+    print(config_reference(markdown=args.markdown), end="")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from retain.report.record import load_record
     from retain.report.render import write_reports
@@ -165,27 +173,50 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"retain {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for add in (
+        _run_parser,
+        _compare_parser,
+        _init_parser,
+        _strategies_parser,
+        _config_parser,
+        _report_parser,
+        _demo_parser,
+    ):
+        add(sub, common)
+    return p
 
-    def overrides(sp: argparse.ArgumentParser) -> None:
-        # Parsed by main() from the leftover arguments, so they may come before or after flags.
-        sp.usage = f"retain {sp.prog.split()[-1]} [options] {'CONFIG ' if sp.prog.split()[-1] != 'demo' else ''}[KEY=VALUE ...]"
-        sp.set_defaults(overrides=[])
-        sp.epilog = "KEY=VALUE: config overrides, e.g. train.lr=0.01 strategies.0.lam=50"
 
-    r = sub.add_parser("run", parents=[common], help="train one strategy on a stream")
-    r.add_argument("config", help="YAML config file (see examples/)")
-    overrides(r)
+def _overrides(sp: argparse.ArgumentParser) -> None:
+    # Parsed by main() from the leftover arguments, so they may come before or after flags.
+    sp.usage = f"retain {sp.prog.split()[-1]} [options] {'CONFIG ' if sp.prog.split()[-1] != 'demo' else ''}[KEY=VALUE ...]"
+    sp.set_defaults(overrides=[])
+    sp.epilog = "KEY=VALUE: config overrides, e.g. train.lr=0.01 strategies.0.lam=50"
+
+
+def _run_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    r = sub.add_parser(
+        "run",
+        parents=[common],
+        help="train one strategy on a stream",
+        description="Train one strategy on a stream. Your own data: docs/quickstart.md; every "
+        "config key with its type, default and meaning: docs/config.md (or retain config); more "
+        "configs in examples/.",
+    )
+    r.add_argument("config", help="YAML config file (keys: docs/config.md)")
+    _overrides(r)
     r.add_argument("--out", help="run directory (default: runs/<name>-<time>)")
     r.add_argument(
         "--resume", action="store_true", help="continue the run in --out from its last task"
     )
     r.set_defaults(func=cmd_run)
 
+
+def _compare_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     c = sub.add_parser(
         "compare", parents=[common], help="run several strategies on the same stream"
     )
     c.add_argument("config")
-    overrides(c)
+    _overrides(c)
     c.add_argument(
         "--strategies",
         required=True,
@@ -195,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--resume", action="store_true")
     c.set_defaults(func=cmd_compare)
 
+
+def _init_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     i = sub.add_parser(
         "init",
         parents=[common],
@@ -220,12 +253,28 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     i.set_defaults(func=cmd_init)
 
+
+def _strategies_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     s = sub.add_parser(
         "strategies", parents=[common], help="list strategies and their hyperparameters"
     )
     s.add_argument("--markdown", action="store_true", help="as a Markdown document")
     s.set_defaults(func=cmd_strategies)
 
+
+def _config_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    s = sub.add_parser(
+        "config",
+        parents=[common],
+        help="every config key: type, default, bounds and meaning",
+    )
+    s.add_argument(
+        "--markdown", action="store_true", help="as a Markdown document (docs/config.md)"
+    )
+    s.set_defaults(func=cmd_config)
+
+
+def _report_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     rep = sub.add_parser(
         "report", parents=[common], help="(re)render the report of a run directory"
     )
@@ -233,15 +282,16 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--no-plots", action="store_true")
     rep.set_defaults(func=cmd_report)
 
+
+def _demo_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     d = sub.add_parser(
         "demo",
         parents=[common],
         help="the embedded digits data under finetune and joint (under a minute)",
     )
-    overrides(d)
+    _overrides(d)
     d.add_argument("--out")
     d.set_defaults(func=cmd_demo)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:
