@@ -47,6 +47,7 @@ ALLOWED: dict[str, set[str]] = {
         "models",
         "report",
         "strategies",
+        "train",  # planned steps, for the ETA of a comparison
         "api",
         "utils",
     },

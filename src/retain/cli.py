@@ -80,9 +80,9 @@ def _compare(cfg: Any, labels: list[str], args: argparse.Namespace) -> int:
         else (Path(cfg.output.dir) if cfg.output.dir else default_out(cfg, "compare"))
     )
 
-    def announce(label: str) -> None:
+    def announce(label: str, index: int, count: int, steps_left: int) -> None:
         if progress is not None:
-            progress.set_prefix(f"[{label}] ")
+            progress.strategy(label, index, count, steps_left)
 
     try:
         record = compare_config(

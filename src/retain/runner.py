@@ -132,9 +132,13 @@ def compare_config(
     resume: bool = False,
     progress: Any = None,
     warn: Callable[[str], None] | None = None,
-    announce: Callable[[str], None] | None = None,
+    announce: Callable[[str, int, int, int], None] | None = None,
 ) -> CompareRecord:
-    """Run every strategy label on the same stream; return the comparison record."""
+    """Run every strategy label on the same stream; return the comparison record.
+
+    ``announce(label, index, count, steps_left)`` is called before each strategy trains: its
+    position (1-based) among ``count``, and the optimizer steps planned for it and the ones after
+    it (for an ETA over the whole comparison)."""
     out = (
         Path(out)
         if out is not None
@@ -153,7 +157,7 @@ def _compare_config(
     resume: bool,
     progress: Any,
     warn: Callable[[str], None] | None,
-    announce: Callable[[str], None] | None,
+    announce: Callable[[str, int, int, int], None] | None,
 ) -> CompareRecord:
     from retain import strategies as registry
     from retain.utils.files import write_atomic
@@ -177,7 +181,7 @@ def _compare_config(
                 runs[label] = rec
                 continue
         if announce:
-            announce(label)
+            announce(label, *_position(cfg, prepared[0], plans, label))
         sub_cfg = copy.deepcopy(cfg)
         sub_cfg.strategies = specs
         sub_cfg.name = cfg.name
@@ -222,3 +226,24 @@ def compare_record(cfg: RunConfig, runs: dict[str, RunRecord]) -> CompareRecord:
         versions=versions(),
         config=cfg.to_dict(),
     )
+
+
+def _position(
+    cfg: RunConfig, stream: Any, plans: dict[str, list[dict[str, Any]]], label: str
+) -> tuple[int, int, int]:
+    """``(index, count, steps_left)`` of ``label`` in a comparison; see :func:`compare_config`.
+
+    The steps are planned from the data sizes and ``cfg.train`` (one union task for ``joint``);
+    strategies that change a task's data (``cumulative``) or stop early make it an estimate.
+    """
+    from retain import strategies as registry
+    from retain.api import Plan
+    from retain.train.optim import steps_for
+
+    labels = list(plans)
+    index = labels.index(label)
+    steps = 0
+    for later in labels[index:]:
+        plan = Plan.for_strategies(stream, registry.build_all(plans[later]))
+        steps += sum(steps_for(len(t.train), cfg.train) for t in plan.tasks)
+    return index + 1, len(labels), steps
