@@ -102,9 +102,6 @@ class RichProgress:
         self._total = 0
         self._started = False
 
-    def set_prefix(self, prefix: str) -> None:
-        self.prefix = prefix
-
     def strategy(self, label: str, index: int, count: int, steps_left: int) -> None:
         """Strategy ``label`` (number ``index`` of ``count``) starts; ``steps_left``: the
         optimizer steps planned for it and for the strategies after it."""
