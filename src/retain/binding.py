@@ -32,6 +32,7 @@ __all__ = [
     "coerce",
     "field_hints",
     "from_dict",
+    "help_field",
     "type_name",
 ]
 
@@ -185,6 +186,25 @@ def from_dict(
             )
         kwargs[key] = coerce(hints[key], value, full)
     return cls(**kwargs)
+
+
+def help_field(
+    text: str,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    **kw: Any,
+) -> Any:
+    """A dataclass field with its ``--help`` text and bounds (checked by :func:`check_fields`).
+
+    Examples:
+        >>> help_field("epochs per task", default=1, ge=1).metadata["ge"]
+        1
+    """
+    bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
+    return dataclasses.field(metadata={"help": text, **bounds}, **kw)
 
 
 def bounds_text(meta: Any) -> str:

@@ -10,23 +10,36 @@ A config file mirrors :class:`RunConfig`::
 
 Every key is checked: an unknown key is an error with a "did you mean" suggestion, and every value
 is checked against the field's type. Overrides use dotted paths (``train.lr=3e-5``,
-``strategies.0.lam=50``); their values are parsed as YAML. This module imports no torch, so the
-command line answers ``--help`` quickly.
+``strategies.0.lam=50``); their values are parsed as YAML. The stream's fields and the scenario
+registry live in :mod:`retain.stream_config` and are re-exported here. This module imports no
+torch, so the command line answers ``--help`` quickly.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import yaml
 
-from retain.binding import check_fields, coerce, field_hints, from_dict
-from retain.errors import ConfigError, did_you_mean
+from retain.binding import check_fields, from_dict, help_field
+from retain.errors import ConfigError
+from retain.stream_config import (
+    SCENARIOS,
+    ByColumnScenario,
+    FilesScenario,
+    IIDScenario,
+    PermutedScenario,
+    PriorShiftScenario,
+    RotatedScenario,
+    SplitScenario,
+    StreamConfig,
+    scenario,
+    scenario_options,
+)
 
 __all__ = [
     "SCENARIOS",
@@ -53,302 +66,31 @@ __all__ = [
     "scenario_options",
 ]
 
-T = TypeVar("T")
-
-
-def _help(
-    text: str,
-    *,
-    ge: float | None = None,
-    gt: float | None = None,
-    le: float | None = None,
-    lt: float | None = None,
-    **kw: Any,
-) -> Any:
-    """A field with its ``--help`` text and bounds (checked by :func:`retain.binding.check_fields`)."""
-    bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
-    return field(metadata={"help": text, **bounds}, **kw)
-
-
-# --------------------------------------------------------------------------- scenarios
-
-#: Scenario name -> the dataclass of the stream fields that scenario reads. In YAML they sit
-#: beside the other stream fields (``stream: {scenario: split, n_tasks: 5}``); setting one that
-#: the chosen scenario does not read is an error, so a misplaced parameter never goes unused.
-#: The stream is built by ``retain.data.scenarios.<name>(source, **options)`` (which imports
-#: torch, so it cannot live here): a new scenario is a dataclass here and a function there.
-SCENARIOS: dict[str, type] = {}
-
-
-def scenario(name: str) -> Callable[[type[T]], type[T]]:
-    """Class decorator: register the options dataclass of scenario ``name``."""
-
-    def deco(cls: type[T]) -> type[T]:
-        SCENARIOS[name] = dataclass(cls)
-        return SCENARIOS[name]
-
-    return deco
-
-
-def _required(obj: Any, name: str, scenario_name: str, example: str) -> None:
-    if not getattr(obj, name):
-        raise ConfigError(f"stream.{name} is required for scenario '{scenario_name}'{example}")
-
-
-@scenario("split")
-class SplitScenario:
-    """class groups per task"""
-
-    n_tasks: int | None = _help("number of tasks (default 5)", default=None, ge=1)
-    classes_per_task: int | None = _help(
-        "classes in each task (default: classes / n_tasks)", default=None, ge=1
-    )
-    class_order: list[int] | None = _help("order in which classes arrive", default=None)
-    classes: list[int] | None = _help("keep only these classes", default=None)
-
-    def __post_init__(self) -> None:
-        check_fields(self, "stream")
-
-
-@scenario("permuted")
-class PermutedScenario:
-    """every task sees all the data under its own pixel permutation"""
-
-    n_tasks: int | None = _help("number of tasks (default 10)", default=None, ge=1)
-
-    def __post_init__(self) -> None:
-        check_fields(self, "stream")
-
-
-@scenario("rotated")
-class RotatedScenario:
-    """every task sees all the data rotated by its own angle"""
-
-    n_tasks: int | None = _help(
-        "number of tasks (default: len(angles), else 10)", default=None, ge=1
-    )
-    angles: list[float] | None = _help("angle of each task in degrees", default=None)
-    max_angle: float = _help("angles drawn uniformly from [0, max_angle)", default=180.0)
-
-    def __post_init__(self) -> None:
-        check_fields(self, "stream")
-
-
-@scenario("iid")
-class IIDScenario:
-    """random chunks of one distribution"""
-
-    n_tasks: int | None = _help("number of tasks (default 2)", default=None, ge=1)
-    classes: list[int] | None = _help("keep only these classes", default=None)
-
-    def __post_init__(self) -> None:
-        check_fields(self, "stream")
-
-
-@scenario("prior_shift")
-class PriorShiftScenario:
-    """class proportions that change from task to task"""
-
-    proportions: list[list[float]] | None = _help(
-        "class proportions per task, e.g. [[0.8,0.1,0.1],[0.1,0.9,0.0]]", default=None, ge=0
-    )
-    classes: list[int] | None = _help("keep only these classes (one per proportion)", default=None)
-    samples_per_task: int | None = _help("training samples per task", default=None, ge=1)
-
-    def __post_init__(self) -> None:
-        check_fields(self, "stream")
-        _required(
-            self,
-            "proportions",
-            "prior_shift",
-            ", e.g. proportions: [[0.8, 0.1, 0.1], [0.1, 0.9, 0.0]]",
-        )
-
-
-@scenario("by_column")
-class ByColumnScenario:
-    """one task per value of a column (a domain, a time period)"""
-
-    column: str | None = _help("the column whose values define the tasks", default=None)
-    groups: list[Any] | None = _help("task order as values or lists of values", default=None)
-    classes: list[int] | None = _help("keep only these classes", default=None)
-
-    def __post_init__(self) -> None:
-        check_fields(self, "stream")
-        _required(self, "column", "by_column", ", e.g. column: region")
-
-
-@scenario("files")
-class FilesScenario:
-    """one file per task"""
-
-    files: list[str] | None = _help(
-        "one data file per task, in order (D1, then D2, ...); relative paths in a config file are "
-        "relative to the config file's folder",
-        default=None,
-    )
-
-    def __post_init__(self) -> None:
-        check_fields(self, "stream")
-        _required(self, "files", "files", ", e.g. files: [d1.csv, d2.csv]")
-
-
-def _scenario_defaults() -> dict[str, Any]:
-    """Every scenario field with its default, in registry order (the fields config files of every
-    scenario may hold: a resolved config lists them all)."""
-    out: dict[str, Any] = {}
-    for cls in SCENARIOS.values():
-        for f in fields(cls):
-            out.setdefault(f.name, f.default)
-    return out
-
-
-@dataclass
-class StreamConfig:
-    """Where the data comes from and how it is cut into tasks.
-
-    The scenario's own settings are ``options`` (an instance of ``SCENARIOS[scenario]``, or a
-    mapping bound to it); config files write them beside the other stream fields.
-    """
-
-    dataset: str | None = _help(
-        "built-in name (digits, diabetes, mnist, fashion_mnist), a file (.csv, .parquet, .npz), "
-        "or a Hugging Face datasets folder saved with save_to_disk (default: digits; not used by "
-        "scenario files). A relative path in a config file is relative to the config file's folder",
-        default=None,
-    )
-    path: str | None = _help(
-        "where the files of a built-in dataset are (else RETAIN_DATA); "
-        "relative to the config file's folder",
-        default=None,
-    )
-    target: str | None = _help("target column of a table or HF dataset", default=None)
-    input: str | None = _help(
-        "input column of an HF dataset (default: all non-target columns)", default=None
-    )
-    features: list[str] | None = _help(
-        "feature columns of a table (default: all but target/column)", default=None
-    )
-    objective: Literal["auto", "classification", "regression"] = _help(
-        "auto: classification for integer targets, regression for float targets", default="auto"
-    )
-    scenario: str = _help(
-        "how tasks are made: " + "; ".join(f"{k} ({c.__doc__})" for k, c in SCENARIOS.items()),
-        default="split",
-    )
-    setting: Literal["auto", "class_il", "task_il", "domain_il"] = _help(
-        "class_il: one head over all classes; task_il: other tasks' logits masked; domain_il: "
-        "labels mapped within the task. auto: class_il for split, domain_il for permuted/rotated",
-        default="auto",
-    )
-    options: Any = _help(
-        "the scenario's settings (SCENARIOS[scenario]; default: its defaults)", default=None
-    )
-    validation: float = _help(
-        "fraction of each task's training data held out for validation", default=0.0, ge=0, lt=1
-    )
-    test_fraction: float = _help(
-        "fraction held out as test set when the source has none", default=0.2, gt=0, lt=1
-    )
-    standardize: bool | None = _help(
-        "standardise features (default: yes for tables, no for images)", default=None
-    )
-    limit_train: int | None = _help(
-        "use at most this many training samples (quick runs)", default=None, ge=1
-    )
-    limit_test: int | None = _help(
-        "use at most this many test samples (quick runs)", default=None, ge=1
-    )
-
-    def __post_init__(self) -> None:
-        check_fields(self, "stream")
-        # Scenario 'files' reads its files only, so the resolved config names no dataset (configs
-        # written by older versions say 'dataset: digits' there; it is dropped, not an error).
-        self.dataset = None if self.scenario == "files" else self.dataset or "digits"
-        cls = scenario_options(self.scenario)
-        if self.options is None:
-            self.options = cls()
-        elif isinstance(self.options, dict):
-            self.options = from_dict(cls, self.options, "stream")
-        elif not isinstance(self.options, cls):
-            raise ConfigError(
-                f"stream.options must be a {cls.__name__} for scenario "
-                f"'{self.scenario}', got {type(self.options).__name__}"
-            )
-
-    @classmethod
-    def bind(cls, data: dict[str, Any], where: str) -> StreamConfig:
-        """From the flat mapping of a config file: the scenario's fields go to ``options``. A field
-        of another scenario is accepted at its default (resolved configs list them all)."""
-        hints = field_hints(cls)
-        own = [n for n in hints if n != "options"]
-        name = data.get("scenario", "split")
-        opts_cls = scenario_options(name) if isinstance(name, str) else None
-        opt_names = [f.name for f in fields(opts_cls)] if opts_cls else []
-        others = _scenario_defaults()
-        kwargs, opts = {}, {}
-        for key, value in data.items():
-            if key in own:
-                kwargs[key] = coerce(hints[key], value, f"{where}.{key}")
-            elif key in opt_names:
-                opts[key] = value
-            elif key in others and opts_cls is not None:
-                if value != others[key]:
-                    reads = ", ".join(opt_names) or "nothing"
-                    raise ConfigError(
-                        f"{where}.{key} is not used by scenario '{name}' "
-                        f"(it reads: {reads}); remove it"
-                    )
-            else:
-                raise ConfigError(
-                    f"unknown key '{where}.{key}'{did_you_mean(str(key), own + opt_names)}"
-                )
-        if opts_cls is not None:
-            kwargs["options"] = from_dict(opts_cls, opts, where)
-        return cls(**kwargs)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The flat mapping of a config file: every scenario field, the unused ones at default."""
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            if f.name == "options":
-                out.update(_scenario_defaults())
-                out.update(dataclasses.asdict(self.options))
-            else:
-                out[f.name] = copy.deepcopy(getattr(self, f.name))
-        return out
-
-
-def scenario_options(name: str) -> type:
-    """The options dataclass of scenario ``name`` (a config error naming the choices if unknown)."""
-    if name not in SCENARIOS:
-        raise ConfigError(
-            f"stream.scenario must be one of {', '.join(SCENARIOS)}; got {name!r}"
-            f"{did_you_mean(str(name), list(SCENARIOS))}"
-        )
-    return SCENARIOS[name]
-
 
 @dataclass
 class ModelConfig:
     """The network. Input size and number of outputs are read from the stream."""
 
-    name: Literal["mlp", "cnn", "hf"] = _help(
+    name: Literal["mlp", "cnn", "hf"] = help_field(
         "mlp, cnn, or hf (a Hugging Face causal LM)", default="mlp"
     )
-    hidden: list[int] = _help("mlp: hidden layer widths", default_factory=lambda: [100, 100], ge=1)
-    activation: Literal["relu", "gelu", "tanh"] = _help("mlp/cnn: activation", default="relu")
-    dropout: float = _help("mlp: dropout after each hidden layer", default=0.0, ge=0, lt=1)
-    init: Literal["default", "xavier"] = _help(
+    hidden: list[int] = help_field(
+        "mlp: hidden layer widths", default_factory=lambda: [100, 100], ge=1
+    )
+    activation: Literal["relu", "gelu", "tanh"] = help_field("mlp/cnn: activation", default="relu")
+    dropout: float = help_field("mlp: dropout after each hidden layer", default=0.0, ge=0, lt=1)
+    init: Literal["default", "xavier"] = help_field(
         "weight initialisation: torch's default, or xavier (uniform weights, zero biases, as "
         "mammoth's MNISTMLP)",
         default="default",
     )
-    channels: list[int] = _help(
+    channels: list[int] = help_field(
         "cnn: channels of each conv block", default_factory=lambda: [32, 64], ge=1
     )
-    pretrained: str | None = _help("hf: local model folder (or hub id when online)", default=None)
-    hf_config: dict[str, Any] | None = _help(
+    pretrained: str | None = help_field(
+        "hf: local model folder (or hub id when online)", default=None
+    )
+    hf_config: dict[str, Any] | None = help_field(
         "hf: build a fresh model from this config dict", default=None
     )
 
@@ -364,49 +106,53 @@ class ModelConfig:
 class TrainConfig:
     """The training loop, applied to every task."""
 
-    epochs: int = _help("epochs per task (ignored when steps is set)", default=1, ge=1)
-    steps: int | None = _help("optimizer steps per task instead of epochs", default=None, ge=1)
-    batch_size: int = _help("samples per optimizer step (per process)", default=32, ge=1)
-    optimizer: Literal["sgd", "adam", "adamw"] = _help("optimizer", default="sgd")
-    lr: float = _help("peak learning rate", default=0.01, gt=0)
-    momentum: float = _help("sgd momentum", default=0.0, ge=0)
-    weight_decay: float = _help("weight decay (decoupled for adamw)", default=0.0, ge=0)
-    schedule: Literal["constant", "cosine", "wsd", "linear"] = _help(
+    epochs: int = help_field("epochs per task (ignored when steps is set)", default=1, ge=1)
+    steps: int | None = help_field("optimizer steps per task instead of epochs", default=None, ge=1)
+    batch_size: int = help_field("samples per optimizer step (per process)", default=32, ge=1)
+    optimizer: Literal["sgd", "adam", "adamw"] = help_field("optimizer", default="sgd")
+    lr: float = help_field("peak learning rate", default=0.01, gt=0)
+    momentum: float = help_field("sgd momentum", default=0.0, ge=0)
+    weight_decay: float = help_field("weight decay (decoupled for adamw)", default=0.0, ge=0)
+    schedule: Literal["constant", "cosine", "wsd", "linear"] = help_field(
         "constant; cosine (with warmup); wsd: warmup, stable, then decay (continual pre-training)",
         default="constant",
     )
-    warmup: float = _help(
+    warmup: float = help_field(
         "warmup: a fraction of the schedule's steps if < 1, else a step count", default=0.0, ge=0
     )
-    decay: float = _help(
+    decay: float = help_field(
         "wsd: fraction of the schedule's steps spent decaying at the end", default=0.1, ge=0, le=1
     )
-    min_lr: float = _help(
+    min_lr: float = help_field(
         "final learning rate as a fraction of lr (cosine, wsd, linear)", default=0.0, ge=0, le=1
     )
-    schedule_scope: Literal["task", "run"] = _help(
+    schedule_scope: Literal["task", "run"] = help_field(
         "task: the schedule restarts each task (re-warming); run: one schedule over all tasks",
         default="task",
     )
-    optimizer_state: Literal["reset", "keep"] = _help(
+    optimizer_state: Literal["reset", "keep"] = help_field(
         "reset: a fresh optimizer each task; keep: carry moments and step counts across tasks "
         "('hot start')",
         default="reset",
     )
-    grad_clip: float | None = _help("clip the gradient norm to this value", default=None, gt=0)
-    grad_accum: int = _help("accumulate gradients over this many batches per step", default=1, ge=1)
-    patience: int | None = _help(
+    grad_clip: float | None = help_field("clip the gradient norm to this value", default=None, gt=0)
+    grad_accum: int = help_field(
+        "accumulate gradients over this many batches per step", default=1, ge=1
+    )
+    patience: int | None = help_field(
         "early stopping: stop a task after this many evaluations without a better validation "
         "loss, and keep the best weights (needs stream.validation > 0)",
         default=None,
         ge=1,
     )
-    eval_every: int | None = _help(
+    eval_every: int | None = help_field(
         "early stopping: validate every N steps (default: every epoch)", default=None, ge=1
     )
-    mixed_precision: Literal["no", "fp16", "bf16"] = _help("mixed precision (GPU)", default="no")
-    cpu: bool = _help("force the CPU even when a GPU is available", default=False)
-    deterministic: bool = _help("use deterministic torch kernels", default=True)
+    mixed_precision: Literal["no", "fp16", "bf16"] = help_field(
+        "mixed precision (GPU)", default="no"
+    )
+    cpu: bool = help_field("force the CPU even when a GPU is available", default=False)
+    deterministic: bool = help_field("use deterministic torch kernels", default=True)
 
     def __post_init__(self) -> None:
         check_fields(self, "train")
@@ -416,18 +162,18 @@ class TrainConfig:
 class EvalConfig:
     """Evaluation after each task, on every task's test set."""
 
-    batch_size: int = _help("evaluation batch size", default=1024, ge=1)
-    split: Literal["test", "val"] = _help(
+    batch_size: int = help_field("evaluation batch size", default=1024, ge=1)
+    split: Literal["test", "val"] = help_field(
         "which split R is scored on: test, or val (the held-out part of each task's training "
         "data, stream.validation > 0) to choose hyperparameters without touching the test sets",
         default="test",
     )
-    metric: str = _help(
+    metric: str = help_field(
         "score of the matrix R: auto (accuracy for classification, mse for regression, loss for "
         "language models) or one of accuracy, mse, r2, loss, perplexity, token_accuracy",
         default="auto",
     )
-    every_steps: int | None = _help(
+    every_steps: int | None = help_field(
         "also evaluate on every task every N optimizer steps while a task trains (recorded in "
         "the run's curves); default: only after each task",
         default=None,
@@ -442,14 +188,14 @@ class EvalConfig:
 class OutputConfig:
     """What a run writes."""
 
-    dir: str | None = _help("run directory (default: runs/<config name>-<time>)", default=None)
-    checkpoints: bool = _help(
+    dir: str | None = help_field("run directory (default: runs/<config name>-<time>)", default=None)
+    checkpoints: bool = help_field(
         "write a checkpoint after each task (needed for --resume)", default=True
     )
-    keep_checkpoints: int = _help(
+    keep_checkpoints: int = help_field(
         "how many task checkpoints to keep (the latest ones)", default=1, ge=1
     )
-    plots: bool = _help("write PNG plots", default=True)
+    plots: bool = help_field("write PNG plots", default=True)
 
     def __post_init__(self) -> None:
         check_fields(self, "output")
@@ -459,14 +205,14 @@ class OutputConfig:
 class RunConfig:
     """Everything a run needs. ``config.resolved.yaml`` in a run directory is this, in full."""
 
-    name: str | None = _help("run name (default: the config file's name)", default=None)
-    seed: int = _help("seed for data order, model init and every random choice", default=0)
+    name: str | None = help_field("run name (default: the config file's name)", default=None)
+    seed: int = help_field("seed for data order, model init and every random choice", default=0)
     stream: StreamConfig = field(default_factory=StreamConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
-    strategies: list[dict[str, Any]] = _help(
+    strategies: list[dict[str, Any]] = help_field(
         "strategies applied in order, e.g. [{name: ewc, lam: 100}, {name: replay, size: 500}]",
         default_factory=lambda: [{"name": "finetune"}],
     )

@@ -27,6 +27,8 @@ from retain.errors import DataError, did_you_mean
 MAX_CLASSES = 20
 # scenario by_column: at most this many tasks from the values of one column.
 MAX_GROUPS = 20
+# Of each task, held out for the scores.
+TEST_FRACTION = 0.2
 STRATEGIES = {
     # Those that run with their defaults on the objective, a short list to start with.
     "classification": "finetune,joint,replay,ewc,lwf,si",
@@ -198,94 +200,140 @@ def init_config(
         raise DataError("give one or more CSV or Parquet files")
     if by is not None and len(paths) > 1:
         raise DataError("--by splits one file into tasks; with several files each file is a task")
+    choices = _choose(paths, target, by)
+    folder = Path(out).expanduser().absolute().parent
+    sources = [Path(os.path.relpath(p.absolute(), folder)).as_posix() for p in paths]
+    lines = [
+        f"# Written by `retain init` for {', '.join(p.name for p in paths)}.",
+        "# Check the choices explained in the comments, then:",
+        f"#   retain compare {Path(out)} --strategies {STRATEGIES[choices.objective]}",
+        "# Data paths are relative to this file's folder. Any key can also be set on the command",
+        "# line, e.g. train.epochs=5 for a quick first try.",
+        "seed: 0",
+        "stream:",
+    ]
+    lines += _tasks_lines(sources, choices)
+    lines += _stream_lines(choices)
+    lines += _model_and_train_lines(choices)
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class Choices:
+    """What ``retain init`` decided about the files; each ``*_why`` is written beside its key."""
+
+    target: str
+    target_why: str
+    objective: str
+    objective_why: str
+    features: list[str]
+    left_out: dict[str, str]  # column -> why it is not a feature
+    by: str | None  # scenario by_column's column
+    groups: list[Any]  # the values of ``by``, one task each
+    per_task: int  # rows per task, test rows included
+    size: dict[str, Any]  # network and training budget (see _sizes)
+
+
+def _choose(paths: list[Path], target: str | None, by: str | None) -> Choices:
+    """Read the tables and choose the target, the objective, the features and the sizes."""
     tables = [read_columns(p) for p in paths]
     rows = [len(next(iter(t.values()))) for t in tables]
     cols = _profile(tables)
     target, target_why = _target(cols, target, len(paths))
     objective, objective_why = _objective(cols[target])
     if by is not None:
-        if by == target:
-            raise DataError(f"--by '{by}' is the target; split by another column")
-        if by not in cols:
-            raise DataError(
-                f"no column '{by}'{did_you_mean(by, list(cols))}; columns: {', '.join(cols)}"
-            )
-        if cols[by].distinct > MAX_GROUPS or cols[by].missing:
-            raise DataError(
-                f"column '{by}' has {cols[by].distinct} distinct values"
-                f"{' and missing ones' if cols[by].missing else ''}; --by needs at "
-                f"most {MAX_GROUPS} values, one task each: write stream.groups by hand"
-            )
+        _check_by(cols, by, target)
     features, left_out = _features(cols, target, by, len(paths))
     n_tasks = len(paths) if len(paths) > 1 else cols[by].distinct if by else 2
-    test_fraction = 0.2
     per_task = min(rows) if len(paths) > 1 else rows[0] // n_tasks
-    size = _sizes(int(per_task * (1 - test_fraction)))
-    folder = Path(out).expanduser().absolute().parent
+    return Choices(
+        target,
+        target_why,
+        objective,
+        objective_why,
+        features,
+        left_out,
+        by,
+        cols[by].values if by else [],
+        per_task,
+        _sizes(int(per_task * (1 - TEST_FRACTION))),
+    )
 
-    def rel(p: Path) -> str:
-        return Path(os.path.relpath(p.absolute(), folder)).as_posix()
 
-    lines = [
-        f"# Written by `retain init` for {', '.join(p.name for p in paths)}.",
-        "# Check the choices explained in the comments, then:",
-        f"#   retain compare {Path(out)} --strategies {STRATEGIES[objective]}",
-        "# Data paths are relative to this file's folder. Any key can also be set on the command",
-        "# line, e.g. train.epochs=5 for a quick first try.",
-        "seed: 0",
-        "stream:",
-    ]
-    if len(paths) > 1:
-        lines += _entry("scenario", "files", "one task per file, trained in this order")
-        lines += _entry("files", [rel(p) for p in paths])
-    else:
-        lines += _entry("dataset", rel(paths[0]))
-        if by:
-            lines += _entry("scenario", "by_column", f"one task per value of '{by}', in order")
-            lines += _entry("column", by)
-            lines += _entry("groups", cols[by].values)
-        else:
-            lines += _entry(
-                "scenario", "iid", "two random halves, D1 then D2 (--by COLUMN splits by a column)"
-            )
-            lines += _entry("n_tasks", 2)
-    lines += _entry("target", target, target_why)
-    lines += _entry("objective", objective, objective_why)
-    lines += _entry("features", features)
-    lines += [f"  # left out: {name}: {why}" for name, why in left_out.items()]
-    lines += [f"  # left out: {by}: it defines the tasks"] if by else []
+def _check_by(cols: dict[str, Column], by: str, target: str) -> None:
+    """``--by`` must name a column other than the target, with few values and none missing."""
+    if by == target:
+        raise DataError(f"--by '{by}' is the target; split by another column")
+    if by not in cols:
+        raise DataError(
+            f"no column '{by}'{did_you_mean(by, list(cols))}; columns: {', '.join(cols)}"
+        )
+    if cols[by].distinct > MAX_GROUPS or cols[by].missing:
+        raise DataError(
+            f"column '{by}' has {cols[by].distinct} distinct values"
+            f"{' and missing ones' if cols[by].missing else ''}; --by needs at "
+            f"most {MAX_GROUPS} values, one task each: write stream.groups by hand"
+        )
+
+
+def _tasks_lines(sources: list[str], c: Choices) -> list[str]:
+    """The stream's data and scenario: one task per file, per value of ``by``, or two halves."""
+    if len(sources) > 1:
+        lines = _entry("scenario", "files", "one task per file, trained in this order")
+        return lines + _entry("files", sources)
+    lines = _entry("dataset", sources[0])
+    if c.by:
+        lines += _entry("scenario", "by_column", f"one task per value of '{c.by}', in order")
+        lines += _entry("column", c.by)
+        return lines + _entry("groups", c.groups)
+    lines += _entry(
+        "scenario", "iid", "two random halves, D1 then D2 (--by COLUMN splits by a column)"
+    )
+    return lines + _entry("n_tasks", 2)
+
+
+def _stream_lines(c: Choices) -> list[str]:
+    """The stream's target, objective, features and held-out fractions."""
+    lines = _entry("target", c.target, c.target_why)
+    lines += _entry("objective", c.objective, c.objective_why)
+    lines += _entry("features", c.features)
+    lines += [f"  # left out: {name}: {why}" for name, why in c.left_out.items()]
+    lines += [f"  # left out: {c.by}: it defines the tasks"] if c.by else []
     lines += _entry(
         "test_fraction",
-        test_fraction,
+        TEST_FRACTION,
         f"of each task, held out for the scores "
-        f"(about {int(per_task * test_fraction)} rows per task)",
+        f"(about {int(c.per_task * TEST_FRACTION)} rows per task)",
     )
     lines += _entry(
-        "validation", size["validation"], "of each task's training rows, for early stopping"
+        "validation", c.size["validation"], "of each task's training rows, for early stopping"
     )
-    scaled = "features and target" if objective == "regression" else "features"
-    lines += _entry(
+    scaled = "features and target" if c.objective == "regression" else "features"
+    return lines + _entry(
         "standardize", True, f"{scaled} scaled with the first task's training statistics"
     )
-    lines += ["model:"]
-    lines += _entry("name", "mlp", f"a small network for about {per_task} rows per task")
-    lines += _entry("hidden", size["hidden"])
+
+
+def _model_and_train_lines(c: Choices) -> list[str]:
+    """The network and the training budget, sized for the rows per task; one strategy to run."""
+    lines = ["model:"]
+    lines += _entry("name", "mlp", f"a small network for about {c.per_task} rows per task")
+    lines += _entry("hidden", c.size["hidden"])
     lines += ["train:"]
-    lines += _entry("epochs", size["epochs"], "at most: early stopping ends a task sooner")
+    lines += _entry("epochs", c.size["epochs"], "at most: early stopping ends a task sooner")
     lines += _entry(
         "patience",
-        size["patience"],
+        c.size["patience"],
         "epochs without a better validation loss before stopping (the best weights are kept)",
     )
-    lines += _entry("batch_size", size["batch_size"])
+    lines += _entry("batch_size", c.size["batch_size"])
     lines += _entry("optimizer", "adam")
     lines += _entry("lr", 0.001)
     lines += _entry("weight_decay", 0.0001)
-    lines += [
+    return lines + [
         f"{'strategies:':<28} # what `retain run` trains, composed in order",
         f"{'  - name: finetune':<28} # (`retain compare --strategies` picks its own)",
     ]
-    return "\n".join(lines) + "\n"
 
 
 def write_config(

@@ -1,0 +1,138 @@
+"""Scenarios read from tables: one task per value of a column (``by_column``) or one task per file
+(``from_sources``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from retain.data.scenarios.common import (
+    all_classes,
+    make_stream,
+    select_classes,
+    tensors,
+    with_validation,
+)
+from retain.data.sources import Source, as_source
+from retain.data.stream import Stream, Task
+from retain.errors import DataError
+
+
+def _match(col: np.ndarray, value: Any) -> np.ndarray:
+    values = value if isinstance(value, (list, tuple)) else [value]
+    mask = np.zeros(len(col), dtype=bool)
+    for v in values:
+        if np.issubdtype(col.dtype, np.number) and isinstance(v, (int, float)):
+            mask |= np.isclose(col.astype(float), float(v))
+        else:
+            mask |= col.astype(str) == str(v)
+    return mask
+
+
+def by_column(
+    source: Any,
+    column: str,
+    groups: list[Any] | None = None,
+    classes: list[int] | None = None,
+    validation: float = 0.0,
+    seed: int = 0,
+    name: str | None = None,
+) -> Stream:
+    """One task per value of ``column`` (or per group of values), in ``groups`` order."""
+    src = as_source(source)
+    if column not in src.columns_train:
+        from retain.errors import did_you_mean
+
+        cols = sorted(src.columns_train)
+        raise DataError(
+            f"column '{column}' not found{did_you_mean(column, cols)}; "
+            f"columns: {', '.join(cols) or 'none'}"
+        )
+    src = select_classes(src, classes).with_test_split(0.2, seed)
+    col_tr, col_te = src.columns_train[column], src.columns_test[column]
+    if groups is None:
+        uniq = np.unique(col_tr)
+        if len(uniq) > 50:
+            raise DataError(
+                f"column '{column}' has {len(uniq)} distinct values; give stream.groups "
+                "(lists of values), one per task"
+            )
+        groups = [u.item() if hasattr(u, "item") else u for u in uniq]
+    tasks = []
+    for t, gv in enumerate(groups):
+        a, b = _match(col_tr, gv), _match(col_te, gv)
+        text = "|".join(map(str, gv)) if isinstance(gv, (list, tuple)) else str(gv)
+        at, bt = torch.from_numpy(np.nonzero(a)[0]), torch.from_numpy(np.nonzero(b)[0])
+        train, val = with_validation(tensors(src.x_train[at], src.y_train[at]), validation, seed, t)
+        tasks.append(
+            Task(
+                f"{column}={text}",
+                train,
+                tensors(src.x_test[bt], src.y_test[bt]),
+                val,
+                all_classes(src),
+                domain=f"{column}={text}",
+            )
+        )
+    return make_stream(tasks, src, "domain_il", src.n_classes, name or f"{src.name}-by-{column}")
+
+
+def from_sources(
+    sources: list[Any],
+    names: list[str] | None = None,
+    validation: float = 0.0,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    name: str = "files",
+) -> Stream:
+    """One task per source (e.g. one file per month): D1, then D2, ..."""
+    srcs = [as_source(s) for s in sources]
+    if not srcs:
+        raise DataError("no sources given")
+    srcs = _shared_labels(srcs)
+    names = names or [s.name for s in srcs]
+    k = max((s.n_classes or 0) for s in srcs) if srcs[0].objective == "classification" else None
+    tasks = []
+    for t, (s, n) in enumerate(zip(srcs, names)):
+        if s.objective != srcs[0].objective:
+            raise DataError(
+                f"'{n}' has {s.objective} targets but '{names[0]}' has {srcs[0].objective}"
+            )
+        s = s.with_test_split(test_fraction, seed + t)
+        train, val = with_validation(tensors(s.x_train, s.y_train), validation, seed, t)
+        tasks.append(
+            Task(
+                n, train, tensors(s.x_test, s.y_test), val, tuple(range(k)) if k else None, domain=n
+            )
+        )
+    first = srcs[0]
+    return make_stream(tasks, first, "domain_il", k, name)
+
+
+def _shared_labels(srcs: list[Source]) -> list[Source]:
+    """Give string class names one id across all sources (each file maps its own otherwise)."""
+    if not all(s.class_names for s in srcs) or srcs[0].objective != "classification":
+        return srcs
+    union = sorted({n for s in srcs for n in s.class_names})
+    out = []
+    for s in srcs:
+        lut = torch.tensor([union.index(n) for n in s.class_names])
+        yte = lut[s.y_test] if s.y_test is not None else None
+        out.append(
+            Source(
+                s.x_train,
+                lut[s.y_train],
+                s.x_test,
+                yte,
+                s.columns_train,
+                s.columns_test,
+                union,
+                s.objective,
+                s.name,
+                s.is_image,
+                s.feature_names,
+            )
+        )
+    return out
