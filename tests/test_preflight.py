@@ -109,3 +109,14 @@ def test_strategy_check_is_declared_not_special_cased():
     text = (ROOT / "src" / "retain" / "runner.py").read_text()
     assert not re.search(r"['\"](lwf|generative_replay|ewc|replay)['\"]", text)
     assert "regression" in registry.get("lwf").unsupported
+
+
+def test_run_refuses_an_inapplicable_strategy_before_training(tmp_path, capsys, monkeypatch):
+    import retain.api
+
+    monkeypatch.setattr(retain.api, "run", lambda *a, **k: pytest.fail("trained"))
+    out = tmp_path / "run"
+    assert main(["run", str(EXAMPLE), "strategies.0.name=lwf", "--out", str(out), "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "strategy 'lwf' does not apply" in err, err
+    assert not out.exists()
