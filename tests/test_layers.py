@@ -21,6 +21,7 @@ ALLOWED: dict[str, set[str]] = {
     "stream_config": {"errors", "binding"},  # StreamConfig and scenarios; no torch, like config
     # Imports no torch: `retain --help` stays fast.
     "config": {"errors", "binding", "stream_config"},
+    "labels": {"errors"},  # compare's --strategies grammar, shown by --help
     "utils": {"errors", "config"},  # seeding, state files, checkpoints, HF helpers
     "objectives": {"errors"},  # what is trained and scored; score directions
     "data": {"errors", "config", "utils"},
@@ -43,6 +44,7 @@ ALLOWED: dict[str, set[str]] = {
     },
     "runner": {
         "errors",
+        "labels",
         "config",
         "data",
         "eval",
@@ -61,6 +63,7 @@ ALLOWED: dict[str, set[str]] = {
         "config",
         "init",
         "reference",
+        "labels",
         "report",
         "runner",
         "strategies",

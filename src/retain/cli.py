@@ -217,10 +217,15 @@ def _compare_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     c.add_argument("config")
     _overrides(c)
+    from retain.labels import LABEL_GRAMMAR
+
+    c.epilog = f"{c.epilog}\n\n--strategies grammar:\n{LABEL_GRAMMAR}"
+    c.formatter_class = argparse.RawDescriptionHelpFormatter
     c.add_argument(
         "--strategies",
         required=True,
-        help="comma-separated labels; '+' composes, e.g. finetune,joint,ewc+replay",
+        help="comma-separated labels; '+' composes, 'name:key=value' sets hyperparameters "
+        "(grammar below), e.g. finetune,joint,ewc:lam=100+replay",
     )
     c.add_argument("--out")
     c.add_argument("--resume", action="store_true")

@@ -9,15 +9,21 @@ own sub-directory with its own checkpoints), then writes one ``result.json`` hol
 from __future__ import annotations
 
 import copy
+import json
+import os
+import re
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from retain.config import RunConfig
-from retain.errors import ConfigError
+from retain.errors import ConfigError, RunDirError
+from retain.labels import format_value, parse_label
+from retain.labels import parse_labels as parse_labels  # `retain compare` reads it here
 from retain.report.record import CompareRecord, RunRecord, load_record
 from retain.report.result import versions
 from retain.utils.checkpoint import RunDir, is_main_process
@@ -53,8 +59,11 @@ def run_config(
     progress: Any = None,
     warn: Callable[[str], None] | None = None,
     stream_info: tuple[Any, dict[str, Any]] | None = None,
+    name: str | None = None,
 ) -> RunRecord:
-    """Run ``cfg`` into ``out``; return the run record (also in ``out/result.json``)."""
+    """Run ``cfg`` into ``out``; return the run record (also in ``out/result.json``).
+
+    ``name`` names the run in its record (a comparison's variant, ``ewc (lam=100)``)."""
     from retain import strategies as registry
     from retain.api import run
 
@@ -68,6 +77,8 @@ def run_config(
     )
     # The data is read before the run directory is made: a missing or bad file leaves no folder.
     stream, info = stream_info or prepare_stream(cfg)
+    check_strategies(strategies, stream)
+    check_out(out)
     with _removed_on_failure(out):
         RunDir(out).ensure_new_or_resumable(resume)
         model = _model(cfg, stream)
@@ -76,6 +87,8 @@ def run_config(
         )
     record = result.record
     record.data = info
+    if name:
+        record.strategy = name
     record.out_dir = str(out)
     if is_main_process():
         from retain.report.render import write_reports
@@ -86,25 +99,79 @@ def run_config(
     return record
 
 
-def parse_labels(text: str) -> list[str]:
-    labels = [t.strip() for t in text.split(",") if t.strip()]
-    if not labels:
-        raise ConfigError("--strategies is empty; give a comma-separated list, e.g. finetune,joint")
-    if len(set(labels)) != len(labels):
-        raise ConfigError(f"--strategies lists a strategy twice: {text}")
-    return labels
-
-
 def specs_for(label: str, cfg: RunConfig) -> list[dict[str, Any]]:
-    """Strategy specs for ``"ewc+replay"``, taking hyperparameters from the config's entries."""
+    """Strategy specs for ``"ewc:lam=100+replay"``: the inline hyperparameters over the config's
+    entry for each strategy (or its defaults)."""
     from retain import strategies as registry
 
     by_name = {s.get("name"): s for s in cfg.strategies if isinstance(s, dict)}
     specs = []
-    for name in label.split("+"):
+    for name, params in parse_label(label):
         registry.get(name)  # unknown names fail here, with a suggestion
-        specs.append(copy.deepcopy(by_name.get(name, {"name": name})))
+        specs.append({**copy.deepcopy(by_name.get(name, {"name": name})), **params})
     return specs
+
+
+@dataclass
+class Plan:
+    """One label of a comparison: its specs, and the name its run has in records and reports."""
+
+    label: str  # as written on the command line
+    name: str  # "ewc (lam=100)+replay": the inline hyperparameters that change something
+    folder: str  # the sub-run directory's name (filesystem-safe)
+    specs: list[dict[str, Any]]
+
+
+def plan_labels(labels: list[str], cfg: RunConfig) -> list[Plan]:
+    """Bind every label's hyperparameters (unknown keys fail with a suggestion) and name its run.
+
+    A variant is named by the inline hyperparameters that differ from what the plain label would
+    use (``ewc (lam=100)``); two labels that bind to the same strategies are refused.
+    """
+    from retain import strategies as registry
+
+    plans: list[Plan] = []
+    seen: dict[str, str] = {}
+    for label in labels:
+        specs = specs_for(label, cfg)
+        built = registry.build_all(specs)
+        plain = registry.build_all(specs_for("+".join(n for n, _ in parse_label(label)), cfg))
+        names, folders = [], []
+        for (name, params), s, base in zip(parse_label(label), built, plain):
+            new, old = s.hparams(), base.hparams()
+            diff = [f"{k}={format_value(new[k])}" for k in params if new[k] != old[k]]
+            names.append(f"{name} ({', '.join(diff)})" if diff else name)
+            folders.append("_".join([name, *diff]))
+        key = json.dumps([s.spec() for s in built], sort_keys=True, default=str)
+        if key in seen:
+            raise ConfigError(
+                f"--strategies: '{label}' and '{seen[key]}' are the same strategy with the same "
+                "hyperparameters; list it once"
+            )
+        seen[key] = label
+        folder = re.sub(r"[^\w.=+-]", "_", "+".join(folders))
+        plans.append(Plan(label, "+".join(names), folder, specs))
+    folders = [p.folder for p in plans]
+    if len(set(folders)) != len(folders):
+        raise ConfigError(f"--strategies: two labels share the folder name in {folders}")
+    return plans
+
+
+def check_strategies(strategies: list[Any], stream: Any) -> None:
+    """Refuse, before anything trains, a strategy that cannot serve this stream (one line)."""
+    for s in strategies:
+        s.check(stream)
+
+
+def check_out(out: Path) -> None:
+    """Refuse an output folder that cannot be made or written, before anything trains."""
+    parent = out
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if parent.exists() and not parent.is_dir():
+        raise RunDirError(f"cannot make the run directory '{out}': '{parent}' is a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise RunDirError(f"cannot write the run directory '{out}': '{parent}' is not writable")
 
 
 @contextmanager
@@ -163,35 +230,41 @@ def _compare_config(
     from retain.utils.files import write_atomic
     from retain.utils.state import write_json
 
-    plans = {label: specs_for(label, cfg) for label in labels}
-    for specs in plans.values():
-        registry.build_all(specs)
+    # Everything that can fail before training fails here, before the first step of the first
+    # run: every label's hyperparameters, the data, every strategy against the stream, the folder.
+    plans = plan_labels(labels, cfg)
     prepared = prepare_stream(cfg)  # before the run directory is made (see run_config)
+    for plan in plans:
+        check_strategies(registry.build_all(plan.specs), prepared[0])
+    check_out(out)
     root = RunDir(out)
     root.ensure_new_or_resumable(resume)
     if is_main_process():
         write_atomic(out / "config.resolved.yaml", cfg.to_yaml())
     runs: dict[str, RunRecord] = {}
-    for label, specs in plans.items():
-        sub = out / label
+    for plan in plans:
+        sub = out / plan.folder
         done = sub / "result.json"
         if resume and done.is_file():
             rec = load_record(done)
             if isinstance(rec, RunRecord) and rec.complete:
-                runs[label] = rec
+                runs[plan.name] = rec
                 continue
         if announce:
-            announce(label, *_position(cfg, prepared[0], plans, label))
+            announce(
+                plan.name, *_position(cfg, prepared[0], {p.name: p.specs for p in plans}, plan.name)
+            )
         sub_cfg = copy.deepcopy(cfg)
-        sub_cfg.strategies = specs
+        sub_cfg.strategies = plan.specs
         sub_cfg.name = cfg.name
-        runs[label] = run_config(
+        runs[plan.name] = run_config(
             sub_cfg,
             sub,
             resume=resume and sub.exists(),
             progress=progress,
             warn=warn,
             stream_info=prepared,
+            name=plan.name,
         )
     record = compare_record(cfg, runs)
     if is_main_process():
@@ -237,13 +310,13 @@ def _position(
     strategies that change a task's data (``cumulative``) or stop early make it an estimate.
     """
     from retain import strategies as registry
-    from retain.api import Plan
+    from retain.api import Plan as TaskPlan
     from retain.train.optim import steps_for
 
     labels = list(plans)
     index = labels.index(label)
     steps = 0
     for later in labels[index:]:
-        plan = Plan.for_strategies(stream, registry.build_all(plans[later]))
+        plan = TaskPlan.for_strategies(stream, registry.build_all(plans[later]))
         steps += sum(steps_for(len(t.train), cfg.train) for t in plan.tasks)
     return index + 1, len(labels), steps

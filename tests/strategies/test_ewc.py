@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from torch import nn
 from retain.api import run
 from retain.config import EvalConfig, RunConfig, TrainConfig
 from retain.data.stream import Stream, Task, TensorData
+from retain.errors import Unsupported
 from retain.models import MLP
 from retain.strategies.base import Strategy
 from retain.strategies.ewc import EWC
@@ -219,13 +221,24 @@ def test_ewc_on_a_causal_lm(tiny_causal_lm, fisher):
     assert math.isfinite(penalty) and penalty > 0  # task a's anchor is behind us
 
 
-def test_regression_needs_the_empirical_fisher(digits_permuted):
-    ctx = dataclasses.replace(
-        task_ctx(digits_permuted), objective=type("Regression", (), {"name": "regression"})()
-    )
-    with pytest.raises(ValueError, match="empirical"):
-        EWC().setup(nn.Linear(2, 1), ctx)
-    assert EWC(fisher="empirical").setup(nn.Linear(2, 1), ctx) is not None
+def test_the_default_fisher_fits_the_objective(digits_permuted):
+    """``auto`` samples labels where the model predicts a distribution and uses the observed
+    ones for regression, whose outputs are not probabilities; the stats record which was used.
+    A Fisher that needs probabilities is refused on a regression stream before any training."""
+    regression = SimpleNamespace(objective="regression", setting="domain_il")
+    assert EWC().fisher_for("regression") == "empirical"
+    assert EWC().fisher_for("classification") == EWC().fisher_for("causal_lm") == "sampled"
+    EWC().check(regression)
+    EWC(fisher="empirical").check(regression)
+    for fisher in ("sampled", "empirical_weighted"):
+        with pytest.raises(Unsupported, match=f"'ewc' with fisher '{fisher}'.*fisher=empirical"):
+            EWC(fisher=fisher).check(regression)
+        ctx = dataclasses.replace(task_ctx(digits_permuted), stream=regression)
+        with pytest.raises(Unsupported):  # the Python API refuses it in setup
+            EWC(fisher=fisher).setup(nn.Linear(2, 1), ctx)
+    ewc = EWC()
+    ewc.fisher_diagonal(MLP(64, 10, [32]), task_ctx(digits_permuted, n=64))
+    assert ewc.stats()["fisher"] == "sampled"
 
 
 # --------------------------------------------------------------------------- effect

@@ -33,12 +33,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from retain.binding import check_fields
+from retain.errors import Unsupported
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from retain.data.stream import TensorData
+    from retain.data.stream import Stream, TensorData
     from retain.strategies.context import TaskContext
 
 HOOKS = (
@@ -75,11 +76,32 @@ class Strategy:
     known_failures: ClassVar[dict[str, str]] = {}
     #: Keeps or regenerates past data (replay, DER, A-GEM, generative replay, cumulative).
     rehearsal: ClassVar[bool] = False
+    #: Objectives (``regression``, ``causal_lm``, ...) or settings (``task_il``, ...) in which the
+    #: method cannot run or means nothing, with why and what to use instead. Unlike
+    #: ``known_failures`` (a warning), :meth:`check` refuses these before anything trains.
+    unsupported: ClassVar[dict[str, str]] = {}
 
     def __post_init__(self) -> None:
         """Checks every hyperparameter against its type and the bounds in its field's metadata
         (``field(default=1.0, metadata={"ge": 0})``); a subclass calls it first."""
         check_fields(self, error=ValueError)
+
+    def check(self, stream: Stream) -> None:
+        """Refuse a stream this strategy, with these hyperparameters, cannot serve.
+
+        Called before the first step of the first run (and by ``setup`` where a strategy relies on
+        it), so an inapplicable choice costs no training time. Raises
+        :class:`~retain.errors.Unsupported` with one line: the strategy, why, what to use instead.
+        The default refuses the objectives and settings listed in ``unsupported``; a strategy whose
+        applicability depends on a hyperparameter overrides it (and calls ``super().check``).
+        """
+        for kind in (stream.objective, stream.setting):
+            if kind in self.unsupported:
+                what = "objective" if kind == stream.objective else "setting"
+                raise Unsupported(
+                    f"strategy '{self.name}' does not apply to this stream ({what} {kind}): "
+                    f"{self.unsupported[kind]}"
+                )
 
     def setup(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
         return model

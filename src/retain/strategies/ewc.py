@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 
+from retain.errors import Unsupported
 from retain.strategies import register
 from retain.strategies.importance import nbytes, per_sample_importance, subset
 from retain.strategies.penalty import (
@@ -21,6 +22,7 @@ from retain.strategies.penalty import (
 if TYPE_CHECKING:
     from torch import nn
 
+    from retain.data.stream import Stream
     from retain.strategies.context import TaskContext
 
 
@@ -66,9 +68,12 @@ class EWC(Penalized):
             paper; memory grows with tasks). ``online``: one running F, decayed by ``gamma`` and
             added to after each task, anchored at the latest weights (online EWC, mammoth's oEWC).
         gamma: Online mode: F <- gamma * F + F_new after each task; below 1 old tasks fade.
-        fisher: Labels in the per-sample gradients. ``sampled`` (default, because it estimates
-            the true Fisher that EWC's derivation calls for): drawn from the model's own
-            predictions, an unbiased Monte-Carlo estimate. ``empirical``: the observed
+        fisher: Labels in the per-sample gradients. ``auto`` (default): ``sampled`` where the
+            model predicts a distribution (classification, causal LMs), ``empirical`` for
+            regression, whose outputs are not probabilities; the run's stats record which was
+            used. ``sampled`` (because it estimates the true Fisher that EWC's derivation calls
+            for): labels drawn from the model's own predictions, an unbiased Monte-Carlo
+            estimate. ``empirical``: the observed
             labels; the "empirical Fisher", a biased approximation that is not a curvature estimate
             away from a perfect fit (Kunstner et al. 2019). ``empirical_weighted``: observed labels,
             each squared gradient weighted by the model's probability of that label (mammoth's
@@ -90,7 +95,7 @@ class EWC(Penalized):
     lam: float = field(default=1.0, metadata={"ge": 0})
     mode: Literal["separate", "online"] = "separate"
     gamma: float = field(default=1.0, metadata={"ge": 0, "le": 1})
-    fisher: Literal["sampled", "empirical", "empirical_weighted"] = "sampled"
+    fisher: Literal["auto", "sampled", "empirical", "empirical_weighted"] = "auto"
     fisher_samples: int | None = field(default=5000, metadata={"ge": 1})
 
     known_failures: ClassVar[dict[str, str]] = {"class_il": FAILS_IN_CLASS_IL}
@@ -101,12 +106,23 @@ class EWC(Penalized):
         self.anchor_: list[dict[str, torch.Tensor]] = []  # theta* matching each F
         self._last: dict[str, Any] = {}
 
-    def setup(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
-        if ctx.objective.name == "regression" and self.fisher != "empirical":
-            raise ValueError(
-                f"ewc: fisher '{self.fisher}' needs class probabilities; use "
-                "fisher: empirical for regression"
+    def fisher_for(self, objective: str) -> str:
+        """The Fisher variant used on a stream of ``objective`` (``auto`` resolved)."""
+        if self.fisher != "auto":
+            return self.fisher
+        return "empirical" if objective == "regression" else "sampled"
+
+    def check(self, stream: Stream) -> None:
+        super().check(stream)
+        if stream.objective == "regression" and self.fisher_for(stream.objective) != "empirical":
+            raise Unsupported(
+                f"strategy 'ewc' with fisher '{self.fisher}' needs class probabilities, and this "
+                "stream's objective is regression; use fisher=empirical (what the default, auto, "
+                "picks for regression)"
             )
+
+    def setup(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
+        self.check(ctx.stream)
         return model
 
     def fisher_diagonal(
@@ -114,10 +130,12 @@ class EWC(Penalized):
     ) -> dict[str, torch.Tensor]:
         """F on ``fisher_samples`` of the current task's training data (float32, all-reduced)."""
 
+        mode = self.fisher_for(ctx.objective.name)
+
         def prepare(out, batch):
-            if self.fisher == "sampled":
+            if mode == "sampled":
                 return sample_labels(out, batch, ctx), None
-            if self.fisher == "empirical_weighted":  # exp(-CE) = p(observed label | x)
+            if mode == "empirical_weighted":  # exp(-CE) = p(observed label | x)
                 return batch, torch.exp(-ctx.task_loss(out, batch, reduction="none").float())
             return batch, None
 
@@ -132,7 +150,11 @@ class EWC(Penalized):
             power=2,
             method=method,
         )
-        self._last = {"fisher_seconds": time.perf_counter() - t0, "fisher_method": used}
+        self._last = {
+            "fisher": mode,
+            "fisher_seconds": time.perf_counter() - t0,
+            "fisher_method": used,
+        }
         return fisher
 
     def after_task(self, model: nn.Module, ctx: TaskContext) -> nn.Module:

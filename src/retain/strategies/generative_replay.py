@@ -26,6 +26,7 @@ from retain.utils.seed import derive_seed
 if TYPE_CHECKING:
     from torch import nn
 
+    from retain.data.stream import Stream
     from retain.strategies.context import TaskContext
 
 
@@ -88,21 +89,26 @@ class GenerativeReplay(Strategy):
         self._soft: tuple[int, torch.Tensor] | None = None
         self._seen = self._task_of = torch.zeros(0)
 
-    def setup(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
-        stream = ctx.stream
+    def check(self, stream: Stream) -> None:
+        super().check(stream)
         if stream.objective != "classification" or "x" not in stream.tasks[0].train:
             raise Unsupported(
-                "'generative_replay' supports classification streams only "
-                f"(this one is {stream.objective})"
+                "strategy 'generative_replay' supports classification streams with input "
+                f"features only (this one is {stream.objective}); use replay, which stores real "
+                "samples"
             )
         for t in stream.tasks:
             x = t.train.x
             if not x.is_floating_point() or x.min() < 0 or x.max() > 1:
                 raise Unsupported(
-                    f"'generative_replay' needs inputs in [0, 1] (its VAE models each value as a "
-                    f"probability); task '{t.name}' has values in [{float(x.min()):g}, "
-                    f"{float(x.max()):g}]: rescale the inputs"
+                    "strategy 'generative_replay' needs inputs in [0, 1] (its VAE models each "
+                    f"value as a probability); task '{t.name}' has values in "
+                    f"[{float(x.min()):g}, {float(x.max()):g}]: rescale the inputs, or use replay"
                 )
+
+    def setup(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
+        stream = ctx.stream
+        self.check(stream)
         with torch.random.fork_rng(devices=[]):  # the VAE's init depends on the run seed only
             torch.manual_seed(derive_seed(ctx.seed, 23))
             self._vae = VAE(stream.input_shape, self.latent_dim, self.hidden)

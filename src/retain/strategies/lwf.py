@@ -46,6 +46,11 @@ class LwF(Strategy):
     known_failures: ClassVar[dict[str, str]] = {
         "class_il": fails_in_class_il("distillation on new-task data")
     }
+    unsupported: ClassVar[dict[str, str]] = {
+        "regression": "it distils a softmax over the outputs, which regression outputs are "
+        "not (over one output it is constant, and lwf would train as finetune); use der, which "
+        "matches the old model's raw outputs, or replay"
+    }
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -54,6 +59,10 @@ class LwF(Strategy):
         # snapshots the teacher from them, exactly as the uninterrupted run did.
         self._teacher: nn.Module | None = None
         self._old_classes: torch.Tensor | None = None
+
+    def setup(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
+        self.check(ctx.stream)
+        return model
 
     def before_task(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
         self._teacher, self._old_classes = None, None

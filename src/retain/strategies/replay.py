@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from retain.errors import ConfigError
+from retain.errors import Unsupported
 from retain.strategies import register
 from retain.strategies._buffer import POLICIES, Buffer
 from retain.strategies.base import Strategy
@@ -15,6 +15,7 @@ from retain.strategies.base import Strategy
 if TYPE_CHECKING:
     from torch import nn
 
+    from retain.data.stream import Stream
     from retain.strategies.context import TaskContext
 
 
@@ -59,12 +60,16 @@ class Replay(Strategy):
             raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
         self.buffer_ = Buffer(self.size, self.policy)
 
-    def setup(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
-        if self.policy == "class_balanced" and ctx.stream.objective != "classification":
-            raise ConfigError(
-                f"replay: policy 'class_balanced' needs class labels, and this stream's objective "
-                f"is {ctx.stream.objective}; use policy 'reservoir'"
+    def check(self, stream: Stream) -> None:
+        super().check(stream)
+        if self.policy == "class_balanced" and stream.objective != "classification":
+            raise Unsupported(
+                "strategy 'replay' with policy 'class_balanced' needs class labels, and this "
+                f"stream's objective is {stream.objective}; use policy=reservoir (the default)"
             )
+
+    def setup(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
+        self.check(ctx.stream)
         return model
 
     def _n_memory(self, n_incoming: int) -> int:
