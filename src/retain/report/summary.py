@@ -160,6 +160,8 @@ def data_line(record: Record) -> str:
         for key in ("train", "validation", "test"):
             sizes = [int(t.get(key, 0)) for t in tasks]
             lo, hi = min(sizes), max(sizes)
+            if hi == 0:
+                continue  # no validation split
             parts.append(f"{key} {lo}" + (f"–{hi}" if hi != lo else "") + " rows per task")
     parts.append("standardised" if data.get("standardized") else "not standardised")
     return "Data: " + "; ".join(parts) + "."
