@@ -234,11 +234,11 @@ def test_compare_summary_gap_and_loss(compare: CompareRecord) -> None:
     # finetune: 0.8 - (0.3 + 0.6 + 0.7) / 3 = 0.267; t1 0.9 -> 0.3, t2 0.8 -> 0.6.
     assert (
         "finetune ends 0.267 below joint training (average accuracy 0.533 vs 0.800). "
-        "It lost 60% of t1 (0.900 → 0.300), 20% of t2 (0.800 → 0.600)."
+        "It lost 60 percentage points on t1 (0.900 → 0.300), 20 points on t2 (0.800 → 0.600)."
     ) in lines
     assert (
         "replay ends 0.050 below joint training (average accuracy 0.750 vs 0.800). "
-        "It lost 10% of t1 (0.900 → 0.800), 5% of t2 (0.800 → 0.750)."
+        "It lost 10 percentage points on t1 (0.900 → 0.800), 5 points on t2 (0.800 → 0.750)."
     ) in lines
     assert (
         "Best non-joint strategy: replay (average accuracy 0.750, 0.050 below joint training)."
@@ -420,3 +420,136 @@ def test_strategy_state_is_reported(tmp_path: Path, compare: CompareRecord) -> N
     md = (tmp_path / "report.md").read_text()
     assert "## Strategy state" in md
     assert "replay.buffer_bytes=27200" in md and "1,000" in md
+
+
+def test_losses_are_told_in_points_never_percent(compare: CompareRecord) -> None:
+    """A drop from 0.451 to 0 is 45 points and all of the task, not "45%"."""
+    run = make_run("finetune", [[0.1, 0.1, 0.1], [0.986, 0.1, 0.1], [0.3, 0.451, 0.1], [0.0] * 3])
+    lines = summary_lines(make_compare({"finetune": run, "joint": compare.runs["joint"]}))
+    assert "It lost all of t1 (0.986 → 0.000), all of t2 (0.451 → 0.000)." in lines[1]
+    one = make_run("finetune", [[0.1, 0.1], [0.9, 0.1], [0.89, 0.9]], tasks=["a", "b"])
+    assert summary_lines(one)[-1] == "It lost 1 percentage point on a (0.900 → 0.890)."
+    for record in (compare, compare.runs["finetune"]):
+        buf = io.StringIO()
+        print_summary(record, Console(file=buf, width=240, color_system=None))
+        text = "\n".join(summary_lines(record)) + render_markdown(record) + buf.getvalue()
+        assert not re.search(r"\d\s*%", text), re.search(r".{40}\d\s*%.{20}", text)
+
+
+def test_in_last_task_column_follows_the_last_task_classes() -> None:
+    """A split whose last task has two of ten classes: only those two are in the last task."""
+    record = per_class_compare()
+    record.stream.setting = "class_il"
+    for run in record.runs.values():
+        run.task_classes = [[0, 1], [2]]
+    md = render_markdown(record)
+    assert "| cat | absent | 0.000 | 0.800 |" in md
+    assert "| eel | present | 0.900 | 0.900 |" in md
+    # Without recorded classes, the last task's test data says which classes it has.
+    for run in record.runs.values():
+        run.task_classes = [None, None]
+    md = render_markdown(record)
+    assert "| cat | absent |" in md and "| dog | present |" in md
+
+
+def test_low_plasticity_is_explained(compare: CompareRecord) -> None:
+    run = make_run("finetune", [[0.1] * 3, [0.95, 0.1, 0.1], [0.0, 0.451, 0.1], [0.0, 0.0, 0.9]])
+    lines = summary_lines(make_compare({"finetune": run, "joint": compare.runs["joint"]}))
+    low = [line for line in lines if line.startswith("Low plasticity")]
+    assert low == [
+        "Low plasticity: finetune did not learn every task well even right after training it "
+        "(t2 0.451 (joint training: 0.800); flagged: more than 10 percentage points below joint "
+        "training on the same task). Its forgetting is measured from these low scores. Likely "
+        "causes: too little training per task (raise train.epochs or train.lr), or a strategy "
+        "that holds the old weights back by design."
+    ]
+    # Without joint training, a task below 0.5 right after training it is flagged.
+    assert "(t2 0.451; flagged: below 0.500)" in summary_lines(run)[-1]
+    assert not any(line.startswith("Low plasticity") for line in summary_lines(compare))
+
+
+DATA = {
+    "sources": [
+        {"file": "/data/jan.csv", "bytes": 1200, "sha256": "ab" * 32},
+        {"file": "/data/feb.csv", "bytes": 1300, "sha256": "cd" * 32},
+    ],
+    "objective": "classification",
+    "target": {"column": "label", "chosen_automatically": True},
+    "features": ["a", "b"],
+    "dropped": {"note": "text"},
+    "encoded": {"label": "text classes as ids 0..1 in sorted order"},
+    "standardized": {
+        "inputs": True,
+        "statistics_from": "t1 training data",
+        "mean": [1.5, 2.0],
+        "std": [0.5, 1.0],
+    },
+    "tasks": [
+        {"name": n, "train": 200, "validation": 20, "test": t} for n, t in zip(TASKS, (57, 57, 60))
+    ],
+}
+
+
+def test_data_section_and_standard_errors(tmp_path: Path, compare: CompareRecord) -> None:
+    for run in compare.runs.values():
+        run.data = DATA
+    md = render_markdown(compare)
+    assert "## Data" in md
+    assert "- SHA-256 of /data/jan.csv: " + "ab" * 32 in md
+    assert "- target column: label (chosen automatically (none was given))" in md
+    assert "- columns left out: note (text)" in md
+    assert "- columns encoded: label (text classes as ids 0..1 in sorted order)" in md
+    assert "statistics from t1 training data; mean [1.5, 2], std [0.5, 1]" in md
+    assert "| t1 | 200 | 20 | 57 |" in md
+    # finetune after t1: 0.9 on 57 rows: sqrt(0.9 * 0.1 / 57) = 0.040.
+    assert "| after t1 | 0.900 ± 0.040 | 0.200 ± 0.053 | 0.100 ± 0.039 |" in md
+    assert "with n = 57 to 60 test rows per task" in md
+    # mean of 0.3, 0.6, 0.7: sqrt(0.21/57 + 0.24/57 + 0.21/60) / 3 = 0.036.
+    assert "Average final accuracy: 0.533 ± 0.036." in md
+    buf = io.StringIO()
+    print_summary(compare, Console(file=buf, width=400, color_system=None))
+    assert (
+        "Data: /data/jan.csv (SHA-256 abababababab…), /data/feb.csv (SHA-256 cdcdcdcdcdcd…); "
+        "target label (chosen automatically); train 200 rows per task; validation 20 rows per "
+        "task; test 57–60 rows per task; standardised."
+    ) in buf.getvalue()
+    # A record without data facts (older runs, the Python API) has no Data section.
+    for run in compare.runs.values():
+        run.data = None
+    assert "## Data" not in render_markdown(compare) and "±" not in render_markdown(compare)
+
+
+def test_definitions_table_wraps_and_reads_left_to_right(compare: CompareRecord) -> None:
+    page = render_html(compare)
+    assert '<table class="text"><thead><tr><th>metric</th>' in page
+    css = page[page.index("<style>") : page.index("</style>")]
+    # Prose tables are as wide as the page and wrap: no nowrap, no right alignment.
+    rule = re.search(r"table\.text td,table\.text th\{([^}]*)\}", css)
+    assert rule and "text-align:left" in rule[1] and "white-space:normal" in rule[1]
+    assert "table.text{display:table;width:100%" in css
+
+
+def test_peak_memory_is_said_to_be_per_process(compare: CompareRecord) -> None:
+    md = render_markdown(compare)
+    assert "peak RSS MB is the peak resident memory of the whole process" in md
+
+
+@pytest.mark.parametrize(
+    ("score", "values", "expected"),
+    [
+        ("accuracy", [0.95, 0.941, 0.95], (0.0, 1.0)),
+        ("mse", [0.5, 0.6], (0.0, None)),
+    ],
+)
+def test_score_axis_uses_the_natural_range(score, values, expected) -> None:
+    from matplotlib.figure import Figure
+
+    from retain.report.plots import _score_axis
+
+    ax = Figure().subplots()
+    ax.plot(range(len(values)), values)
+    _score_axis(ax, score)
+    lo, hi = ax.get_ylim()
+    assert lo < expected[0] + 0.05 and lo <= expected[0]
+    if expected[1] is not None:
+        assert expected[1] <= hi < expected[1] + 0.05

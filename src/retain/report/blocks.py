@@ -10,21 +10,27 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from retain.report.columns import COLUMNS, METRIC_COLUMNS, fmt, score_name
+from retain.report.columns import ACCURACY_LIKE, COLUMNS, METRIC_COLUMNS, fmt, score_name
 from retain.report.record import Record, RunRecord, TaskTiming, Timing
 from retain.report.summary import (
     best_strategy,
     class_accuracy,
     class_label,
+    last_task_classes,
+    mean_standard_error,
     pooled_accuracy,
     report_title,
     row_labels,
+    source_name,
+    standard_error,
     summary_lines,
+    test_sizes,
     vanished_classes,
 )
 
 # One report element: ("h", level, text), ("p", text), ("note", text), ("ul", [items]),
-# ("table", header, rows, row_classes) or ("img", plot key, caption).
+# ("table", header, rows, row_classes[, table class]) or ("img", plot key, caption). A table of
+# class "text" holds prose: left-aligned, wrapped.
 Block = tuple[Any, ...]
 
 SETTINGS = {
@@ -50,20 +56,36 @@ TIMING_HEAD = (
 METRICS_NOTE = (
     "One row per strategy; definitions and denominators are at the end. The best non-joint "
     "strategy is in bold. train s: the training loop; strategy s: the strategies' work between "
-    "tasks (Fisher passes, buffer selection, generator training)."
+    "tasks (Fisher passes, buffer selection, generator training). peak RSS MB is the peak "
+    "resident memory of the whole process up to the end of that strategy's run, not of the "
+    "strategy alone: strategies compared in one process run one after another, so a later one "
+    "shows at least the peak of those before it."
 )
 MATRIX_NOTE = (
     'Row "after tk" is the model after training task k; each column is the score on one task\'s '
     "test set. The diagonal is plasticity; what happens below it is forgetting."
 )
+SE_NOTE = (
+    "± is the standard error of each accuracy from its test set's size n alone, sqrt(p(1 - p) / "
+    "n) (binomial): with n = {n_min}{n_range} test rows per task, scores closer than about two "
+    "standard errors are not reliably different. The average's standard error, sqrt(Σ SE_j²) / "
+    "T, treats tasks as independent. It does not include the variation between seeds."
+)
+DATA_NOTE = (
+    "What the run was trained and tested on, as recorded when the data was read (the full "
+    "standardisation statistics are in result.json under data)."
+)
+MAX_LISTED_STATS = 8  # per-feature statistics beyond this are left to result.json
 EXTRA_NOTE = (
     "Final score on each task and summary metrics for every other score computed; full matrices "
     "are in matrix.csv."
 )
 PER_CLASS_NOTE = (
     "Accuracy per class over the union of all tasks' test sets (correct predictions summed over "
-    "tasks, divided by the class's test samples summed over tasks). Classes absent from the last "
-    "task's test data are marked: a strategy that forgets loses them, joint training keeps them."
+    'tasks, divided by the class\'s test samples summed over tasks). "in last task?" says whether '
+    "the last task trains on the class (the task's classes in a split stream, else the classes in "
+    "its test data). Where every task shares one label space, a class missing from the last task "
+    "is marked vanished: a strategy that forgets loses it, joint training keeps it."
 )
 STATE_NOTE = (
     "What each strategy keeps after each task (memory buffers and their bytes, Fisher or "
@@ -91,8 +113,83 @@ def _metrics_row(label: str, run: RunRecord) -> list[str]:
 
 def _matrix_table(run: RunRecord, key: str) -> Block:
     R = run.matrices.get(key) or (run.matrix if key == run.score else [])
-    rows = [[lab] + [fmt(v, key) for v in row] for lab, row in zip(row_labels(run), R)]
+    sizes = test_sizes(run) if key in ACCURACY_LIKE else None
+
+    def cell(v: float, j: int) -> str:
+        se = standard_error(v, sizes[j]) if sizes and j < len(sizes) else None
+        return fmt(v, key) if se is None else f"{fmt(v, key)} ± {fmt(se, key)}"
+
+    rows = [[lab] + [cell(v, j) for j, v in enumerate(row)] for lab, row in zip(row_labels(run), R)]
     return ("table", ["model", *run.tasks], rows, None)
+
+
+def _se_blocks(run: RunRecord) -> list[Block]:
+    """The average final accuracy with its standard error, when the test sizes are known."""
+    sizes = test_sizes(run) if run.score in ACCURACY_LIKE else None
+    if not sizes or len(run.matrix) < 2 or run.metrics is None:
+        return []
+    se = mean_standard_error(run.matrix[-1], sizes)
+    if se is None:
+        return []
+    avg = run.metrics.avg_accuracy
+    return [("p", f"Average final {score_name(run.score)}: {fmt(avg)} ± {fmt(se)}.")]
+
+
+def _data_blocks(runs: dict[str, RunRecord]) -> list[Block]:
+    """The data the run used, from the record's ``data`` (written when the data was read)."""
+    run = next((r for r in runs.values() if r.data), None)
+    if run is None or run.data is None:
+        return []
+    data = run.data
+    items = [f"source: {source_name(src)}" for src in data.get("sources") or []]
+    for src in data.get("sources") or []:
+        if src.get("sha256"):
+            items.append(f"SHA-256 of {src['file']}: {src['sha256']}")
+    target = data.get("target")
+    if target:
+        how = (
+            "chosen automatically (none was given)"
+            if target.get("chosen_automatically")
+            else "as configured"
+        )
+        items.append(f"target column: {target.get('column')} ({how})")
+    features = data.get("features")
+    if features:
+        shown = ", ".join(map(str, features[:MAX_LISTED_STATS]))
+        more = f", … ({len(features)} in all)" if len(features) > MAX_LISTED_STATS else ""
+        items.append(f"input columns: {shown}{more}")
+    for key, what in (("dropped", "columns left out"), ("encoded", "columns encoded")):
+        cols = data.get(key) or {}
+        if cols:
+            items.append(f"{what}: " + "; ".join(f"{c} ({why})" for c, why in cols.items()))
+    items.append(_standardized_item(data.get("standardized")))
+    blocks: list[Block] = [("h", 2, "Data"), ("p", DATA_NOTE), ("ul", items)]
+    tasks = data.get("tasks") or []
+    if tasks:
+        rows = [
+            [t.get("name", ""), t.get("train"), t.get("validation"), t.get("test")] for t in tasks
+        ]
+        blocks.append(("table", ["task", "train rows", "validation rows", "test rows"], rows, None))
+    return blocks
+
+
+def _stats(values: list[float]) -> str:
+    shown = ", ".join(f"{v:.4g}" for v in values[:MAX_LISTED_STATS])
+    return f"[{shown}{', …' if len(values) > MAX_LISTED_STATS else ''}]"
+
+
+def _standardized_item(std: Any) -> str:
+    if not std:
+        return "standardisation: none (inputs used as read)"
+    text = (
+        "standardisation: inputs rescaled to mean 0 and standard deviation 1 per feature, with "
+        f"statistics from {std.get('statistics_from', 'the first task')}"
+    )
+    if std.get("mean") is not None:
+        text += f"; mean {_stats(std['mean'])}, std {_stats(std.get('std') or [])}"
+    if std.get("target"):
+        text += f"; target too (mean {std.get('y_mean')}, std {std.get('y_std')})"
+    return text
 
 
 def _head_blocks(record: Record, runs: dict[str, RunRecord]) -> list[Block]:
@@ -142,6 +239,7 @@ def _per_class_blocks(record: Record, runs: dict[str, RunRecord]) -> list[Block]
         return []
     first = next(iter(runs.values()))
     gone = set(vanished_classes(record, first))
+    last = last_task_classes(first)
     finals = {label: (class_accuracy(r) or [[]])[-1] for label, r in runs.items()}
     assert first.per_class is not None
     n = len(first.per_class.counts[0][0])
@@ -150,7 +248,13 @@ def _per_class_blocks(record: Record, runs: dict[str, RunRecord]) -> list[Block]
     for c in range(n):
         if all(finals[label][c] is None for label in finals):
             continue  # a class no test set contains has no accuracy to report
-        mark = "vanished from the last task" if c in gone else "present"
+        mark = (
+            "vanished from the last task"
+            if c in gone
+            else "present"
+            if last is None or c in last
+            else "absent"
+        )
         rows.append([class_label(record, c), mark] + [fmt(finals[lab][c]) for lab in finals])
         classes.append("vanished" if c in gone else None)
     if gone:
@@ -233,7 +337,7 @@ def _definition_blocks(record: Record) -> list[Block]:
     blocks: list[Block] = [
         ("h", 2, "Metric definitions"),
         ("p", DEFINITIONS_NOTE),
-        ("table", ["metric", "formula", "denominator", "meaning"], rows, None),
+        ("table", ["metric", "formula", "denominator", "meaning"], rows, None, "text"),
     ]
     if not record.higher_is_better:
         blocks.append(("p", LOWER_NOTE.format(name=score_name(record.score))))
@@ -286,7 +390,7 @@ def _extra_score_blocks(record: Record, runs: dict[str, RunRecord]) -> list[Bloc
 
 def build_blocks(record: Record) -> list[Block]:
     runs, score = record.runs, record.score
-    blocks = _head_blocks(record, runs)
+    blocks = _head_blocks(record, runs) + _data_blocks(runs)
     blocks += [("h", 2, "Summary"), ("ul", summary_lines(record))]
     head = ["strategy", *(c.header.format(score=score_name(score)) for c in COLUMNS)]
     rows = [_metrics_row(label, r) for label, r in runs.items()]
@@ -302,10 +406,15 @@ def build_blocks(record: Record) -> list[Block]:
     ]
     blocks.append(("h", 2, f"Score matrices ({score_name(score)})"))
     blocks.append(("p", MATRIX_NOTE))
+    sizes = next((s for s in map(test_sizes, runs.values()) if s), None)
+    if sizes and score in ACCURACY_LIKE:
+        lo, hi = min(sizes), max(sizes)
+        blocks.append(("p", SE_NOTE.format(n_min=lo, n_range=f" to {hi}" if hi != lo else "")))
     for label, run in runs.items():
         blocks += [
             ("h", 3, label),
             _matrix_table(run, run.score),
+            *_se_blocks(run),
             ("img", f"heatmap-{label}", f"{label}: score matrix"),
             ("img", f"curves-{label}", f"{label}: score on each task over the sequence"),
         ]

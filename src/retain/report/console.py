@@ -8,7 +8,13 @@ from rich.console import Console
 
 from retain.report.columns import COLUMNS, score_name
 from retain.report.record import Record
-from retain.report.summary import as_record, best_strategy, report_title, summary_lines
+from retain.report.summary import (
+    as_record,
+    best_strategy,
+    data_line,
+    report_title,
+    summary_lines,
+)
 
 # The columns narrow enough for a terminal: those with a short header.
 TERMINAL_COLUMNS = tuple(c for c in COLUMNS if c.short)
@@ -44,5 +50,6 @@ def print_summary(record: Record | dict[str, Any], console: Console) -> None:
         )
     console.print(table)
     # Text() keeps "[...]" in a line from being read as rich markup.
-    for line in summary_lines(record):
+    data = data_line(record)
+    for line in ([data] if data else []) + summary_lines(record):
         console.print(Text(f"• {line}"))

@@ -42,6 +42,20 @@ def _direction(record: Record) -> str:
     return "higher is better" if record.higher_is_better else "lower is better"
 
 
+def _score_axis(ax: object, score: str | None) -> None:
+    """Fix the y-axis to the score's natural range, so a small wobble does not look like a cliff:
+    [0, 1] for accuracy-like scores, from 0 for losses and errors (never negative), R² up to 1."""
+    lo, hi = ax.get_ylim()  # type: ignore[attr-defined]
+    if score in ACCURACY_LIKE:
+        lo, hi = 0.0, 1.0
+    elif score == "r2":
+        hi = 1.0
+    else:
+        lo = 0.0
+    pad = 0.03 * (hi - lo)
+    ax.set_ylim(lo - pad, hi + pad)  # type: ignore[attr-defined]
+
+
 def heatmap(record_run: RunRecord, path: Path) -> Path:
     """Annotated heat map of a run's score matrix R (rows: training steps, columns: tasks).
 
@@ -106,6 +120,7 @@ def task_curves(record_run: RunRecord, path: Path) -> Path:
         ha="right" if len(R) > 6 else "center",
     )
     ax.set_ylabel(f"{score_name(score)} ({_direction(record_run)})")
+    _score_axis(ax, score)
     ax.set_title(f"{record_run.strategy}: {score_name(score)} on each task", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(
@@ -193,6 +208,7 @@ def compare_curves(record: CompareRecord, path: Path) -> Path:
         ha="right" if len(tasks) > 6 else "center",
     )
     ax.set_ylabel(f"avg {score_name(score)}, seen tasks")
+    _score_axis(ax, score)
     ax.set_title(
         f"Average {score_name(score)} over the tasks seen so far ({_direction(record)})",
         fontsize=10,

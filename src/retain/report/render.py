@@ -54,7 +54,7 @@ def render_markdown(record: Record | dict[str, Any], images: dict[str, Path] | N
         elif kind == "ul":
             out.append("\n".join(f"- {item}" for item in block[1]))
         elif kind == "table":
-            _, head, rows, classes = block
+            head, rows, classes = block[1:4]
             lines = [
                 "| " + " | ".join(map(_md_cell, head)) + " |",
                 "|" + "|".join("---" for _ in head) + "|",
@@ -79,6 +79,9 @@ h2{font-size:1.25em;margin-top:1.8em;border-bottom:1px solid #e4e8ec}h3{font-siz
 table{border-collapse:collapse;margin:.6em 0;font-size:.9em;display:block;overflow-x:auto}
 th,td{border:1px solid #d0d7de;padding:.25em .6em;text-align:right;white-space:nowrap}
 th{background:#f3f5f7}td:first-child,th:first-child{text-align:left}
+table.text{display:table;width:100%;table-layout:auto}
+table.text td,table.text th{text-align:left;white-space:normal;vertical-align:top}
+table.text td:nth-child(2){white-space:nowrap}
 tr.best td{font-weight:bold;background:#eef7ee}tr.vanished td{background:#fff4e0}
 .note{background:#fff1f0;border-left:4px solid #d1242f;padding:.6em 1em;font-weight:bold}
 figure{display:inline-block;margin:.5em 1em .5em 0}figcaption{font-size:.85em;color:#57606a}
@@ -103,13 +106,14 @@ def render_html(record: Record | dict[str, Any], images: dict[str, Path] | None 
         elif kind == "ul":
             body.append("<ul>" + "".join(f"<li>{e(i)}</li>" for i in block[1]) + "</ul>")
         elif kind == "table":
-            _, head, rows, classes = block
+            head, rows, classes = block[1:4]
+            table_cls = f' class="{block[4]}"' if len(block) > 4 else ""
             trs = []
             for i, row in enumerate(rows):
                 cls = f' class="{classes[i]}"' if classes and classes[i] else ""
                 trs.append(f"<tr{cls}>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>")
             body.append(
-                "<table><thead><tr>"
+                f"<table{table_cls}><thead><tr>"
                 + "".join(f"<th>{e(str(h))}</th>" for h in head)
                 + "</tr></thead><tbody>"
                 + "".join(trs)

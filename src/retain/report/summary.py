@@ -8,6 +8,7 @@ need (also used by the renderer and the plots). Only the standard library is imp
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from retain.report.columns import ACCURACY_LIKE, BY_KEY, fmt, score_name
@@ -18,16 +19,23 @@ __all__ = [
     "best_strategy",
     "class_accuracy",
     "class_label",
+    "data_line",
     "fmt",
+    "last_task_classes",
     "pooled_accuracy",
     "report_title",
     "row_labels",
     "score_name",
+    "standard_error",
     "summary_lines",
     "vanished_classes",
 ]
 
 MAX_LISTED_TASKS = 8  # beyond this, the per-task loss sentence names only the worst tasks
+# A task is flagged as poorly learnt when its accuracy just after training it is this far below
+# joint training's on the same task, or (with no joint run to compare) below LOW_ACCURACY.
+LOW_PLASTICITY_GAP = 0.10
+LOW_ACCURACY = 0.5
 
 
 # --------------------------------------------------------------------------- record helpers
@@ -100,6 +108,75 @@ def vanished_classes(record: Record, run: RunRecord) -> list[int]:
     return [c for c in range(len(last)) if last[c] == 0 and any(t[c] for t in counts[-1])]
 
 
+def last_task_classes(run: RunRecord) -> set[int] | None:
+    """The classes the last task trains on: its recorded classes (a split stream), else the
+    classes in its test data (streams that share one label space); ``None`` when unknown."""
+    if run.task_classes and run.task_classes[-1] is not None:
+        return set(run.task_classes[-1])
+    counts = run.per_class.counts if run.per_class is not None else []
+    if not counts:
+        return None
+    return {c for c, n in enumerate(counts[-1][-1]) if n}
+
+
+def test_sizes(run: RunRecord) -> list[int] | None:
+    """Rows in each task's evaluated split: from the record's data facts, else the per-class test
+    counts; ``None`` when the record holds neither."""
+    tasks = (run.data or {}).get("tasks")
+    key = "validation" if run.split == "val" else "test"
+    if tasks and len(tasks) == len(run.tasks) and all(key in t for t in tasks):
+        return [int(t[key]) for t in tasks]
+    if run.per_class is not None and run.per_class.counts:
+        return [sum(c) for c in run.per_class.counts[0]]
+    return None
+
+
+def standard_error(p: float, n: int) -> float | None:
+    """Binomial standard error of an accuracy ``p`` measured on ``n`` samples."""
+    return math.sqrt(max(p * (1 - p), 0.0) / n) if n > 0 else None
+
+
+def mean_standard_error(ps: list[float], ns: list[int]) -> float | None:
+    """Standard error of the mean of independent accuracies ``ps`` on ``ns`` samples each."""
+    ses = [standard_error(p, n) for p, n in zip(ps, ns)]
+    if not ses or any(se is None for se in ses):
+        return None
+    return math.sqrt(sum(se * se for se in ses if se is not None)) / len(ses)
+
+
+def data_line(record: Record) -> str:
+    """One line on the data a record was trained on (empty when the record does not say)."""
+    run = next((r for r in record.runs.values() if r.data), None)
+    if run is None or run.data is None:
+        return ""
+    data = run.data
+    parts = [", ".join(source_name(s) for s in data.get("sources") or []) or "data"]
+    target = data.get("target")
+    if target:
+        auto = " (chosen automatically)" if target.get("chosen_automatically") else ""
+        parts.append(f"target {target.get('column')}{auto}")
+    tasks = data.get("tasks") or []
+    if tasks:
+        for key in ("train", "validation", "test"):
+            sizes = [int(t.get(key, 0)) for t in tasks]
+            lo, hi = min(sizes), max(sizes)
+            if hi == 0:
+                continue  # no validation split
+            parts.append(f"{key} {lo}" + (f"–{hi}" if hi != lo else "") + " rows per task")
+    parts.append("standardised" if data.get("standardized") else "not standardised")
+    return "Data: " + "; ".join(parts) + "."
+
+
+def source_name(source: dict[str, Any]) -> str:
+    """A data source as written in the record: built-in name, file (and checksum) or folder."""
+    if "builtin" in source:
+        return f"built-in dataset {source['builtin']}"
+    if "file" in source:
+        sha = source.get("sha256")
+        return f"{source['file']}" + (f" (SHA-256 {sha[:12]}…)" if sha else "")
+    return str(source.get("folder", source))
+
+
 def pooled_accuracy(run: RunRecord, classes: list[int]) -> float | None:
     """Final accuracy over the test samples of ``classes`` taken together."""
     pc = run.per_class
@@ -125,6 +202,35 @@ def _changes(run: RunRecord) -> list[tuple[str, float, float]]:
     return [(tasks[j], diag[j], R[n_tasks][j]) for j in range(n_tasks - 1)]
 
 
+def _plasticity_line(label: str, run: RunRecord, joint: RunRecord | None) -> str:
+    """A warning when some task was not learnt well right after training it (accuracy only)."""
+    if run.score not in ACCURACY_LIKE or run.joint or run.metrics is None:
+        return ""
+    diag = run.metrics.plasticity_per_task or []
+    ref = joint.matrix[-1] if joint is not None and len(joint.matrix) > 1 else None
+    low = []
+    for j, (task, v) in enumerate(zip(run.tasks, diag)):
+        if ref is not None and j < len(ref):
+            if ref[j] - v > LOW_PLASTICITY_GAP:
+                low.append(f"{task} {fmt(v)} (joint training: {fmt(ref[j])})")
+        elif v < LOW_ACCURACY:
+            low.append(f"{task} {fmt(v)}")
+    if not low:
+        return ""
+    why = (
+        f"more than {LOW_PLASTICITY_GAP * 100:.0f} percentage points below joint training on the same "
+        "task"
+        if ref is not None
+        else f"below {fmt(LOW_ACCURACY)}"
+    )
+    return (
+        f"Low plasticity: {label} did not learn every task well even right after training it "
+        f"({'; '.join(low)}; flagged: {why}). Its forgetting is measured from these low scores. "
+        "Likely causes: too little training per task (raise train.epochs or train.lr), or a "
+        "strategy that holds the old weights back by design."
+    )
+
+
 def _loss_sentence(run: RunRecord) -> str:
     """How much of each earlier task a run lost, in the score's own direction."""
     score, higher = run.score, run.higher_is_better
@@ -139,16 +245,22 @@ def _loss_sentence(run: RunRecord) -> str:
     if not shown:
         return ""
     if score in ACCURACY_LIKE:
-        # For accuracy the drop in points is the share of the task's test set now answered wrongly.
+        # Changes in accuracy are told in percentage points (0.451 -> 0.000 is 45 points, and all
+        # of the task): a relative "45%" would read as "45% of what it knew".
         groups: dict[str, list[str]] = {"lost": [], "gained": [], "kept": []}
+        unit = "percentage points"  # named in full once, then "points"
         for task, before, after in shown:
-            pts = f"{abs(after - before) * 100:.0f}%"
+            pts = round(abs(after - before) * 100)
             arrow = f"({fmt(before, score)} → {fmt(after, score)})"
-            if pts == "0%":
+            if pts == 0:
                 groups["kept"].append(f"{task} {arrow}")
+            elif after < before and fmt(after, score) == fmt(0.0, score):
+                groups["lost"].append(f"all of {task} {arrow}")
             else:
+                word = unit if pts != 1 else unit[:-1]
+                unit = "points"
                 groups["lost" if after < before else "gained"].append(
-                    f"{pts} {'of' if after < before else 'on'} {task} {arrow}"
+                    f"{pts} {word} on {task} {arrow}"
                 )
         parts = [f"{verb} {', '.join(items)}" for verb, items in groups.items() if items]
         return f"It {'; '.join(parts)}{tail}."
@@ -216,6 +328,9 @@ def _compare_lines(record: CompareRecord) -> list[str]:
         else:
             head = f"{label} ends at average {name} {fmt(avg, score)}{order}."
         lines.append(" ".join(s for s in (head, _loss_sentence(run)) if s))
+        low = _plasticity_line(label, run, runs[joint] if joint else None)
+        if low:
+            lines.append(low)
     best = best_strategy(record)
     if best is not None:
         avg = _avg(done[best])
@@ -293,7 +408,8 @@ def _run_lines(run: RunRecord) -> list[str]:
         else:
             lines.append("It forgot none of the earlier tasks.")
     loss = _loss_sentence(run)
-    return lines + ([loss] if loss else [])
+    low = _plasticity_line(label, run, None)
+    return lines + [s for s in (loss, low) if s]
 
 
 def _warning_lines(record: Record) -> list[str]:
