@@ -28,7 +28,7 @@ from retain.eval.evaluator import evaluate
 from retain.models import count_parameters
 from retain.report.history import History
 from retain.report.result import RunResult
-from retain.run_state import RunState, start
+from retain.run_state import Plan, RunState, start
 from retain.strategies.base import Strategy
 from retain.strategies.context import TaskContext
 from retain.train.loop import Every, FitStats, fit_task
@@ -42,6 +42,8 @@ from retain.train.optim import (
 )
 from retain.train.runtime import needs_wrappers
 from retain.utils.seed import derive_seed, seed_everything
+
+__all__ = ["Plan", "run"]  # Plan: what a run trains on, also planned ahead by compare
 
 
 def run(
