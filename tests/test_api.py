@@ -230,7 +230,7 @@ def test_evaluation_every_n_steps_is_recorded_and_changes_nothing(tiny_stream):
 
 
 def test_joint_is_a_plan_of_one_union_task(tiny_stream):
-    from retain.api import Plan
+    from retain.run_state import Plan
     from retain.strategies import build
     from retain.strategies.joint import Joint
 

@@ -30,6 +30,18 @@ ALLOWED: dict[str, set[str]] = {
     "strategies": {"errors", "binding", "config", "data", "models", "objectives", "utils"},
     "train": {"errors", "config", "data", "objectives", "strategies", "utils"},
     "report": {"errors", "config", "data", "eval", "objectives", "strategies", "utils"},
+    # what every step of a run shares, and `start`, which makes it
+    "run_state": {
+        "errors",
+        "config",
+        "data",
+        "objectives",
+        "report",
+        "strategies",
+        "train",
+        "utils",
+    },
+    "checkpointing": {"report", "run_state", "utils"},  # restore, checkpoint, finish
     "api": {
         "errors",
         "config",
@@ -41,6 +53,8 @@ ALLOWED: dict[str, set[str]] = {
         "strategies",
         "train",
         "utils",
+        "run_state",
+        "checkpointing",
     },
     "runner": {
         "errors",

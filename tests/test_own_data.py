@@ -82,7 +82,7 @@ def test_a_run_that_failed_on_its_data_can_be_retried(tmp_path, capsys, command)
 def test_a_failure_before_anything_was_saved_removes_only_a_folder_it_made(
     tmp_path, capsys, monkeypatch
 ):
-    import retain.api
+    import retain.run_state
 
     def broken(train):
         raise RetainError("no device")
@@ -90,7 +90,7 @@ def test_a_failure_before_anything_was_saved_removes_only_a_folder_it_made(
     _data(tmp_path)
     cfg = tmp_path / "exp.yaml"
     cfg.write_text(CONFIG.format(a="a.csv", b="b.csv"))
-    monkeypatch.setattr(retain.api, "make_accelerator", broken)
+    monkeypatch.setattr(retain.run_state, "make_accelerator", broken)
     out = tmp_path / "r"
     assert main(["compare", str(cfg), "--out", str(out), "--strategies", "finetune", "-q"]) == 2
     assert "no device" in _err(capsys) and not out.exists()

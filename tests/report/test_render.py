@@ -14,12 +14,13 @@ import torch
 from rich.console import Console
 
 from retain import strategies as registry
-from retain.config import RunConfig, TrainConfig
+from retain.config import RunConfig
 from retain.data.stream import Stream, Task, TensorData
 from retain.report.console import print_summary
+from retain.report.history import History
 from retain.report.record import CompareRecord, RunRecord
 from retain.report.render import render_html, render_markdown, summary_lines, write_reports
-from retain.report.result import build_record
+from retain.report.result import RunFacts, build_record
 from retain.report.summary import class_accuracy, fmt, vanished_classes
 from retain.runner import compare_record
 
@@ -89,24 +90,18 @@ def make_run(
         for t in steps
     ]
     complete = len(R) == len(steps) + 1
-    rec = build_record(
+    facts = RunFacts(
         stream=toy_stream(tasks, score, class_names),
         strategies=registry.build_all([strategy]),
-        rows=rows,
-        fits=fits,
-        params=[],
+        cfg=CONFIG,
+        config=CONFIG,
         metric=score,
         joint=joint,
-        seed=7,
-        config=CONFIG,
-        train=TrainConfig(),
         warnings=warnings or [],
-        started="2026-01-01T00:00:00+00:00",
-        status="complete" if complete else "running",
-        memory={"peak_rss_mb": 300.0},
-        device="cpu",
-        num_processes=1,
     )
+    history = History(rows, fits, started="2026-01-01T00:00:00+00:00")
+    status = "complete" if complete else "running"
+    rec = build_record(facts, history, status, memory={"peak_rss_mb": 300.0})
     # The environment's provenance, fixed so the report text does not depend on it.
     rec.versions, rec.git_sha = {"python": "3.11", "retain": "0.1.0"}, "abc1234"
     rec.finished = "2026-01-01T00:01:00+00:00" if complete else None

@@ -1,4 +1,4 @@
-"""Building the run record from a run's evaluation rows, and :class:`RunResult`.
+"""Building the run record from a run's facts and history, and :class:`RunResult`.
 
 The record's fields and its JSON form (``result.json``, the source of truth that every report
 renders) are in :mod:`retain.report.record`.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import platform
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
     from retain.config import RunConfig, TrainConfig
     from retain.data.stream import Stream
+    from retain.report.history import History
     from retain.strategies.base import Strategy
 
 
@@ -67,8 +68,9 @@ def matrix_of(rows: list[list[dict[str, Any]]], key: str) -> list[list[float]]:
     return [[float(cell[key]) for cell in row] for row in rows]
 
 
-def scores_metrics(R: list[list[float]], higher: bool, joint: bool) -> Metrics:
-    return Metrics(**(M.joint_summary(R[-1]) if joint else M.summary(R, higher)))
+def scores_metrics(matrices: dict[str, list[list[float]]], score: str, joint: bool) -> Metrics:
+    R = matrices[score]
+    return Metrics(**(M.joint_summary(R[-1]) if joint else M.summary(R, HIGHER_IS_BETTER[score])))
 
 
 def stream_info(stream: Stream) -> StreamInfo:
@@ -105,68 +107,57 @@ def timing_of(fits: list[dict[str, Any]]) -> Timing:
     )
 
 
+@dataclass(frozen=True)
+class RunFacts:
+    """What a run record states besides the run's history: what was run, how, and where."""
+
+    stream: Stream
+    strategies: list[Strategy]
+    cfg: RunConfig  # the settings the run used (seed, train, eval.split)
+    config: RunConfig | None  # as given to the run: its name and settings are recorded
+    metric: str  # the score of R
+    joint: bool = False
+    warnings: list[str] = field(default_factory=list)
+    device: str = "cpu"
+    num_processes: int = 1
+
+
 def build_record(
-    *,
-    stream: Stream,
-    strategies: list[Strategy],
-    rows: list[list[dict[str, Any]]],
-    fits: list[dict[str, Any]],
-    params: list[int],
-    metric: str,
-    split: str = "test",
-    strategy_stats: list[dict[str, Any]] | None = None,
-    joint: bool,
-    seed: int,
-    config: RunConfig | None,
-    train: TrainConfig,
-    warnings: list[str],
-    started: str,
-    status: str,
-    memory: dict[str, float],
-    device: str,
-    num_processes: int,
+    facts: RunFacts, history: History, status: str, memory: dict[str, float]
 ) -> RunRecord:
-    """The run's record from its evaluation rows (``rows[i][j]``: scores of task j after step i)
-    and the loop's per-task statistics (``fits``); metrics once every row exists."""
+    """The run's record from its history so far (``rows[i][j]``: scores of task j after step i,
+    and the loop's per-task statistics); metrics once every row exists. ``memory``: the peak
+    memory so far, in MB."""
     from retain.strategies import label
 
-    score_keys = [k for k in rows[0][0] if k in HIGHER_IS_BETTER] if rows else []
-    matrices = {k: matrix_of(rows, k) for k in score_keys}
-    higher = HIGHER_IS_BETTER[metric]
-    complete = len(rows) == (2 if joint else len(stream.tasks) + 1)
-    per_class = None
-    if rows and "class_counts" in rows[0][0]:
-        per_class = PerClass(
-            counts=[[cell["class_counts"] for cell in row] for row in rows],
-            correct=[[cell["class_correct"] for cell in row] for row in rows],
-        )
+    stream, rows, fits, config = facts.stream, history.rows, history.fits, facts.config
+    matrices = score_matrices(rows)
+    complete = len(rows) == (2 if facts.joint else len(stream.tasks) + 1)
     return RunRecord(
         name=config.name if config and config.name else stream.name,
-        strategy=label(strategies),
-        strategies=[s.spec() for s in strategies],
-        joint=joint,
+        strategy=label(facts.strategies),
+        strategies=[s.spec() for s in facts.strategies],
+        joint=facts.joint,
         stream=stream_info(stream),
         tasks=stream.task_names,
         task_classes=[list(t.classes) if t.classes is not None else None for t in stream.tasks],
-        score=metric,
-        split=split,
-        higher_is_better=higher,
-        matrix=matrices.get(metric, []),
+        score=facts.metric,
+        split=facts.cfg.eval.split,
+        higher_is_better=HIGHER_IS_BETTER[facts.metric],
+        matrix=matrices.get(facts.metric, []),
         matrices=matrices,
-        per_class=per_class,
-        metrics=scores_metrics(matrices[metric], higher, joint) if complete else None,
+        per_class=per_class_of(rows),
+        metrics=scores_metrics(matrices, facts.metric, facts.joint) if complete else None,
         metrics_by_score={
-            k: scores_metrics(m, HIGHER_IS_BETTER[k], joint)
-            for k, m in matrices.items()
-            if k != metric
+            k: scores_metrics(matrices, k, facts.joint) for k in matrices if k != facts.metric
         }
         if complete
         else {},
         timing=timing_of(fits),
         memory=Memory(**memory),
-        params=Params(after_task=list(params)),
-        strategy_stats=list(strategy_stats or []),
-        curves=Curves(loss=[f["losses"] for f in fits], lr_factor=[f.get("lrs", []) for f in fits]),
+        params=Params(after_task=list(history.params)),
+        strategy_stats=list(history.strategy_stats),
+        curves=curves_of(fits),
         early_stopping=[
             EarlyStop(
                 task=f["task"], best_val_loss=f["best_val_loss"], stopped_at=f["stopped_early_at"]
@@ -174,24 +165,52 @@ def build_record(
             for f in fits
             if f.get("best_val_loss") is not None
         ],
-        warnings=list(warnings),
-        seed=seed,
-        train=TrainSummary(
-            optimizer=train.optimizer,
-            lr=train.lr,
-            batch_size=train.batch_size,
-            epochs=train.epochs,
-            steps=train.steps,
-            schedule=train.schedule,
-        ),
+        warnings=list(facts.warnings),
+        seed=facts.cfg.seed,
+        train=train_summary(facts.cfg.train),
         versions=versions(),
         git_sha=git_sha(),
-        device=device,
-        num_processes=num_processes,
+        device=facts.device,
+        num_processes=facts.num_processes,
         config=config.to_dict() if config is not None else None,
-        started=started,
+        started=history.started,
         finished=datetime.now(timezone.utc).isoformat(timespec="seconds") if complete else None,
         status=status,
+    )
+
+
+def score_matrices(rows: list[list[dict[str, Any]]]) -> dict[str, list[list[float]]]:
+    """``{score: R}`` for every score the evaluations hold."""
+    score_keys = [k for k in rows[0][0] if k in HIGHER_IS_BETTER] if rows else []
+    return {k: matrix_of(rows, k) for k in score_keys}
+
+
+def per_class_of(rows: list[list[dict[str, Any]]]) -> PerClass | None:
+    if not rows or "class_counts" not in rows[0][0]:
+        return None
+    return PerClass(
+        counts=[[cell["class_counts"] for cell in row] for row in rows],
+        correct=[[cell["class_correct"] for cell in row] for row in rows],
+    )
+
+
+def curves_of(fits: list[dict[str, Any]]) -> Curves:
+    """Training loss and learning rate per task; the evaluations every N steps, if any."""
+    return Curves(
+        loss=[f["losses"] for f in fits],
+        lr_factor=[f.get("lrs", []) for f in fits],
+        eval=[f.get("evals", []) for f in fits] if any("evals" in f for f in fits) else None,
+    )
+
+
+def train_summary(train: TrainConfig) -> TrainSummary:
+    return TrainSummary(
+        optimizer=train.optimizer,
+        lr=train.lr,
+        batch_size=train.batch_size,
+        epochs=train.epochs,
+        steps=train.steps,
+        schedule=train.schedule,
     )
 
 

@@ -179,28 +179,13 @@ def per_sample_importance(
     all-reduced, so every process returns the same statistics. Returns them (float32, on the
     parameters' device) and the method used.
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     params = trainable(model)
     names = list(params)
+    method, linears = _resolve_method(model, names, method)
+    chunk = batch_size or _chunk_size(params, method)
     acc = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
-    linears = _linears(model, names) if method in ("auto", "linear") else None
-    if method == "auto":
-        method = "linear" if linears is not None else "vmap"
-    if method == "linear" and linears is None:
-        raise ValueError("method 'linear' needs every trainable parameter to be in an nn.Linear")
-    n_params = sum(p.numel() for p in params.values())
-    # vmap materialises chunk x n_params gradients: keep that near 2**25 floats (128 MB).
-    vmap_chunk = max(1, min(256, 2**25 // max(n_params, 1)))
-    chunk = batch_size or (1024 if method == "linear" else vmap_chunk)
-    call = _Call(model, ctx.forward)
+    per_sample_grads = _vmap_grads(model, ctx, sample_loss)
     detached = {f"model.{n}": p.detach() for n, p in params.items()}
-
-    def one(p: dict[str, torch.Tensor], sample: Batch) -> torch.Tensor:
-        b = {k: v.unsqueeze(0) for k, v in sample.items()}
-        return sample_loss(torch.func.functional_call(call, p, (b,)), b)[0]
-
-    per_sample_grads = torch.func.vmap(torch.func.grad(one), in_dims=(None, 0))
     was_training = model.training
     model.eval()
     count = torch.zeros((), device=ctx.device)
@@ -228,22 +213,78 @@ def per_sample_importance(
                     raise  # not a tracing failure: the loop would hide it behind hours of work
                 except Exception:  # noqa: BLE001  vmap cannot trace it (data-dependent control
                     method = "loop"  # flow); the loop below still raises a genuine error
-            for i in range(len(next(iter(batch.values())))):
-                b = {k: v[i : i + 1] for k, v in batch.items()}
-                grads = torch.autograd.grad(
-                    sample_loss(ctx.forward(model, b), b)[0],
-                    list(params.values()),
-                    materialize_grads=True,
-                )
-                _accumulate(
-                    acc,
-                    names,
-                    [g.unsqueeze(0) for g in grads],
-                    None if weight is None else weight[i : i + 1],
-                    power,
-                )
+            _loop_pass(model, ctx, params, batch, weight, sample_loss, power, acc)
     finally:
         model.train(was_training)
+    return _mean_over_processes(acc, count, ctx), method
+
+
+def _resolve_method(
+    model: nn.Module, names: list[str], method: str
+) -> tuple[str, dict[str, nn.Linear] | None]:
+    """``auto`` becomes ``linear`` where every trainable parameter is in an ``nn.Linear``, else
+    ``vmap``; returns the method and the Linears by module name (None unless ``linear``)."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    linears = _linears(model, names) if method in ("auto", "linear") else None
+    if method == "auto":
+        method = "linear" if linears is not None else "vmap"
+    if method == "linear" and linears is None:
+        raise ValueError("method 'linear' needs every trainable parameter to be in an nn.Linear")
+    return method, linears
+
+
+def _chunk_size(params: dict[str, torch.Tensor], method: str) -> int:
+    if method == "linear":
+        return 1024
+    # vmap materialises chunk x n_params gradients: keep that near 2**25 floats (128 MB).
+    n_params = sum(p.numel() for p in params.values())
+    return max(1, min(256, 2**25 // max(n_params, 1)))
+
+
+def _vmap_grads(model: nn.Module, ctx: TaskContext, sample_loss: SampleLoss) -> Callable:
+    """``(parameters, batch) -> {"model.<name>": per-sample gradients [N, *shape]}``."""
+    call = _Call(model, ctx.forward)
+
+    def one(p: dict[str, torch.Tensor], sample: Batch) -> torch.Tensor:
+        b = {k: v.unsqueeze(0) for k, v in sample.items()}
+        return sample_loss(torch.func.functional_call(call, p, (b,)), b)[0]
+
+    return torch.func.vmap(torch.func.grad(one), in_dims=(None, 0))
+
+
+def _loop_pass(
+    model: nn.Module,
+    ctx: TaskContext,
+    params: dict[str, torch.Tensor],
+    batch: Batch,
+    weight: torch.Tensor | None,
+    sample_loss: SampleLoss,
+    power: int,
+    acc: dict[str, torch.Tensor],
+) -> None:
+    """One ``autograd.grad`` per sample of ``batch``, added into ``acc``."""
+    names = list(params)
+    for i in range(len(next(iter(batch.values())))):
+        b = {k: v[i : i + 1] for k, v in batch.items()}
+        grads = torch.autograd.grad(
+            sample_loss(ctx.forward(model, b), b)[0],
+            list(params.values()),
+            materialize_grads=True,
+        )
+        _accumulate(
+            acc,
+            names,
+            [g.unsqueeze(0) for g in grads],
+            None if weight is None else weight[i : i + 1],
+            power,
+        )
+
+
+def _mean_over_processes(
+    acc: dict[str, torch.Tensor], count: torch.Tensor, ctx: TaskContext
+) -> dict[str, torch.Tensor]:
+    """The sums over every process's samples divided by their count, in one all-reduce."""
     flat = torch.cat([count.view(1)] + [t.view(-1) for t in acc.values()])
     flat = ctx.all_reduce(flat, op="sum")
     flat = flat[1:] / flat[0].clamp_min(1.0)
@@ -251,4 +292,4 @@ def per_sample_importance(
     for n, t in acc.items():
         out[n] = flat[offset : offset + t.numel()].view_as(t).clone()
         offset += t.numel()
-    return out, method
+    return out

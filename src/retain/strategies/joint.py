@@ -15,6 +15,6 @@ class Joint(Strategy):
     Its score matrix has two rows, before and after training, so BWT, FWT and forgetting do not
     apply. It takes no hyperparameters and cannot be combined with other strategies.
 
-    It changes no hook: choosing it changes what the run trains on (``retain.api.Plan``: one
+    It changes no hook: choosing it changes what the run trains on (``retain.run_state.Plan``: one
     task holding every task's data instead of the tasks in turn).
     """

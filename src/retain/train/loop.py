@@ -73,6 +73,8 @@ class _Loop:
 
     total: int
     batches_per_epoch: int
+    grad_accum: int
+    validate_every: int | None  # optimizer steps between validations; None: no early stopping
     loss_sum: torch.Tensor
     step: int = 0
     epoch: int = 0
@@ -81,6 +83,28 @@ class _Loop:
     last_logged: int = 0
     best: tuple[float, dict[str, torch.Tensor]] | None = None
     bad_evals: int = 0
+
+    @classmethod
+    def for_task(cls, batches: int, cfg: TrainConfig, early: bool, device: Any) -> _Loop:
+        """``cfg.steps`` optimizer steps, or ``cfg.epochs`` epochs of ``batches`` micro-batches."""
+        steps_per_epoch = max(1, -(-batches // cfg.grad_accum))
+        total = cfg.steps if cfg.steps is not None else cfg.epochs * steps_per_epoch
+        validate_every = (cfg.eval_every or steps_per_epoch) if early else None
+        return cls(total, batches, cfg.grad_accum, validate_every, torch.zeros((), device=device))
+
+    def micro_batch(self, loss: torch.Tensor) -> bool:
+        """Count one micro-batch's loss; True when its gradients complete an optimizer step:
+        every ``grad_accum`` micro-batches, and at the end of an epoch."""
+        self.loss_sum += loss
+        self.loss_count += 1
+        self.micro += 1
+        epoch_end = self.micro >= self.batches_per_epoch * (self.epoch + 1)
+        return self.micro % self.grad_accum == 0 or epoch_end
+
+    def validates_now(self) -> bool:
+        if self.validate_every is None:
+            return False
+        return self.step % self.validate_every == 0 or self.step == self.total
 
 
 def _hooks(strategies: list[Strategy], name: str) -> list[Strategy]:
@@ -127,13 +151,10 @@ def fit_task(
         model, ctx, strategies, optimizer, schedule, cfg, accelerator, schedule_offset
     )
     loader = ctx.make_loader(data, shuffle=True)
-    steps_per_epoch = max(1, -(-len(loader) // cfg.grad_accum))
-    total = cfg.steps if cfg.steps is not None else cfg.epochs * steps_per_epoch
     early = cfg.patience is not None and val is not None and len(val) > 0
-    eval_every = cfg.eval_every or steps_per_epoch
-    loop = _Loop(total, len(loader), torch.zeros((), device=ctx.device))
+    loop = _Loop.for_task(len(loader), cfg, early, ctx.device)
     stats = FitStats()
-    progress.task(f"train {ctx.task.name}", total)
+    progress.task(f"train {ctx.task.name}", loop.total)
     model.train()
     optimizer.zero_grad(set_to_none=True)
     start = time.perf_counter()
@@ -141,17 +162,13 @@ def fit_task(
         for batch in loader:
             stats.samples += len(batch["task"])
             loss = stepper.forward_backward(batch)
-            loop.loss_sum += loss.detach()
-            loop.loss_count += 1
-            loop.micro += 1
-            epoch_end = loop.micro >= loop.batches_per_epoch * (loop.epoch + 1)
-            if loop.micro % cfg.grad_accum and not epoch_end:
-                continue
+            if not loop.micro_batch(loss.detach()):
+                continue  # accumulate the next micro-batch's gradients
             factor = stepper.optimizer_step(loop.step)
             loop.step += 1
             if loop.step % LOG_EVERY == 0 or loop.step == loop.total:
                 _log(loop, stats, factor, progress, ctx.task.name)
-            if early and (loop.step % eval_every == 0 or loop.step == loop.total):
+            if loop.validates_now():
                 _validate(loop, stats, model, val, ctx, accelerator, cfg.patience)
             if every is not None and loop.step % every.steps == 0 and every.call(loop.step, model):
                 stats.stopped_early_at = loop.total = loop.step

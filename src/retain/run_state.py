@@ -1,0 +1,210 @@
+"""What every step of a run shares, and ``start``, which makes it.
+
+``start`` checks the settings, opens the run directory (the checkpoint to resume from, the
+resolved config), makes the accelerator and the plan. The plan is what the run trains on: the
+stream's tasks one by one, or, for the ``joint`` reference, one task holding all of them;
+evaluation is on the stream's tasks either way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from retain import strategies as registry
+from retain.config import RunConfig, config_diff
+from retain.data.stream import Stream, Task, TensorData
+from retain.errors import ConfigError, RunDirError
+from retain.objectives import make_objective
+from retain.report.result import RunFacts
+from retain.strategies.base import Strategy
+from retain.strategies.context import TaskContext
+from retain.strategies.joint import Joint
+from retain.train.loop import NullProgress
+from retain.train.runtime import make_accelerator, task_context
+from retain.utils.checkpoint import RunDir, is_main_process
+from retain.utils.files import write_atomic
+from retain.utils.seed import generator
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a run trains on, in order; evaluation is on every task of the stream either way."""
+
+    tasks: tuple[Task, ...]
+    joint: bool = False
+
+    @classmethod
+    def for_strategies(cls, stream: Stream, strategies: list[Strategy]) -> Plan:
+        """The stream's tasks one by one, or one union task for the ``joint`` reference."""
+        if any(isinstance(s, Joint) for s in strategies):
+            return cls((union_task(stream),), joint=True)
+        return cls(tuple(stream.tasks))
+
+
+def union_task(stream: Stream) -> Task:
+    vals = [t.val for t in stream.tasks if t.val is not None]
+    return Task(
+        name="joint",
+        train=TensorData.concat([t.train for t in stream.tasks]),
+        test=TensorData.concat([t.test for t in stream.tasks]),
+        val=TensorData.concat(vals) if vals else None,
+    )
+
+
+@dataclass
+class RunState:
+    """What every step of one run shares: the settings, the stream, the accelerator, the plan."""
+
+    stream: Stream
+    strategies: list[Strategy]
+    cfg: RunConfig
+    config: RunConfig | None  # as given: written, recorded and checked on resume
+    plan: Plan
+    objective: Any
+    metric: str
+    acc: Any
+    run_dir: RunDir | None
+    progress: Any
+    warnings: list[str]
+    saved: dict[str, Any] | None = None  # the checkpoint resumed from
+    class_mask: torch.Tensor | None = None
+
+    def context(self, i: int) -> TaskContext:
+        return task_context(
+            self.acc,
+            self.cfg.train,
+            self.stream,
+            self.plan.tasks[i],
+            i,
+            self.objective,
+            self.cfg.seed,
+            generator(self.cfg.seed, i, 7),
+            self.class_mask,
+        )
+
+    def facts(self) -> RunFacts:
+        """What the run record states about this run besides its history."""
+        return RunFacts(
+            self.stream,
+            self.strategies,
+            self.cfg,
+            self.config,
+            self.metric,
+            self.plan.joint,
+            self.warnings,
+            str(self.acc.device),
+            self.acc.num_processes,
+        )
+
+
+def start(
+    stream: Stream,
+    strategies: list[Any] | None,
+    config: RunConfig | None,
+    out_dir: str | Path | None,
+    resume: bool,
+    progress: Any,
+    warn: Callable[[str], None] | None,
+) -> RunState:
+    """Check the settings, open the run directory, make the accelerator and the plan."""
+    cfg = config or RunConfig()
+    if not isinstance(cfg, RunConfig):
+        raise TypeError(
+            f"run() takes a RunConfig, got {type(cfg).__name__}; wrap it, e.g. "
+            "RunConfig(train=TrainConfig(...))"
+        )
+    built = registry.build_all(list(strategies or cfg.strategies))
+    objective = make_objective(stream.objective, stream.n_outputs)
+    metric = check_eval(cfg, stream, objective)
+    warnings = known_failures(stream, built, warn or (lambda msg: None))
+    run_dir = RunDir(out_dir) if out_dir is not None else None
+    saved = open_run_dir(run_dir, resume, config)
+    if cfg.train.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    acc = make_accelerator(cfg.train)
+    class_mask = stream.class_mask()
+    return RunState(
+        stream,
+        built,
+        cfg,
+        config,
+        Plan.for_strategies(stream, built),
+        objective,
+        metric,
+        acc,
+        run_dir,
+        progress or NullProgress(),
+        warnings,
+        saved,
+        class_mask.to(acc.device) if class_mask is not None else None,
+    )
+
+
+def check_eval(cfg: RunConfig, stream: Stream, objective: Any) -> str:
+    """The metric of R (``eval.metric``, or the objective's default); errors for bad settings."""
+    metric = objective.default_metric if cfg.eval.metric == "auto" else cfg.eval.metric
+    if cfg.eval.split == "val" and any(t.val is None or len(t.val) == 0 for t in stream.tasks):
+        raise ConfigError(
+            "eval.split 'val' needs a validation split: set stream.validation, "
+            "e.g. stream.validation=0.1"
+        )
+    if metric not in objective.metrics and metric != "loss":
+        raise ConfigError(
+            f"eval.metric '{metric}' does not apply to {stream.objective}; "
+            f"choose one of {', '.join(objective.metrics)}"
+        )
+    return metric
+
+
+def known_failures(
+    stream: Stream, strategies: list[Strategy], warn: Callable[[str], None]
+) -> list[str]:
+    """Warnings for strategies known not to work in the stream's setting (not with rehearsal)."""
+    if any(s.rehearsal for s in strategies):
+        return []
+    warnings = []
+    for s in strategies:
+        if stream.setting in s.known_failures:
+            warnings.append(
+                f"'{s.name}' in the {stream.setting} setting: {s.known_failures[stream.setting]}"
+            )
+            warn(warnings[-1])
+    return warnings
+
+
+def open_run_dir(
+    run_dir: RunDir | None, resume: bool, config: RunConfig | None
+) -> dict[str, Any] | None:
+    """Check the run directory, write the config; the checkpoint to resume from (or None)."""
+    if run_dir is None:
+        return None
+    run_dir.ensure_new_or_resumable(resume)
+    saved = None
+    if resume:
+        check_resume_config(run_dir, config)
+        saved = run_dir.load_checkpoint()
+    if config is not None and is_main_process():
+        write_atomic(run_dir.path / "config.resolved.yaml", config.to_yaml())
+    return saved
+
+
+def check_resume_config(run_dir: RunDir, config: RunConfig | None) -> None:
+    path = run_dir.path / "config.resolved.yaml"
+    if config is None or not path.is_file():
+        return
+    saved = yaml.safe_load(path.read_text()) or {}
+    now = config.to_dict()
+    for d in (saved, now):
+        d.get("output", {}).pop("dir", None)
+    diff = config_diff(saved, now)
+    if diff:
+        raise RunDirError(
+            f"the config differs from the run being resumed in '{run_dir.path}' ({'; '.join(diff[:3])}); "
+            "resume with the same config, or start a new run with another --out"
+        )
