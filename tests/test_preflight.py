@@ -120,3 +120,27 @@ def test_run_refuses_an_inapplicable_strategy_before_training(tmp_path, capsys, 
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "strategy 'lwf' does not apply" in err, err
     assert not out.exists()
+
+
+def test_the_python_api_checks_every_strategy_before_training(tmp_path):
+    from dataclasses import dataclass
+
+    import torch
+
+    from retain.api import run
+    from retain.config import RunConfig
+    from retain.data.stream import Stream, Task, TensorData
+    from retain.errors import Unsupported
+    from retain.strategies.base import Strategy
+
+    @dataclass
+    class ClassesOnly(Strategy):  # declares its limit only: no setup() of its own
+        unsupported = {"regression": "use finetune"}  # a class attribute, not a field
+
+    data = TensorData(x=torch.randn(20, 3), y=torch.randn(20, 1))
+    stream = Stream(
+        (Task("a", data, data),), objective="regression", n_outputs=1, setting="domain_il"
+    )
+    with pytest.raises(Unsupported, match="regression"):
+        run(torch.nn.Linear(3, 1), stream, [ClassesOnly()], RunConfig(), out_dir=tmp_path / "r")
+    assert not (tmp_path / "r").exists()

@@ -120,6 +120,8 @@ def start(
             "RunConfig(train=TrainConfig(...))"
         )
     built = registry.build_all(list(strategies or cfg.strategies))
+    for s in built:  # before the run directory is opened: a refusal leaves nothing behind
+        s.check(stream)
     objective = make_objective(stream.objective, stream.n_outputs)
     metric = check_eval(cfg, stream, objective)
     warnings = known_failures(stream, built, warn or (lambda msg: None))

@@ -310,7 +310,7 @@ def _position(
     strategies that change a task's data (``cumulative``) or stop early make it an estimate.
     """
     from retain import strategies as registry
-    from retain.api import Plan as TaskPlan
+    from retain.run_state import Plan as TaskPlan
     from retain.train.optim import steps_for
 
     labels = list(plans)
