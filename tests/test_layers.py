@@ -67,6 +67,7 @@ ALLOWED: dict[str, set[str]] = {
         "strategies",
         "train",  # planned steps, for the ETA of a comparison
         "api",
+        "run_state",  # the training plan of each label, for the ETA of a comparison
         "utils",
     },
     "init": {"errors", "data"},  # `retain init`: a config for the user's files
