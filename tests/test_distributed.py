@@ -15,6 +15,9 @@ from pathlib import Path
 
 import pytest
 
+# Two fresh Python processes that each import torch: with the long checks, which CI runs.
+pytestmark = pytest.mark.slow
+
 WORKER = """
 import hashlib, json, os, sys
 import torch

@@ -129,6 +129,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow  # a separate process that imports torch, killed and resumed
 def test_killed_cli_run_resumes_to_the_same_metrics(tmp_path):
     from retain.cli import main
 
