@@ -55,7 +55,7 @@ def retain_loop(model, stream, cfg: TrainConfig, seed: int) -> tuple[int, float]
         ["finetune"],
         RunConfig(train=cfg, eval=EvalConfig(batch_size=4096), seed=seed),
     )
-    t = r["timing"]["per_task"]
+    t = r.record.to_dict()["timing"]["per_task"]
     return sum(x["samples"] for x in t), sum(x["train_seconds"] for x in t)
 
 

@@ -33,7 +33,7 @@ def main() -> None:
     for seed in [int(s) for s in args.seeds.split(",")]:
         base = from_dict(RunConfig, {**config_for("pmnist", "finetune"), "seed": seed})
         prepared = prepare_stream(base)
-        ft = run_config(base, Path(f"bench/out/fisher/ft-s{seed}"), stream_info=prepared)
+        ft = run_config(base, Path(f"bench/out/fisher/ft-s{seed}"), stream_info=prepared).to_dict()
         ft_cost = ft["timing"]["train_seconds"] + ft["timing"]["hook_seconds"]
         for n in variants:
             data = config_for("pmnist", "oewc-valsel")
@@ -42,7 +42,7 @@ def main() -> None:
                 from_dict(RunConfig, {**data, "seed": seed}),
                 Path(f"bench/out/fisher/ewc{n or 'all'}-s{seed}"),
                 stream_info=prepared,
-            )
+            ).to_dict()
             key = "all" if n is None else str(n)
             acc.setdefault(key, []).append(100 * rec["metrics"]["avg_accuracy"])
             cost = rec["timing"]["train_seconds"] + rec["timing"]["hook_seconds"]

@@ -240,7 +240,7 @@ def run_all(benches: list[str], methods: list[str] | None, seeds: list[int]) -> 
 
                     shutil.rmtree(out)
                 t0 = time.perf_counter()
-                rec = run_config(cfg, out, progress=None, stream_info=prepared)
+                rec = run_config(cfg, out, progress=None, stream_info=prepared).to_dict()
                 wall = time.perf_counter() - t0
                 rec["bench"] = {"wall_seconds": wall, "stream_seconds": prep}
                 (out / "bench.json").write_text(json.dumps(rec["bench"]))
@@ -274,7 +274,7 @@ def select() -> None:
 
                 shutil.rmtree(out)
             try:
-                rec = run_config(from_dict(RunConfig, data), out, stream_info=prepared)
+                rec = run_config(from_dict(RunConfig, data), out, stream_info=prepared).to_dict()
                 scores[str(value)] = 100 * rec["metrics"]["avg_accuracy"]
             except RetainError as e:  # e.g. the loss diverged: this value loses
                 scores[str(value)] = None

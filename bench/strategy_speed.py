@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
                 import shutil
 
                 shutil.rmtree(d)
-            rec = run_config(cfg_for(m, 0), d, stream_info=prepared)
+            rec = run_config(cfg_for(m, 0), d, stream_info=prepared).to_dict()
             t = rec["timing"]
             cost[m].append(t["train_seconds"] + t["hook_seconds"])
             evals[m].append(t["eval_seconds"])
