@@ -255,7 +255,7 @@ def test_demo_shows_finetune_forgetting_and_joint_not(tmp_path, capsys):
 
 def test_help_imports_no_torch():
     """`retain --help` stays quick because nothing heavy is imported before a command runs
-    (timed in bench/timing_all.sh; here the cause is checked, which does not depend on load)."""
+    (timed in bench/bench_throughput.py; here the cause is checked, which does not depend on load)."""
     code = (
         "import sys; from retain.cli import main\n"
         "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
