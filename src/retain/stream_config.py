@@ -216,6 +216,12 @@ class StreamConfig:
     standardize: bool | None = help_field(
         "standardise features (default: yes for tables, no for images)", default=None
     )
+    suites: dict[str, str] | None = help_field(
+        "named held-out evaluation sets that are not tasks, scored with every row of R and never "
+        "trained on, e.g. {general: english.txt}: a file read like the stream's data, or the "
+        "name of one of the stream's sources",
+        default=None,
+    )
     limit_train: int | None = help_field(
         "use at most this many training samples (quick runs)", default=None, ge=1
     )

@@ -119,6 +119,10 @@ class Stream:
         objective: ``classification``, ``regression`` or ``causal_lm``.
         n_outputs: width of the model's output (classes; 1 for regression).
         class_names: display names of the output classes.
+        suites: named held-out evaluation sets that are not tasks (e.g. general English text
+            while the tasks are Spanish): scored with every row of R, never trained on.
+        sources: named training pools that are not tasks (e.g. an English corpus): what data
+            mixing (``mix``) and a fixed replay source draw from.
     """
 
     tasks: tuple[Task, ...]
@@ -127,6 +131,8 @@ class Stream:
     n_outputs: int | None = None
     class_names: tuple[str, ...] | None = None
     name: str = "stream"
+    suites: dict[str, TensorData] = field(default_factory=dict)
+    sources: dict[str, TensorData] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tasks", tuple(self.tasks))
