@@ -90,6 +90,10 @@ class ModelConfig:
     pretrained: str | None = help_field(
         "hf: local model folder (or hub id when online)", default=None
     )
+    gguf_file: str | None = help_field(
+        "hf: a GGUF file inside model.pretrained (de-quantised by transformers on load)",
+        default=None,
+    )
     hf_config: dict[str, Any] | None = help_field(
         "hf: build a fresh model from this config dict", default=None
     )

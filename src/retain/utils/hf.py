@@ -44,3 +44,20 @@ def build_causal_lm(cfg: ModelConfig) -> nn.Module:
     except (ValueError, TypeError) as e:
         raise ConfigError(f"model.hf_config is not a valid '{model_type}' config: {e}") from None
     return tf.AutoModelForCausalLM.from_config(config)
+
+
+def load_tokenizer(cfg: ModelConfig) -> Any:
+    """The tokenizer that comes with the model: from ``pretrained`` (and its ``gguf_file``)."""
+    tf = _transformers()
+    if not cfg.pretrained:
+        raise ConfigError(
+            "text data needs the model's tokenizer: set model.pretrained to a local model folder"
+        )
+    kwargs = {"gguf_file": cfg.gguf_file} if cfg.gguf_file else {}
+    try:
+        return tf.AutoTokenizer.from_pretrained(cfg.pretrained, **kwargs)
+    except OSError as e:
+        raise ConfigError(
+            f"cannot load the tokenizer of model.pretrained '{cfg.pretrained}': "
+            f"{str(e).splitlines()[0]}"
+        ) from None
