@@ -211,6 +211,12 @@ class RunConfig:
 
     name: str | None = help_field("run name (default: the config file's name)", default=None)
     seed: int = help_field("seed for data order, model init and every random choice", default=0)
+    seeds: list[int] | None = help_field(
+        "run once per seed (each in its own seed-<s> folder) and report mean ± std over them, "
+        "e.g. [0, 1, 2]; replaces seed",
+        default=None,
+        ge=0,
+    )
     stream: StreamConfig = field(default_factory=StreamConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -231,6 +237,11 @@ class RunConfig:
                 raise ConfigError(
                     f"strategies.{i} must be a mapping with a 'name' (or 'preset'), got {spec!r}"
                 )
+        if self.seeds is not None:
+            if not self.seeds:
+                raise ConfigError("seeds is empty: give at least one, e.g. seeds: [0, 1, 2]")
+            if len(set(self.seeds)) != len(self.seeds):
+                raise ConfigError(f"seeds has repeated values {self.seeds}: list each seed once")
         check_fields(self)
 
     def to_dict(self) -> dict[str, Any]:

@@ -39,8 +39,9 @@ def prepare_stream(cfg: RunConfig) -> tuple[Any, dict[str, Any]]:
     from retain.data.build import build_stream
     from retain.utils.seed import seed_everything
 
-    seed_everything(cfg.seed)
-    return build_stream(cfg.stream, cfg.seed)
+    seed = cfg.seeds[0] if cfg.seeds else cfg.seed
+    seed_everything(seed)
+    return build_stream(cfg.stream, seed)
 
 
 def _model(cfg: RunConfig, stream: Any) -> Any:
@@ -63,18 +64,15 @@ def run_config(
 ) -> RunRecord:
     """Run ``cfg`` into ``out``; return the run record (also in ``out/result.json``).
 
-    ``name`` names the run in its record (a comparison's variant, ``ewc (lam=100)``)."""
+    ``name`` names the run in its record (a comparison's variant, ``ewc (lam=100)``). With
+    ``cfg.seeds``, see :func:`run_seeds`."""
     from retain import strategies as registry
     from retain.api import run
 
     strategies = registry.build_all(cfg.strategies)  # config errors before any data is loaded
-    out = (
-        Path(out)
-        if out is not None
-        else Path(cfg.output.dir)
-        if cfg.output.dir
-        else default_out(cfg)
-    )
+    out = _out_dir(cfg, out)
+    if cfg.seeds:
+        return run_seeds(cfg, out, resume, progress, warn, stream_info, name)
     # The data is read before the run directory is made: a missing or bad file leaves no folder.
     stream, info = stream_info or prepare_stream(cfg)
     check_strategies(strategies, stream)
@@ -93,6 +91,75 @@ def run_config(
     if is_main_process():
         from retain.report.render import write_reports
         from retain.utils.state import write_json
+
+        write_json(out / "result.json", record.to_dict())
+        write_reports(out, record, plots=cfg.output.plots)
+    return record
+
+
+def _out_dir(cfg: RunConfig, out: str | Path | None, kind: str = "") -> Path:
+    if out is not None:
+        return Path(out)
+    return Path(cfg.output.dir) if cfg.output.dir else default_out(cfg, kind)
+
+
+def run_seeds(
+    cfg: RunConfig,
+    out: Path,
+    resume: bool = False,
+    progress: Any = None,
+    warn: Callable[[str], None] | None = None,
+    stream_info: tuple[Any, dict[str, Any]] | None = None,
+    name: str | None = None,
+) -> RunRecord:
+    """Run ``cfg`` once per seed of ``cfg.seeds`` into ``out/seed-<s>``; the record in ``out`` is
+    the mean over the seeds with their spread (:func:`retain.report.seeds.seeds_record`).
+
+    ``stream_info`` is the first seed's data, when the caller has read it already. Each seed's
+    data is read before its run (the seed draws the split). With ``resume``, seeds that finished
+    are read back and the others resumed or started.
+    """
+    from retain import strategies as registry
+    from retain.report.seeds import seeds_record
+    from retain.utils.files import write_atomic
+    from retain.utils.state import write_json
+
+    seeds = list(cfg.seeds or [cfg.seed])
+    first = stream_info or prepare_stream(cfg)
+    check_strategies(registry.build_all(cfg.strategies), first[0])
+    check_out(out)
+    records, folders = [], []
+    with _removed_on_failure(out):
+        RunDir(out).ensure_new_or_resumable(resume)
+        if is_main_process():
+            write_atomic(out / "config.resolved.yaml", cfg.to_yaml())
+        for i, seed in enumerate(seeds):
+            folder = f"seed-{seed}"
+            sub, done = out / folder, out / folder / "result.json"
+            folders.append(folder)
+            if resume and done.is_file():
+                rec = load_record(done)
+                if isinstance(rec, RunRecord) and rec.complete:
+                    records.append(rec)
+                    continue
+            sub_cfg = copy.deepcopy(cfg)
+            sub_cfg.seed, sub_cfg.seeds = seed, None
+            records.append(
+                run_config(
+                    sub_cfg,
+                    sub,
+                    resume=resume and sub.exists(),
+                    progress=progress,
+                    warn=warn,
+                    stream_info=first if i == 0 else None,
+                    name=name,
+                )
+            )
+    record = seeds_record(records, seeds, folders)
+    record.config = cfg.to_dict()
+    record.out_dir = str(out)
+    if is_main_process():
+        from retain.report.render import write_reports
 
         write_json(out / "result.json", record.to_dict())
         write_reports(out, record, plots=cfg.output.plots)
@@ -206,13 +273,7 @@ def compare_config(
     ``announce(label, index, count, steps_left)`` is called before each strategy trains: its
     position (1-based) among ``count``, and the optimizer steps planned for it and the ones after
     it (for an ETA over the whole comparison)."""
-    out = (
-        Path(out)
-        if out is not None
-        else Path(cfg.output.dir)
-        if cfg.output.dir
-        else default_out(cfg, "compare")
-    )
+    out = _out_dir(cfg, out, "compare")
     with _removed_on_failure(out):
         return _compare_config(cfg, labels, out, resume, progress, warn, announce)
 
@@ -279,13 +340,15 @@ def compare_record(cfg: RunConfig, runs: dict[str, RunRecord]) -> CompareRecord:
     """The comparison of finished runs; with a joint run, each run's ``gap_to_joint``."""
     from retain.eval.metrics import gap_to_joint
 
-    joint = next((r.metrics for r in runs.values() if r.joint and r.metrics), None)
-    if joint is not None:
+    joint_run = next((r for r in runs.values() if r.joint and r.metrics), None)
+    if joint_run is not None and joint_run.metrics is not None:
+        joint = joint_run.metrics
         for rec in runs.values():
             if rec.metrics is not None:
                 rec.metrics.gap_to_joint = gap_to_joint(
                     joint.avg_accuracy, rec.metrics.avg_accuracy, rec.higher_is_better
                 )
+                _paired_gap_std(joint_run, rec)
     first = next(iter(runs.values()))
     return CompareRecord(
         name=cfg.name,
@@ -295,10 +358,27 @@ def compare_record(cfg: RunConfig, runs: dict[str, RunRecord]) -> CompareRecord:
         higher_is_better=first.higher_is_better,
         stream=first.stream,
         runs=runs,
-        seed=cfg.seed,
+        seed=None if cfg.seeds else cfg.seed,
         versions=versions(),
         config=cfg.to_dict(),
     )
+
+
+def _paired_gap_std(joint: RunRecord, rec: RunRecord) -> None:
+    """Over several seeds, the std of the gap to joint training seed by seed (each seed's run
+    against joint training with the same seed: the same data split and initial weights)."""
+    import statistics
+
+    from retain.eval.metrics import gap_to_joint
+
+    a, b = joint.spread, rec.spread
+    if a is None or b is None or a.seeds != b.seeds or len(a.seeds) < 2:
+        return
+    pairs = list(zip(a.avg_per_seed, b.avg_per_seed))
+    if any(j is None or r is None for j, r in pairs):
+        return
+    gaps = [gap_to_joint(j, r, rec.higher_is_better) for j, r in pairs]
+    b.metrics_std["gap_to_joint"] = statistics.stdev(gaps)
 
 
 def _position(
@@ -319,4 +399,4 @@ def _position(
     for later in labels[index:]:
         plan = TaskPlan.for_strategies(stream, registry.build_all(plans[later]))
         steps += sum(steps_for(len(t.train), cfg.train) for t in plan.tasks)
-    return index + 1, len(labels), steps
+    return index + 1, len(labels), steps * len(cfg.seeds or [cfg.seed])

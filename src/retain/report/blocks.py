@@ -71,6 +71,11 @@ SE_NOTE = (
     "standard errors are not reliably different. The average's standard error, sqrt(Σ SE_j²) / "
     "T, treats tasks as independent. It does not include the variation between seeds."
 )
+SEEDS_NOTE = (
+    "Trained once per seed ({seeds}; each run is in its seed-<s> folder): every score and metric "
+    "is the mean over the {n} seeds, and ± is the sample standard deviation across them. The "
+    "seed draws the data split and order, the initial weights and the strategies' random choices."
+)
 DATA_NOTE = (
     "What the run was trained and tested on, as recorded when the data was read (the full "
     "standardisation statistics are in result.json under data)."
@@ -113,18 +118,31 @@ def _metrics_row(label: str, run: RunRecord) -> list[str]:
 
 def _matrix_table(run: RunRecord, key: str) -> Block:
     R = run.matrices.get(key) or (run.matrix if key == run.score else [])
-    sizes = test_sizes(run) if key in ACCURACY_LIKE else None
+    S = run.matrix_std(key)  # over seeds; else the binomial standard error of one test set
+    sizes = test_sizes(run) if key in ACCURACY_LIKE and S is None else None
 
-    def cell(v: float, j: int) -> str:
-        se = standard_error(v, sizes[j]) if sizes and j < len(sizes) else None
+    def cell(v: float, i: int, j: int) -> str:
+        se = S[i][j] if S else standard_error(v, sizes[j]) if sizes and j < len(sizes) else None
         return fmt(v, key) if se is None else f"{fmt(v, key)} ± {fmt(se, key)}"
 
-    rows = [[lab] + [cell(v, j) for j, v in enumerate(row)] for lab, row in zip(row_labels(run), R)]
+    rows = [
+        [lab] + [cell(v, i, j) for j, v in enumerate(row)]
+        for i, (lab, row) in enumerate(zip(row_labels(run), R))
+    ]
     return ("table", ["model", *run.tasks], rows, None)
 
 
 def _se_blocks(run: RunRecord) -> list[Block]:
-    """The average final accuracy with its standard error, when the test sizes are known."""
+    """The average final accuracy with its standard error, when the test sizes are known; over
+    several seeds, with its std across them and each seed's value."""
+    if run.spread is not None and run.metrics is not None and len(run.spread.seeds) > 1:
+        avg, std = run.metrics.avg_accuracy, run.spread.metrics_std.get("avg_accuracy")
+        each = ", ".join(
+            f"{s}: {fmt(v, run.score)}" for s, v in zip(run.spread.seeds, run.spread.avg_per_seed)
+        )
+        name = score_name(run.score)
+        text = f"Average final {name}: {fmt(avg, run.score)} ± {fmt(std, run.score)} "
+        return [("p", text + f"(mean ± std over {len(run.spread.seeds)} seeds; {each}).")]
     sizes = test_sizes(run) if run.score in ACCURACY_LIKE else None
     if not sizes or len(run.matrix) < 2 or run.metrics is None:
         return []
@@ -230,7 +248,12 @@ def _head_blocks(record: Record, runs: dict[str, RunRecord]) -> list[Block]:
                 if cs is not None
             )
         )
-    return blocks + [("h", 2, "Stream"), ("ul", items)]
+    blocks += [("h", 2, "Stream"), ("ul", items)]
+    spread = next((r.spread for r in runs.values() if r.spread is not None), None)
+    if spread is not None:
+        seeds = ", ".join(map(str, spread.seeds))
+        blocks.append(("note", SEEDS_NOTE.format(seeds=seeds, n=len(spread.seeds))))
+    return blocks
 
 
 def _per_class_blocks(record: Record, runs: dict[str, RunRecord]) -> list[Block]:
@@ -407,7 +430,8 @@ def build_blocks(record: Record) -> list[Block]:
     blocks.append(("h", 2, f"Score matrices ({score_name(score)})"))
     blocks.append(("p", MATRIX_NOTE))
     sizes = next((s for s in map(test_sizes, runs.values()) if s), None)
-    if sizes and score in ACCURACY_LIKE:
+    seeded = any(r.spread is not None for r in runs.values())
+    if sizes and score in ACCURACY_LIKE and not seeded:
         lo, hi = min(sizes), max(sizes)
         blocks.append(("p", SE_NOTE.format(n_min=lo, n_range=f" to {hi}" if hi != lo else "")))
     for label, run in runs.items():

@@ -98,12 +98,20 @@ class Column:
         """The column's text for ``run``: "–" where there is no value."""
         v = self.value(run)
         if self.kind == "score":
-            return fmt(v, run.score)
+            std = self.std(run)
+            sep = "±" if terminal else " ± "
+            return fmt(v, run.score) + ("" if std is None else f"{sep}{fmt(std, run.score)}")
         if v is None or (self.kind == "rate" and not v):
             return "–"
         if self.kind == "seconds":
             return f"{v:.1f} s" if terminal else f"{v:.2f}"
         return f"{v:,.0f}" if self.kind == "rate" else f"{v:.0f}"
+
+
+    def std(self, run: RunRecord) -> float | None:
+        """The standard deviation over seeds of a run over several seeds, else ``None``."""
+        spread = run.spread
+        return None if spread is None else spread.metrics_std.get(self.key)
 
 
 def _metric(key: str) -> Callable[[RunRecord], float | None]:

@@ -196,12 +196,26 @@ class TrainSummary(_Part):
 
 
 @dataclass
+class Spread(_Part):
+    """A run over several seeds (``seeds: [...]`` in the config): the record's scores, metrics
+    and timings are means over the seeds; these are the sample standard deviations (n - 1), for
+    every entry of R (``matrix_std``, ``None`` with one seed) and every metric that has one."""
+
+    seeds: list[int] = field(default_factory=list)
+    runs: list[str] = field(default_factory=list)
+    matrix_std: Matrix | None = None
+    matrices_std: dict[str, Matrix] = field(default_factory=dict)
+    metrics_std: dict[str, Any] = field(default_factory=dict)
+    avg_per_seed: list[float | None] = field(default_factory=list)
+
+
+@dataclass
 class RunRecord(_Part):
     """One strategy's run: ``matrix`` is R (row 0 the untrained model, row i after task i,
     column j task j; a joint run has two rows), ``metrics`` is ``None`` until the run completes.
     """
 
-    _OMIT: ClassVar[frozenset[str]] = frozenset({"per_class", "data", "out_dir"})
+    _OMIT: ClassVar[frozenset[str]] = frozenset({"per_class", "data", "out_dir", "spread"})
     _FIXED: ClassVar[frozenset[str]] = frozenset({"schema_version", "kind"})
     kind: ClassVar[str] = "run"
 
@@ -240,6 +254,8 @@ class RunRecord(_Part):
     # Written by ``retain run``: how the data was built and where the run directory is.
     data: dict[str, Any] | None = None
     out_dir: str | None = None
+    # A run over several seeds: the spread across them (the values above are means).
+    spread: Spread | None = None
     # Keys this version does not know (kept so a rewrite loses nothing).
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -262,6 +278,16 @@ class RunRecord(_Part):
         if "curves" in data:
             data["curves"] = {"lr_factor": [], **data["curves"]}
         return _from_dict(cls, data)
+
+    def matrix_std(self, key: str | None = None) -> Matrix | None:
+        """The std over seeds of score matrix ``key`` (default: the run's score) of a run over
+        several seeds, else ``None``."""
+        if self.spread is None:
+            return None
+        key = key or self.score
+        if key in self.spread.matrices_std:
+            return self.spread.matrices_std[key]
+        return self.spread.matrix_std if key == self.score else None
 
     @property
     def runs(self) -> dict[str, RunRecord]:

@@ -150,22 +150,36 @@ def _cell(value: Any) -> Any:
 def metrics_rows(record: Record) -> list[list[Any]]:
     """metrics.csv: a header and one row per strategy at full precision; empty cell for None."""
     rows: list[list[Any]] = [["strategy", "score", *(c.key for c in COLUMNS)]]
+    # Runs over several seeds: the values are means; the seeds and each metric's std follow.
+    seeded = [c for c in COLUMNS if any(c.std(r) is not None for r in record.runs.values())]
+    if seeded:
+        rows[0] += ["seeds", *(f"{c.key}_std" for c in seeded)]
     for label, run in record.runs.items():
-        rows.append([label, run.score, *(_cell(c.value(run)) for c in COLUMNS)])
+        row = [label, run.score, *(_cell(c.value(run)) for c in COLUMNS)]
+        if seeded:
+            seeds = " ".join(map(str, run.spread.seeds)) if run.spread else ""
+            row += [seeds, *(_cell(c.std(run)) for c in seeded)]
+        rows.append(row)
     return rows
 
 
 def matrix_rows(record: Record) -> list[list[Any]]:
     """matrix.csv in long format: strategy, matrix, after_task (0 = untrained), task, value."""
     rows: list[list[Any]] = [["strategy", "matrix", "after_task", "task", "value"]]
+    seeded = any(r.spread is not None for r in record.runs.values())
+    if seeded:  # runs over several seeds: value is the mean, std the spread across seeds
+        rows[0].append("std")
     for label, run in record.runs.items():
         tasks = run.tasks
         after = ["joint"] if run.joint else tasks
         for key, R in (run.matrices or {run.score: run.matrix}).items():
+            S = run.matrix_std(key)
             for i, row in enumerate(R):
                 for j, value in enumerate(row):
-                    rows.append([label, key, 0 if i == 0 else after[i - 1], tasks[j], value])
+                    out = [label, key, 0 if i == 0 else after[i - 1], tasks[j], value]
+                    rows.append(out + ([_cell(S[i][j] if S else None)] if seeded else []))
     return rows
+
 
 
 def write_reports(out: Path, record: Record | dict[str, Any], plots: bool = True) -> list[Path]:

@@ -444,7 +444,31 @@ def summary_lines(record: Record | dict[str, Any]) -> list[str]:
         'This run is incomplete ('
     """
     record = as_record(record)
+    lines = _seeds_lines(record)
     if isinstance(record, CompareRecord):
-        return _compare_lines(record) + _warning_lines(record)
-    lines = _run_lines(record)
-    return lines + _warning_lines(record)
+        return lines + _compare_lines(record) + _warning_lines(record)
+    return lines + _run_lines(record) + _warning_lines(record)
+
+
+def _seeds_lines(record: Record) -> list[str]:
+    """For runs over several seeds: that the numbers are means, and how far the seeds spread."""
+    spread = next((r.spread for r in record.runs.values() if r.spread is not None), None)
+    if spread is None or len(spread.seeds) < 2:
+        return []
+    seeds = ", ".join(map(str, spread.seeds))
+    line = (
+        f"Every number is the mean over {len(spread.seeds)} seeds ({seeds}); ± is the standard "
+        "deviation across the seeds."
+    )
+    stds = [
+        (label, r.spread.metrics_std.get("avg_accuracy"))
+        for label, r in record.runs.items()
+        if r.spread is not None
+    ]
+    widest = max(stds, key=lambda p: p[1] or 0.0)
+    if widest[1] is not None and len(stds) > 1:
+        line += (
+            f" The widest spread of the average is {fmt(widest[1], record.score)} ({widest[0]}): "
+            "differences between strategies smaller than their spreads are not reliable."
+        )
+    return [line]
