@@ -144,3 +144,55 @@ def test_the_python_api_checks_every_strategy_before_training(tmp_path):
     with pytest.raises(Unsupported, match="regression"):
         run(torch.nn.Linear(3, 1), stream, [ClassesOnly()], RunConfig(), out_dir=tmp_path / "r")
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    "label, overrides, needles",
+    [
+        (
+            "freeze",
+            ["strategies.0.name=freeze", "strategies.0.trainable=[nope.*]"],
+            ("freeze", "'nope.*' matches no parameter"),
+        ),
+        ("progressive", ["model.name=cnn"], ("'progressive' supports MLP-shaped models",)),
+        ("parallel", ["model.name=cnn"], ("'parallel' supports MLP-shaped models",)),
+    ],
+)
+def test_a_strategy_that_cannot_work_on_the_model_is_refused_before_training(
+    tmp_path, capsys, monkeypatch, label, overrides, needles
+):
+    """Checks that need the model (its layers, its parameter names) run on the freshly built
+    model before the first strategy trains, not when the failing strategy's turn comes."""
+    import retain.api
+
+    monkeypatch.setattr(retain.api, "run", lambda *a, **k: pytest.fail("trained"))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "stream: {dataset: digits, scenario: split, n_tasks: 2, classes: [0, 1, 2, 3]}\n"
+        "model: {channels: [4]}\n"
+    )
+    out = tmp_path / "cmp"
+    argv = ["compare", str(cfg), "--strategies", f"finetune,{label}", "--out", str(out), "-q"]
+    assert main([*argv, *overrides]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    for n in needles:
+        assert n in err, err
+    assert not out.exists()
+
+
+def test_the_python_api_checks_the_model_before_training(tmp_path):
+    import torch
+
+    from retain.api import run
+    from retain.config import RunConfig
+    from retain.data.stream import Stream, Task, TensorData
+    from retain.errors import Unsupported
+    from retain.strategies.freeze import Freeze
+
+    data = TensorData(x=torch.randn(20, 3), y=torch.randint(0, 2, (20,)))
+    stream = Stream((Task("a", data, data),), n_outputs=2)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    with pytest.raises(Unsupported, match="matches no parameter"):
+        run(model, stream, [Freeze(trainable=["x*"])], RunConfig(), out_dir=tmp_path / "r")
+    assert not (tmp_path / "r").exists()

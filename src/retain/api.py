@@ -81,7 +81,7 @@ def run(
         >>> len(result.matrix), len(result.matrix[0])
         (3, 2)
     """
-    r = start(stream, strategies, config, out_dir, resume, progress, warn)
+    r = start(stream, strategies, config, out_dir, resume, progress, warn, model)
     model, history = restore(r, model)
     if not history.rows:  # a fresh run: row 0 of R is the untrained model
         history.rows.append(evaluate_all(r, model, "eval untrained"))

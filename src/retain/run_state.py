@@ -111,8 +111,10 @@ def start(
     resume: bool,
     progress: Any,
     warn: Callable[[str], None] | None,
+    model: Any = None,
 ) -> RunState:
-    """Check the settings, open the run directory, make the accelerator and the plan."""
+    """Check the settings (every strategy against the stream and ``model``), open the run
+    directory, make the accelerator and the plan."""
     cfg = config or RunConfig()
     if not isinstance(cfg, RunConfig):
         raise TypeError(
@@ -122,6 +124,8 @@ def start(
     built = registry.build_all(list(strategies or cfg.strategies))
     for s in built:  # before the run directory is opened: a refusal leaves nothing behind
         s.check(stream)
+        if model is not None:
+            s.check_model(model)
     objective = make_objective(stream.objective, stream.n_outputs)
     metric = check_eval(cfg, stream, objective)
     warnings = known_failures(stream, built, warn or (lambda msg: None))

@@ -75,7 +75,7 @@ def run_config(
         return run_seeds(cfg, out, resume, progress, warn, stream_info, name)
     # The data is read before the run directory is made: a missing or bad file leaves no folder.
     stream, info = stream_info or prepare_stream(cfg)
-    check_strategies(strategies, stream)
+    check_strategies(strategies, stream, lambda: _model(cfg, stream))
     check_out(out)
     with _removed_on_failure(out):
         RunDir(out).ensure_new_or_resumable(resume)
@@ -126,7 +126,7 @@ def run_seeds(
 
     seeds = list(cfg.seeds or [cfg.seed])
     first = stream_info or prepare_stream(cfg)
-    check_strategies(registry.build_all(cfg.strategies), first[0])
+    check_strategies(registry.build_all(cfg.strategies), first[0], lambda: _model(cfg, first[0]))
     check_out(out)
     records, folders = [], []
     with _removed_on_failure(out):
@@ -224,10 +224,20 @@ def plan_labels(labels: list[str], cfg: RunConfig) -> list[Plan]:
     return plans
 
 
-def check_strategies(strategies: list[Any], stream: Any) -> None:
-    """Refuse, before anything trains, a strategy that cannot serve this stream (one line)."""
+def check_strategies(
+    strategies: list[Any], stream: Any, model: Callable[[], Any] | None = None
+) -> None:
+    """Refuse, before anything trains, a strategy that cannot serve this stream (one line), or
+    this model: ``model()`` builds it, once, when some strategy checks models."""
+    from retain.strategies.base import Strategy
+
     for s in strategies:
         s.check(stream)
+    checkers = [s for s in strategies if type(s).check_model is not Strategy.check_model]
+    if checkers and model is not None:
+        built = model()
+        for s in checkers:
+            s.check_model(built)
 
 
 def check_out(out: Path) -> None:
@@ -295,8 +305,15 @@ def _compare_config(
     # run: every label's hyperparameters, the data, every strategy against the stream, the folder.
     plans = plan_labels(labels, cfg)
     prepared = prepare_stream(cfg)  # before the run directory is made (see run_config)
+    built: list[Any] = []  # the model, built once for every strategy that checks it
+
+    def model() -> Any:
+        if not built:
+            built.append(_model(cfg, prepared[0]))
+        return built[0]
+
     for plan in plans:
-        check_strategies(registry.build_all(plan.specs), prepared[0])
+        check_strategies(registry.build_all(plan.specs), prepared[0], model)
     check_out(out)
     root = RunDir(out)
     root.ensure_new_or_resumable(resume)

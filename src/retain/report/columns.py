@@ -107,7 +107,6 @@ class Column:
             return f"{v:.1f} s" if terminal else f"{v:.2f}"
         return f"{v:,.0f}" if self.kind == "rate" else f"{v:.0f}"
 
-
     def std(self, run: RunRecord) -> float | None:
         """The standard deviation over seeds of a run over several seeds, else ``None``."""
         spread = run.spread

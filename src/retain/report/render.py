@@ -181,7 +181,6 @@ def matrix_rows(record: Record) -> list[list[Any]]:
     return rows
 
 
-
 def write_reports(out: Path, record: Record | dict[str, Any], plots: bool = True) -> list[Path]:
     """Write metrics.csv, matrix.csv, plots/*.png, report.md and report.html into ``out``.
 

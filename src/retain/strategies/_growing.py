@@ -40,6 +40,11 @@ class Growing(Strategy):
         """Every unit's modules, oldest first."""
         raise NotImplementedError
 
+    def check_model(self, model: nn.Module) -> None:
+        from retain.models.stack import linear_stack
+
+        linear_stack(model, self.name)  # parses only: the MLP-shaped models it can grow
+
     def setup(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
         if isinstance(model, self.net_type):
             raise Unsupported(

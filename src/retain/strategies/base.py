@@ -103,6 +103,15 @@ class Strategy:
                     f"{self.unsupported[kind]}"
                 )
 
+    def check_model(self, model: nn.Module) -> None:
+        """Refuse a model this strategy cannot work on (its layers, its parameter names).
+
+        Called before the first step of the first run on the freshly built model, like
+        :meth:`check`; raises :class:`~retain.errors.Unsupported` with one line. It must not
+        change ``model``. The default accepts every model.
+        """
+        return None
+
     def setup(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
         return model
 

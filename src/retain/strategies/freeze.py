@@ -111,8 +111,11 @@ class Freeze(Strategy):
             names.update(hits)
         return names
 
+    def check_model(self, model: nn.Module) -> None:
+        self.chosen(model)  # a pattern that matches nothing fails before training
+
     def setup(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
-        self.chosen(model)  # fail before training on a pattern that matches nothing
+        self.chosen(model)
         return model
 
     def before_task(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
