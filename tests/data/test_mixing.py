@@ -144,11 +144,18 @@ def test_bad_mixes_are_one_line(mix, error, needle):
         assert str(e.value).endswith("a, b, gen")  # the known pools are listed
 
 
-def test_a_pool_of_another_kind_is_refused():
-    with pytest.raises(DataError, match="pool 'gen': 'x' is \\(3,\\)"):
-        base = _stream()
-        narrow = TensorData(x=torch.zeros(5, 3), y=torch.zeros(5, dtype=torch.long))
-        Stream(base.tasks, n_outputs=2, sources={"gen": narrow}, mix={"b": {"b": 0.5, "gen": 0.5}})
+@pytest.mark.parametrize(
+    ("source", "needle"),
+    [
+        (TensorData(x=torch.zeros(5, 3), y=torch.zeros(5, dtype=torch.long)), r"'x' is \(3,\)"),
+        (TensorData(x=torch.zeros(5, 4)), r"has fields \['x'\] but task 'b' has \['x', 'y'\]"),
+        (TensorData(x=torch.zeros(0, 4), y=torch.zeros(0, dtype=torch.long)), "is empty"),
+    ],
+)
+def test_a_pool_of_another_kind_is_refused(source, needle):
+    tasks = _stream().tasks
+    with pytest.raises(DataError, match="pool 'gen'.*" + needle):
+        Stream(tasks, n_outputs=2, sources={"gen": source}, mix={"b": {"b": 0.5, "gen": 0.5}})
 
 
 def test_a_bad_mix_in_a_config_fails_in_one_line_before_a_run_directory(tmp_path, capsys):

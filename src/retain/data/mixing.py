@@ -222,6 +222,8 @@ def check_mixes(
 def check_fits(own: TensorData, other: TensorData, where: str, task: str) -> None:
     """``other``'s samples can join a batch of task ``task`` (data ``own``): the same fields
     (``task`` aside), shapes and dtypes; a DataError naming ``where`` if not."""
+    if len(other) == 0:
+        raise DataError(f"{where} is empty; give it samples or leave it out")
     need = {k: v for k, v in own.tensors.items() if k != "task"}
     have = {k: v for k, v in other.tensors.items() if k != "task"}
     if set(need) != set(have):
