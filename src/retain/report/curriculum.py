@@ -41,9 +41,9 @@ def curriculum_blocks(runs: dict[str, RunRecord]) -> list[tuple[Any, ...]]:
             if entry.get("order") in ORDER_TEXT:
                 orders.append(
                     f"{who}{entry['task']}: samples ordered by the model's loss before the task, "
-                    f"{ORDER_TEXT[entry['order']]} ({entry.get('first_loss', 0):.4g} to "
+                    f"{ORDER_TEXT[entry['order']]} (loss {entry.get('first_loss', 0):.4g} to "
                     f"{entry.get('last_loss', 0):.4g}; the forward pass took "
-                    f"{entry.get('seconds', 0):.1f} s)"
+                    f"{entry.get('seconds', 0):.2g} s)"
                 )
             for phase in entry.get("phases") or []:
                 start, end = phase.get("steps", [0, 0])
