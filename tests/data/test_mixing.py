@@ -192,3 +192,19 @@ def test_token_blocks_mix_with_a_source(tiny_causal_lm):
     )
     record = run(tiny_causal_lm, stream, ["finetune"], cfg).record
     assert record.curriculum[0]["drawn"] == {"es": 11, "english": 5}  # 11.2 / 4.8 of 16
+
+
+def test_processes_share_one_global_batch():
+    """Under two processes each takes its stride of the same global batch: together they draw
+    what one process with twice the batch size draws."""
+    pools = {name: _pool(i) for i, name in enumerate("ab")}
+    mix = Mix.parse({"a": 0.75, "b": 0.25})
+
+    def loader(rank, world, bs):
+        g = torch.Generator().manual_seed(3)
+        return MixedLoader(pools, mix, bs, 5, 5, generator=g, rank=rank, world_size=world)
+
+    one = [b["x"] for b in loader(0, 1, 8)]
+    two = zip(loader(0, 2, 4), loader(1, 2, 4))
+    for whole, (r0, r1) in zip(one, two):
+        assert torch.equal(whole[0::2], r0["x"]) and torch.equal(whole[1::2], r1["x"])
