@@ -179,3 +179,22 @@ def test_resume_keeps_optimizer_state_when_the_trainable_set_changes(
         tiny_stream, lambda: [Freeze(last_k=1, from_task=2)], cfg, tmp_path / "r", _mlp, seed=2
     )
     assert r.resumed.matrix == r.full.matrix
+
+
+def test_a_run_written_before_a_config_key_existed_resumes(tmp_path):
+    """A key added since (here train.order and stream.mix) is read at its default, so it is no
+    change; a changed setting the old run did write still is."""
+    import yaml
+
+    from retain.config import RunConfig, TrainConfig
+    from retain.errors import RunDirError
+    from retain.run_state import check_resume_config
+    from retain.utils.checkpoint import RunDir
+
+    cfg = RunConfig(train=TrainConfig(epochs=1))
+    old = cfg.to_dict()
+    del old["train"]["order"], old["stream"]["mix"]
+    (tmp_path / "config.resolved.yaml").write_text(yaml.safe_dump(old))
+    check_resume_config(RunDir(tmp_path), cfg)
+    with pytest.raises(RunDirError, match="train.epochs"):
+        check_resume_config(RunDir(tmp_path), RunConfig(train=TrainConfig(epochs=2)))

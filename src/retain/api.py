@@ -31,6 +31,7 @@ from retain.report.result import RunResult
 from retain.run_state import Plan, RunState, start
 from retain.strategies.base import Strategy
 from retain.strategies.context import TaskContext
+from retain.train.curriculum import realised, train_loader
 from retain.train.loop import Every, FitStats, fit_task
 from retain.train.optim import (
     Schedule,
@@ -130,8 +131,8 @@ def prepare_task(
 def train_task(
     r: RunState, ctx: TaskContext, model: nn.Module, optimizer: Any, schedule_offset: int
 ) -> tuple[FitStats, list[dict[str, Any]]]:
-    """``train_data`` hooks, the learning-rate schedule, and ``fit_task``; also the evaluations
-    every ``eval.every_steps`` steps, if set."""
+    """``train_data`` hooks, the batches (mixing, order), the learning-rate schedule, and
+    ``fit_task``; also the evaluations every ``eval.every_steps`` steps, if set."""
     train = r.cfg.train
     data = ctx.task.train
     for s in r.strategies:
@@ -144,6 +145,7 @@ def train_task(
         schedule = Schedule.from_config(train, steps_for(len(data), train, r.acc.num_processes))
         offset = 0
     evals: list[dict[str, Any]] = []
+    loader, curriculum = train_loader(model, data, ctx, train)
     stats = fit_task(
         model,
         data,
@@ -157,7 +159,9 @@ def train_task(
         val=ctx.task.val,
         progress=r.progress,
         every=evaluate_every(r, evals),
+        loader=loader,
     )
+    stats.curriculum = realised(loader, curriculum)
     return stats, evals
 
 
@@ -243,4 +247,6 @@ def fit_entry(
     }
     if evals:
         entry["evals"] = evals
+    if stats.curriculum:
+        entry["curriculum"] = stats.curriculum
     return entry

@@ -139,6 +139,12 @@ class TrainConfig:
         "('hot start')",
         default="reset",
     )
+    order: Literal["shuffled", "easy_first", "hard_first"] = help_field(
+        "order of a task's training samples: shuffled every epoch; or sorted by the model's own "
+        "loss on each sample before the task trains, easy_first (lowest loss first) or "
+        "hard_first (costs one forward pass over the task's training data)",
+        default="shuffled",
+    )
     grad_clip: float | None = help_field("clip the gradient norm to this value", default=None, gt=0)
     grad_accum: int = help_field(
         "accumulate gradients over this many batches per step", default=1, ge=1

@@ -8,6 +8,7 @@ evaluation is on the stream's tasks either way.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +18,9 @@ import torch
 import yaml
 
 from retain import strategies as registry
-from retain.config import RunConfig, config_diff
+from retain.config import RunConfig, config_diff, from_dict
 from retain.data.stream import Stream, Task, TensorData
-from retain.errors import ConfigError, RunDirError
+from retain.errors import ConfigError, RetainError, RunDirError
 from retain.objectives import make_objective
 from retain.report.result import RunFacts
 from retain.strategies.base import Strategy
@@ -205,6 +206,10 @@ def check_resume_config(run_dir: RunDir, config: RunConfig | None) -> None:
     if config is None or not path.is_file():
         return
     saved = yaml.safe_load(path.read_text()) or {}
+    with contextlib.suppress(RetainError, TypeError, ValueError):
+        # Keys added since the run was written take their defaults on both sides: a run from an
+        # older version resumes unless a setting it did write has changed.
+        saved = from_dict(RunConfig, saved).to_dict()
     now = config.to_dict()
     for d in (saved, now):
         d.get("output", {}).pop("dir", None)

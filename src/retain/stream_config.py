@@ -222,6 +222,16 @@ class StreamConfig:
         "name of one of the stream's sources",
         default=None,
     )
+    mix: dict[str, Any] | None = help_field(
+        "data mixing: per task, the pools its batches are drawn from and their ratios (pools "
+        "are task names and the stream's sources). Fixed: {es: {es: 0.7, en: 0.3}}; a schedule "
+        "over the task's steps: {es: [{until: 0.5, ratios: {es: 0.8, en: 0.2}}, {until: 1, "
+        "ratios: {...}}]}; cyclical: {es: {cycle: [es, en], every: 10}} (one pool per batch, "
+        "the next every 10 steps). Ratios sum to 1; batches follow them exactly as integer "
+        "counts allow; the task trains for as many steps as without a mix; the realised ratio "
+        "is in result.json (curriculum)",
+        default=None,
+    )
     limit_train: int | None = help_field(
         "use at most this many training samples (quick runs)", default=None, ge=1
     )

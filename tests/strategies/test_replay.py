@@ -10,7 +10,7 @@ from conftest import CONVERGED, finetune_baseline, task_ctx
 
 from retain.api import run
 from retain.config import RunConfig, TrainConfig
-from retain.errors import ConfigError
+from retain.errors import ConfigError, DataError
 from retain.models import MLP
 from retain.strategies import build
 from retain.strategies.agem import AGEM
@@ -117,3 +117,67 @@ def test_resume_with_a_non_empty_memory_gives_the_same_result(
     assert r.resumed.matrix == r.full.matrix
     a, b = r.full_strategies[0].buffer_, r.strategies[0].buffer_
     assert a.seen == b.seen and all(torch.equal(a.data[k], b.data[k]) for k in a.data)
+
+
+# ---------------------------------------------------------------- language models, fixed sources
+
+
+def _blocks(lo, n, length=12, seed=0):
+    """Token blocks of a learnable 'language' on tokens [lo, lo + 16)."""
+    from retain.data.sources import lm_data
+
+    g = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, 16, (n,), generator=g).tolist()
+    return lm_data([[lo + (s + i) % 16 for i in range(length)] for s in starts], length)
+
+
+def _lm_stream(**kw):
+    from retain.data.stream import Stream, Task
+
+    tasks = tuple(
+        Task(name, _blocks(lo, 16, seed=i), _blocks(lo, 4, seed=10 + i))
+        for i, (name, lo) in enumerate([("es", 16), ("fr", 32)])
+    )
+    return Stream(tasks, objective="causal_lm", setting="domain_il", **kw)
+
+
+LM_TRAIN = TrainConfig(steps=4, batch_size=4, optimizer="adamw", lr=3e-3)
+
+
+def test_replay_on_token_blocks(tiny_causal_lm):
+    r = Replay(size=10, ratio=0.3)
+    result = run(tiny_causal_lm, _lm_stream(), [r], RunConfig(train=LM_TRAIN))
+    assert all(v == v for task in result.record.curves.loss for _, v in task)
+    assert r.buffer_.data["input_ids"].shape == (10, 12) and r.buffer_.seen == 32
+    held = r.buffer_.data["input_ids"][:, 0]
+    assert ((held >= 16) & (held < 32)).any() and (held >= 32).any()  # both tasks' blocks
+
+
+def test_a_fixed_replay_source_is_never_displaced(tiny_causal_lm):
+    english = _blocks(0, 20, seed=5)
+    r = Replay(size=8, ratio=0.5, source="english")
+    seen = []
+
+    class Spy(Replay):  # records the replayed rows of every batch
+        def batch(self, batch, ctx):
+            out = r.batch(batch, ctx)
+            seen.append(out["input_ids"][out["replayed"]] if "replayed" in out else None)
+            return out
+
+    stream = _lm_stream(sources={"english": english})
+    run(tiny_causal_lm, stream, [Spy()], RunConfig(train=LM_TRAIN))
+    held = r.buffer_.data["input_ids"][: len(r.buffer_)]
+    assert len(held) == 8 and r.buffer_.seen == 8  # filled once, offered nothing after
+    rows = {tuple(x) for x in english.get("input_ids").tolist()}
+    assert {tuple(x) for x in held.tolist()} <= rows  # only English, none of es or fr
+    assert all(s is not None and len(s) == 4 for s in seen)  # half of every batch
+    assert all({tuple(x) for x in s.tolist()} <= rows for s in seen)
+    assert r.stats()["buffer_samples"] == 8
+
+
+def test_an_unknown_or_unfit_replay_source_is_one_line():
+    stream = _lm_stream(sources={"english": _blocks(0, 4, length=8)})
+    with pytest.raises(ConfigError, match=r"source 'general' is not one of .* \(english\)"):
+        Replay(source="general").check(stream)
+    with pytest.raises(DataError, match="source 'english': 'input_ids' is \\(8,\\)"):
+        Replay(source="english").check(stream)

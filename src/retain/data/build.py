@@ -73,6 +73,8 @@ def _source_facts(src: Any) -> dict[str, Any]:
 def build_stream(cfg: StreamConfig, seed: int = 0) -> tuple[Stream, dict[str, Any]]:
     """The stream ``cfg`` describes, and facts about how it was made (see the module docstring)."""
     stream, info = _build(cfg, seed)
+    if cfg.mix:
+        stream = dataclasses.replace(stream, mix=cfg.mix)
     info["tasks"] = [
         {
             "name": t.name,

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from retain.data.mixing import Mix, check_mixes, parse_mixes
 from retain.errors import DataError
 
 SETTINGS = ("class_il", "task_il", "domain_il")
@@ -123,6 +124,10 @@ class Stream:
             while the tasks are Spanish): scored with every row of R, never trained on.
         sources: named training pools that are not tasks (e.g. an English corpus): what data
             mixing (``mix``) and a fixed replay source draw from.
+        mix: per task, the pools its batches are drawn from and at which ratios (fixed, a
+            schedule over training, or a cycle), e.g. ``{"spanish": {"spanish": 0.7,
+            "english": 0.3}}``; pools are task names and source names (see
+            :mod:`retain.data.mixing`).
     """
 
     tasks: tuple[Task, ...]
@@ -133,6 +138,7 @@ class Stream:
     name: str = "stream"
     suites: dict[str, TensorData] = field(default_factory=dict)
     sources: dict[str, TensorData] = field(default_factory=dict)
+    mix: dict[str, Mix] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tasks", tuple(self.tasks))
@@ -159,7 +165,9 @@ class Stream:
                 dataclasses.replace(t, train=tag(t.train), test=tag(t.test), val=tag(t.val))
             )
         object.__setattr__(self, "tasks", tuple(tasks))
+        object.__setattr__(self, "mix", parse_mixes(self.mix))
         validate_stream(self)
+        check_mixes(self.mix, {t.name: t.train for t in self.tasks}, self.sources)
 
     def __len__(self) -> int:
         return len(self.tasks)

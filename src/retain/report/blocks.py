@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from retain.report.columns import ACCURACY_LIKE, COLUMNS, METRIC_COLUMNS, fmt, score_name
+from retain.report.curriculum import curriculum_blocks
 from retain.report.record import Record, RunRecord, TaskTiming, Timing
 from retain.report.summary import (
     best_strategy,
@@ -154,10 +155,12 @@ def _se_blocks(run: RunRecord) -> list[Block]:
 
 
 def _data_blocks(runs: dict[str, RunRecord]) -> list[Block]:
-    """The data the run used, from the record's ``data`` (written when the data was read)."""
+    """The data the run used, from the record's ``data`` (written when the data was read), and
+    how each task's batches were drawn (data mixing, a difficulty order)."""
+    mixing = curriculum_blocks(runs)
     run = next((r for r in runs.values() if r.data), None)
     if run is None or run.data is None:
-        return []
+        return [("h", 2, "Data"), *mixing] if mixing else []
     data = run.data
     items = [f"source: {source_name(src)}" for src in data.get("sources") or []]
     for src in data.get("sources") or []:
@@ -188,7 +191,7 @@ def _data_blocks(runs: dict[str, RunRecord]) -> list[Block]:
             [t.get("name", ""), t.get("train"), t.get("validation"), t.get("test")] for t in tasks
         ]
         blocks.append(("table", ["task", "train rows", "validation rows", "test rows"], rows, None))
-    return blocks
+    return blocks + mixing
 
 
 def _stats(values: list[float]) -> str:

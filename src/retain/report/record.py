@@ -215,7 +215,9 @@ class RunRecord(_Part):
     column j task j; a joint run has two rows), ``metrics`` is ``None`` until the run completes.
     """
 
-    _OMIT: ClassVar[frozenset[str]] = frozenset({"per_class", "data", "out_dir", "spread"})
+    _OMIT: ClassVar[frozenset[str]] = frozenset(
+        {"per_class", "data", "out_dir", "spread", "curriculum"}
+    )
     _FIXED: ClassVar[frozenset[str]] = frozenset({"schema_version", "kind"})
     kind: ClassVar[str] = "run"
 
@@ -240,6 +242,10 @@ class RunRecord(_Part):
     strategy_stats: list[dict[str, dict[str, Any]]] = field(default_factory=list)
     curves: Curves = field(default_factory=Curves)
     early_stopping: list[EarlyStop] = field(default_factory=list)
+    # Per trained task with data mixing or a difficulty order: {"task", and "mix", "drawn",
+    # "ratio", "phases" (each: "steps", "target", "drawn", "ratio") for a mix; "order",
+    # "first_loss", "last_loss", "seconds" for an order}. Absent when no task had either.
+    curriculum: list[dict[str, Any]] | None = None
     warnings: list[str] = field(default_factory=list)
     seed: int | None = None
     train: TrainSummary | None = None

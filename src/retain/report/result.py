@@ -165,6 +165,8 @@ def build_record(
             for f in fits
             if f.get("best_val_loss") is not None
         ],
+        curriculum=[{"task": f["task"], **f["curriculum"]} for f in fits if f.get("curriculum")]
+        or None,
         warnings=list(facts.warnings),
         seed=facts.cfg.seed,
         train=train_summary(facts.cfg.train),

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from retain.data.mixing import check_fits
 from retain.errors import Unsupported
 from retain.strategies import register
 from retain.strategies._buffer import POLICIES, Buffer
@@ -42,6 +43,11 @@ class Replay(Strategy):
             memory samples as incoming ones (mammoth's setting); 0.3 gives a 70/30 mix.
         batch_size: Number of memory samples added to each batch; overrides ``ratio`` when set
             (mammoth's ``minibatch_size``). Under several processes it is per process.
+        source: A fixed memory instead of a reservoir: ``size`` samples drawn once (with the
+            run's seed) from the stream's source of this name (``Stream.sources``, e.g. general
+            English text while the tasks are Spanish), replayed at ``ratio`` and never displaced
+            by new data. A reservoir over a stream whose first task is general text ends up
+            holding mostly the later tasks' samples; this keeps the general data as it was.
 
     Reference: Chaudhry et al., "On Tiny Episodic Memories in Continual Learning" (2019);
     mammoth's ``models/er.py``.
@@ -51,6 +57,7 @@ class Replay(Strategy):
     policy: str = "reservoir"
     ratio: float = field(default=0.5, metadata={"ge": 0, "lt": 1})
     batch_size: int | None = field(default=None, metadata={"ge": 0})
+    source: str | None = None
 
     rehearsal: ClassVar[bool] = True
 
@@ -67,6 +74,8 @@ class Replay(Strategy):
                 "strategy 'replay' with policy 'class_balanced' needs class labels, and this "
                 f"stream's objective is {stream.objective}; use policy=reservoir (the default)"
             )
+        if self.source is not None:
+            check_source(self.source, stream)
 
     def setup(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
         self.check(ctx.stream)
@@ -83,9 +92,13 @@ class Replay(Strategy):
         n, device = len(batch["task"]), batch["task"].device
         m = self._n_memory(n)
         out = batch
+        if self.source is not None and not len(self.buffer_):
+            self._fill(ctx)
         if len(self.buffer_) and m > 0:
             # Draw before adding (mammoth): a batch never replays its own samples.
             mem = self.buffer_.draw(m, ctx, device)
+            if self.source is not None:  # source samples train the task at hand
+                mem["task"] = torch.full_like(mem["task"], ctx.task_index)
             missing = incoming.keys() - mem.keys()
             if missing:
                 raise ValueError(f"replay: the memory has no {sorted(missing)} for this batch")
@@ -97,8 +110,31 @@ class Replay(Strategy):
                     torch.ones(len(mem["task"]), dtype=torch.bool, device=device),
                 ]
             )
-        self.buffer_.offer(batch, ctx)
+        if self.source is None:
+            self.buffer_.offer(batch, ctx)
         return out
+
+    def _fill(self, ctx: TaskContext) -> None:
+        """The fixed memory: ``size`` samples of the source, chosen with the run's seed (the
+        same on every process)."""
+        data = ctx.stream.sources[self.source]
+        g = torch.Generator().manual_seed(ctx.seed)
+        pick = torch.randperm(len(data), generator=g)[: self.size].sort().values
+        rows = data.batch(pick)
+        rows["task"] = torch.full((len(pick),), ctx.task_index, dtype=torch.long)
+        self.buffer_.add(rows, g)  # fewer samples than the capacity: every one is kept
 
     def stats(self) -> dict[str, Any]:
         return self.buffer_.stats()
+
+
+def check_source(name: str, stream: Stream) -> None:
+    """A fixed replay source exists and holds samples of the tasks' kind (one line if not)."""
+    if name not in stream.sources:
+        known = ", ".join(stream.sources) or "none"
+        raise Unsupported(
+            f"strategy 'replay': source '{name}' is not one of the stream's sources ({known}); "
+            "name one of them, or leave source unset to replay the tasks' own data"
+        )
+    task = stream.tasks[0]
+    check_fits(task.train, stream.sources[name], f"strategy 'replay': source '{name}'", task.name)

@@ -44,6 +44,7 @@ class FitStats:
     lrs: list[tuple[int, float]] = field(default_factory=list)  # (step, learning-rate factor)
     best_val_loss: float | None = None
     stopped_early_at: int | None = None
+    curriculum: dict[str, Any] | None = None  # how the batches were drawn (mixing, order)
 
     @property
     def samples_per_s(self) -> float:
@@ -138,19 +139,21 @@ def fit_task(
     val: TensorData | None = None,
     progress: Any = None,
     every: Every | None = None,
+    loader: Any = None,
 ) -> FitStats:
     """Train ``model`` on ``data`` for ``cfg.steps`` steps or ``cfg.epochs`` epochs.
 
     ``schedule_offset`` is where this task starts in ``schedule`` (non-zero when one schedule
     spans the whole run). With ``cfg.patience`` and a validation set, training stops after that
     many validations without improvement and the best weights are restored. ``every`` runs
-    every ``every.steps`` optimizer steps (evaluation inside a task).
+    every ``every.steps`` optimizer steps (evaluation inside a task). ``loader``: the batches
+    (default: ``data`` shuffled every epoch; see :func:`retain.train.curriculum.train_loader`).
     """
     progress = progress or NullProgress()
     stepper = _Stepper(
         model, ctx, strategies, optimizer, schedule, cfg, accelerator, schedule_offset
     )
-    loader = ctx.make_loader(data, shuffle=True)
+    loader = loader if loader is not None else ctx.make_loader(data, shuffle=True)
     early = cfg.patience is not None and val is not None and len(val) > 0
     loop = _Loop.for_task(len(loader), cfg, early, ctx.device)
     stats = FitStats()
