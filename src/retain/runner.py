@@ -40,7 +40,14 @@ def prepare_stream(cfg: RunConfig) -> tuple[Any, dict[str, Any]]:
     from retain.utils.seed import seed_everything
 
     seed_everything(cfg.seed)
-    return build_stream(cfg.stream, cfg.seed)
+    if cfg.stream.scenario != "text":
+        return build_stream(cfg.stream, cfg.seed)
+    from retain.utils.hf import load_tokenizer, model_limits
+
+    context, vocab = model_limits(cfg.model)
+    return build_stream(
+        cfg.stream, cfg.seed, tokenizer=load_tokenizer(cfg.model), context=context, vocab_size=vocab
+    )
 
 
 def _model(cfg: RunConfig, stream: Any) -> Any:
