@@ -353,3 +353,55 @@ def test_build_stream_reports_text_facts(tok, tmp_path):
     assert info["sources"][0]["sha256"] == hashlib.sha256(f.read_bytes()).hexdigest()
     with pytest.raises(ConfigError, match="needs the model's tokenizer"):
         build_stream(cfg, 0)
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def test_retain_run_on_a_text_config_gives_a_loss_and_perplexity_matrix(tok, tmp_path):
+    from retain.cli import main
+
+    tok.save_pretrained(str(tmp_path / "tok"))
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "en.txt").write_text("\n\n".join(_docs(12)))
+    (data / "es.jsonl").write_text("\n".join(json.dumps({"body": t}) for t in _docs(12, start=60)))
+    (data / "fr.txt").write_text("\n\n".join(_docs(12, start=120)))
+    llama = (
+        "{hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2, num_attention_heads: 4, "
+        f"num_key_value_heads: 2, vocab_size: {len(tok)}, max_position_embeddings: 64}}"
+    )
+    cfg = tmp_path / "text.yaml"
+    cfg.write_text(
+        "stream: {scenario: text, objective: causal_lm, block_size: 16, cache_dir: cache,\n"
+        "  sources: {english: data/en.txt, spanish: {path: data/es.jsonl, field: body},"
+        " french: data/fr.txt},\n"
+        "  tasks: [spanish, french], suites: {general: english}}\n"
+        f"model: {{name: hf, hf_config: {llama}, tokenizer: tok}}\n"
+        "train: {steps: 4, batch_size: 4, optimizer: adamw, lr: 0.003}\n"
+        "eval: {batch_size: 8}\n"
+        "output: {plots: false, checkpoints: false}\n"
+    )
+    out = tmp_path / "run"
+    assert main(["run", str(cfg), "--out", str(out), "-q"]) == 0
+    rec = json.loads((out / "result.json").read_text())
+    assert rec["tasks"] == ["spanish", "french"] and rec["score"] == "loss"
+    ppl = rec["matrices"]["perplexity"]
+    assert len(ppl) == 3 and all(v > 1 for row in ppl for v in row)
+    assert rec["data"]["text"]["sources"]["spanish"]["documents"]["test"] > 0
+    assert (tmp_path / "cache").is_dir()
+
+
+def test_block_size_over_the_model_context_fails_before_the_run(tok, tmp_path):
+    from retain.cli import main
+
+    tok.save_pretrained(str(tmp_path / "tok"))
+    (tmp_path / "en.txt").write_text("\n\n".join(_docs(4)))
+    cfg = tmp_path / "text.yaml"
+    cfg.write_text(
+        "stream: {scenario: text, block_size: 128, sources: {en: en.txt}, cache: false}\n"
+        "model: {name: hf, hf_config: {max_position_embeddings: 64, hidden_size: 8,"
+        " num_attention_heads: 2, num_hidden_layers: 1, intermediate_size: 8}, tokenizer: tok}\n"
+    )
+    assert main(["run", str(cfg), "--out", str(tmp_path / "run"), "-q"]) == 2
+    assert not (tmp_path / "run").exists()

@@ -214,6 +214,7 @@ def text_stream(
         _check_vocab(f"suite {suite}", docs, vocab_size)
         suite_data[suite] = packer(docs, list(range(len(docs))))
         suite_facts[suite] = {
+            "path": spec.path,
             "files": docs.files,
             "documents": len(docs),
             "tokens": sum(len(x) for x in docs.ids),
@@ -230,8 +231,10 @@ def text_stream(
     )
     info = {
         "objective": "causal_lm",
-        "sources": [f for fs in facts.values() for f in fs["files"]]
-        + [f for fs in suite_facts.values() for f in fs.get("files", [])],
+        "sources": [
+            *(f for fs in facts.values() for f in _listed(fs["path"], fs["files"])),
+            *(f for fs in suite_facts.values() for f in _listed(fs.get("path"), fs.get("files"))),
+        ],
         "text": {
             "block_size": block_size,
             "packing": packing,
@@ -243,6 +246,18 @@ def text_stream(
         "standardized": False,
     }
     return stream, info
+
+
+def _listed(path: str | None, files: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """The files of a source as the report lists them: a folder of many files as one entry,
+    with one SHA-256 over its files' hashes."""
+    if not files:
+        return []
+    if len(files) <= 5:
+        return files
+    h = hashlib.sha256("".join(f["sha256"] for f in files).encode()).hexdigest()
+    size = sum(f["bytes"] for f in files)
+    return [{"file": f"{path} ({len(files)} files)", "bytes": size, "sha256": h}]
 
 
 def _stable(name: str) -> int:
