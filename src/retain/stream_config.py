@@ -160,12 +160,11 @@ class FilesScenario:
 
 @dataclass
 class TextSource:
-    """One named text source of scenario ``text`` (``stream.sources.NAME``): a path, or a mapping
-    with the path and how to read it."""
+    """One named text source of scenario text: a path, or a mapping with the path and how to read it"""
 
     path: str = help_field(
-        "a .txt file or a folder of .txt files, .jsonl/.json, .csv, .parquet, or a Hugging Face "
-        "datasets folder (save_to_disk); relative to the config file's folder"
+        "required: a .txt file or a folder of .txt files, .jsonl/.json, .csv, .parquet, or a "
+        "Hugging Face datasets folder (save_to_disk); relative to the config file's folder"
     )
     format: Literal["auto", "txt", "jsonl", "json", "csv", "parquet", "hf"] = help_field(
         "how to read it (auto: from the suffix; a folder with dataset_info.json or "
@@ -256,13 +255,13 @@ class TextScenario:
         "(default: $RETAIN_CACHE/tokens, else ~/.cache/retain/tokens)",
         default=None,
     )
-    cache: bool = help_field("cache token tensors (a second run does not tokenise again)", default=True)
+    cache: bool = help_field(
+        "cache token tensors (a second run does not tokenise again)", default=True
+    )
 
     def __post_init__(self) -> None:
         check_fields(self, "stream")
-        _required(
-            self, "sources", "text", ", e.g. sources: {english: en.txt, spanish: es.jsonl}"
-        )
+        _required(self, "sources", "text", ", e.g. sources: {english: en.txt, spanish: es.jsonl}")
         specs = {n: TextSource.parse(n, v) for n, v in (self.sources or {}).items()}
         for t in self.tasks or []:
             if t not in specs:
