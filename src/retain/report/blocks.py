@@ -171,9 +171,7 @@ def _data_blocks(runs: dict[str, RunRecord]) -> list[Block]:
         rows = [
             [t.get("name", ""), t.get("train"), t.get("validation"), t.get("test")] for t in tasks
         ]
-        unit = "blocks" if data.get("text") else "rows"
-        head = ["task", f"train {unit}", f"validation {unit}", f"test {unit}"]
-        blocks.append(("table", head, rows, None))
+        blocks.append(("table", ["task", "train rows", "validation rows", "test rows"], rows, None))
     return blocks
 
 
