@@ -461,3 +461,18 @@ def test_smollm2_tokenizer_from_its_gguf_file_labels_chat_responses(tmp_path):
     learnt = tok.decode(ids[labels != -100])
     assert learnt.startswith(("Hello", "4")) and learnt.strip().endswith("<|im_end|>")
     assert "user" not in learnt and "system" not in learnt
+
+
+def test_gzipped_text_and_jsonl_are_read_and_hashed_as_stored(tok, tmp_path):
+    import gzip
+
+    (tmp_path / "en.txt.gz").write_bytes(gzip.compress("\n\n".join(_docs(4)).encode()))
+    (tmp_path / "es.jsonl.gz").write_bytes(
+        gzip.compress("\n".join(json.dumps({"text": t}) for t in _docs(4)).encode())
+    )
+    sources = {"en": str(tmp_path / "en.txt.gz"), "es": str(tmp_path / "es.jsonl.gz")}
+    _, info = _build(sources, tok, tmp_path)
+    facts = info["text"]["sources"]
+    assert facts["en"]["tokens"] == facts["es"]["tokens"]
+    stored = (tmp_path / "en.txt.gz").read_bytes()
+    assert facts["en"]["files"][0]["sha256"] == hashlib.sha256(stored).hexdigest()
