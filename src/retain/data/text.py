@@ -189,8 +189,11 @@ def tokenize(tokenizer: Any, kind: str, rows: list[dict[str, Any]], spec: TextSo
         ids, labels = _chat(tokenizer, rows, spec.messages)
     out_ids, out_labels = [], []
     for seq, lab in zip(ids, labels):
-        if not seq or seq[-1] != eos:  # EOS ends the document (and, labelled, the response)
-            seq, lab = [*seq, eos], [*lab, eos]
+        if not seq or seq[-1] != eos:
+            # EOS separates documents. A chat template ends the assistant's turn with its own
+            # token, which is learnt; the separator after it is not. A plain response learns to
+            # end with EOS.
+            seq, lab = [*seq, eos], [*lab, -100 if kind == "chat" else eos]
         out_ids.append(torch.tensor(seq, dtype=torch.long))
         out_labels.append(torch.tensor(lab, dtype=torch.long))
     return out_ids, out_labels
