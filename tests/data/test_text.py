@@ -451,7 +451,12 @@ def test_smollm2_tokenizer_from_its_gguf_file_labels_chat_responses(tmp_path):
     tok = load_tokenizer(cfg)
     f = tmp_path / "chat.jsonl"
     rows = [
-        {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]},
+        {
+            "messages": [
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello"},
+            ]
+        },
         {"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]},
     ]
     f.write_text("\n".join(map(json.dumps, rows)))
