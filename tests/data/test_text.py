@@ -481,3 +481,11 @@ def test_gzipped_text_and_jsonl_are_read_and_hashed_as_stored(tok, tmp_path):
     assert facts["en"]["tokens"] == facts["es"]["tokens"]
     stored = (tmp_path / "en.txt.gz").read_bytes()
     assert facts["en"]["files"][0]["sha256"] == hashlib.sha256(stored).hexdigest()
+
+
+def test_limits_cut_a_task_not_its_pool(tok, tmp_path):
+    f = tmp_path / "en.txt"
+    f.write_text("\n\n".join(_docs(20)))
+    stream, _ = _build({"en": str(f)}, tok, tmp_path, block_size=4, limit_train=2, limit_test=1)
+    task = stream.tasks[0]
+    assert len(task.train) == 2 and len(task.test) == 1 and len(stream.sources["en"]) > 2

@@ -24,6 +24,7 @@ from retain.utils.seed import generator
 
 # A tokenizer with no limit reports a huge sentinel as its model_max_length.
 _NO_LIMIT = 10**9
+SPLITS = ("train", "validation", "test")
 
 
 def pack(
@@ -161,45 +162,20 @@ def text_stream(
     per_source: dict[str, list[Task]] = {}
     pools: dict[str, TensorData] = {}
     held_out: dict[str, TensorData] = {}
+    split = {"validation": validation, "test_fraction": test_fraction, "seed": seed}
+    limits = (limit_train, limit_test)
     for name, spec in specs.items():
         docs = load_documents(spec, tokenizer, **opts)
         _check_vocab(name, docs, vocab_size)
-        groups = _groups(name, spec, docs)
-        train_parts, test_parts = [], []
-        counts = {
-            k: {"train": 0, "validation": 0, "test": 0} for k in ("documents", "tokens", "blocks")
-        }
-        for gi, (gname, members) in enumerate(groups):
-            where = f"source '{name}'" + (f" ({spec.by_column}={gname})" if spec.by_column else "")
-            tr, va, te = split_documents(
-                len(members), test_fraction, validation, generator(seed, _stable(name), gi), where
-            )
-            tr, va, te = ([members[i] for i in part] for part in (tr, va, te))
-            data = {
-                k: packer(docs, idx) for k, idx in (("train", tr), ("validation", va), ("test", te))
-            }
-            for k, idx in (("train", tr), ("validation", va), ("test", te)):
-                counts["documents"][k] += len(idx)
-                counts["tokens"][k] += sum(len(docs.ids[i]) for i in idx)
-                counts["blocks"][k] += len(data[k])
-            train_parts.append(data["train"])
-            test_parts.append(data["test"])
-            task_name = gname if spec.by_column else name
-            if name in tasks:
-                train = data["train"][:limit_train] if limit_train else data["train"]
-                test = data["test"][:limit_test] if limit_test else data["test"]
-                val = data["validation"] if va else None
-                per_source.setdefault(name, []).append(
-                    Task(task_name, train, test, val, domain=task_name)
-                )
-        pools[name] = TensorData.concat(train_parts)
-        held_out[name] = TensorData.concat(test_parts)
+        task_data, pools[name], held_out[name], counts = _source(name, spec, docs, packer, split)
+        if name in tasks:
+            per_source[name] = [_task(n, parts, limits) for n, parts in task_data]
         facts[name] = {
             "path": spec.path,
             "kind": docs.kind,
             "files": docs.files,
             **counts,
-            "tasks": [g for g, _ in groups] if spec.by_column else [name] if name in tasks else [],
+            "tasks": [t.name for t in per_source.get(name, [])],
             "tokenized": "read from the cache" if docs.cached else "tokenised now",
         }
     task_list = [t for n in tasks for t in per_source[n]]
@@ -246,6 +222,37 @@ def text_stream(
         "standardized": False,
     }
     return stream, info
+
+
+def _source(
+    name: str, spec: TextSource, docs: Documents, packer: _Packer, split: dict[str, Any]
+) -> tuple[list[tuple[str, dict[str, TensorData]]], TensorData, TensorData, dict[str, Any]]:
+    """One source split by document and packed: ``(task name, {split: blocks})`` per task (one,
+    or one per by_column value), the pool of all its training blocks, all its test blocks, and
+    the documents, tokens and blocks of each split."""
+    counts = {k: dict.fromkeys(SPLITS, 0) for k in ("documents", "tokens", "blocks")}
+    out, train_parts, test_parts = [], [], []
+    for gi, (gname, members) in enumerate(_groups(name, spec, docs)):
+        where = f"source '{name}'" + (f" ({spec.by_column}={gname})" if spec.by_column else "")
+        g = generator(split["seed"], _stable(name), gi)
+        parts = split_documents(len(members), split["test_fraction"], split["validation"], g, where)
+        data = {}
+        for k, idx in zip(SPLITS, parts):
+            idx = [members[i] for i in idx]
+            data[k] = packer(docs, idx)
+            counts["documents"][k] += len(idx)
+            counts["tokens"][k] += sum(len(docs.ids[i]) for i in idx)
+            counts["blocks"][k] += len(data[k])
+        train_parts.append(data["train"])
+        test_parts.append(data["test"])
+        out.append((gname if spec.by_column else name, data))
+    return out, TensorData.concat(train_parts), TensorData.concat(test_parts), counts
+
+
+def _task(name: str, data: dict[str, TensorData], limits: tuple[int | None, int | None]) -> Task:
+    train, test = data["train"][: limits[0]], data["test"][: limits[1]]
+    val = data["validation"] if len(data["validation"]) else None
+    return Task(name, train, test, val, domain=name)
 
 
 def _listed(path: str | None, files: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
