@@ -167,6 +167,7 @@ def test_scenarios_are_one_registry():
         "prior_shift",
         "by_column",
         "files",
+        "text",
     ]
     with pytest.raises(
         ConfigError,

@@ -40,8 +40,14 @@ def test_a_row_shows_type_default_bounds_and_meaning():
 def test_sections_follow_the_dataclasses():
     titles = [title for title, _, _ in sections()]
     assert titles[:2] == ["Top level", "`stream`"]
-    assert titles[2 : 2 + len(SCENARIOS)] == [f"`stream` with `scenario: {n}`" for n in SCENARIOS]
-    assert titles[2 + len(SCENARIOS) :] == ["`model`", "`train`", "`eval`", "`output`"]
+    scenarios = [f"`stream` with `scenario: {n}`" for n in SCENARIOS]
+    # scenario text's named sources are mappings with keys of their own
+    scenarios.insert(
+        scenarios.index("`stream` with `scenario: text`") + 1,
+        "`stream.sources.NAME` (scenario `text`)",
+    )
+    assert titles[2 : 2 + len(scenarios)] == scenarios
+    assert titles[2 + len(scenarios) :] == ["`model`", "`train`", "`eval`", "`output`"]
 
 
 def test_retain_config_prints_plain_lines(capsys):

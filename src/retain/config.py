@@ -37,6 +37,8 @@ from retain.stream_config import (
     RotatedScenario,
     SplitScenario,
     StreamConfig,
+    TextScenario,
+    TextSource,
     scenario,
     scenario_options,
 )
@@ -55,6 +57,8 @@ __all__ = [
     "RunConfig",
     "SplitScenario",
     "StreamConfig",
+    "TextScenario",
+    "TextSource",
     "TrainConfig",
     "apply_overrides",
     "config_diff",
@@ -96,6 +100,12 @@ class ModelConfig:
     )
     hf_config: dict[str, Any] | None = help_field(
         "hf: build a fresh model from this config dict", default=None
+    )
+    tokenizer: str | None = help_field(
+        "hf: local folder with the tokenizer files (default: model.pretrained; with "
+        "model.gguf_file, the GGUF file in that folder); gives a fresh model (hf_config) the "
+        "tokenizer of scenario text. Relative to the config file's folder",
+        default=None,
     )
 
     def __post_init__(self) -> None:
@@ -249,6 +259,11 @@ class RunConfig:
             if len(set(self.seeds)) != len(self.seeds):
                 raise ConfigError(f"seeds has repeated values {self.seeds}: list each seed once")
         check_fields(self)
+        if self.stream.scenario == "text" and self.model.name != "hf":
+            raise ConfigError(
+                "stream.scenario text trains a language model: set model.name: hf (with "
+                "model.pretrained, or model.hf_config and model.tokenizer)"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -360,13 +375,31 @@ def _resolve_data_paths(data: dict[str, Any], folder: Path) -> None:
         stream["path"] = absolute(stream["path"], always=True)
     if isinstance(stream.get("files"), list):
         stream["files"] = [absolute(f, always=True) for f in stream["files"]]
+    sources = stream.get("sources")
+    if isinstance(sources, dict):
+        for name, src in sources.items():
+            if isinstance(src, str):
+                sources[name] = absolute(src, always=True)
+            elif isinstance(src, dict) and "path" in src:
+                src["path"] = absolute(src["path"], always=True)
+    if isinstance(stream.get("suites"), dict):
+        names = sources if isinstance(sources, dict) else {}
+        for name, value in stream["suites"].items():
+            if value not in names:  # a source's name stays a name
+                stream["suites"][name] = absolute(value, always=False)
+    if "cache_dir" in stream:
+        stream["cache_dir"] = absolute(stream["cache_dir"], always=True)
+    model = data.get("model")
+    if isinstance(model, dict) and "tokenizer" in model:
+        model["tokenizer"] = absolute(model["tokenizer"], always=False)
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
     """Load a YAML config (or the defaults when ``path`` is None) and apply overrides.
 
-    Relative data paths in the file (``stream.dataset``, ``stream.path``, ``stream.files``) are
-    relative to the file's folder; see :func:`_resolve_data_paths`.
+    Relative data paths in the file (``stream.dataset``, ``stream.path``, ``stream.files``, the
+    text scenario's ``stream.sources``, ``stream.suites`` and ``stream.cache_dir``, and
+    ``model.tokenizer``) are relative to the file's folder; see :func:`_resolve_data_paths`.
     """
     data = load_yaml(path) if path is not None else {}
     if path is not None:

@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 from retain.binding import field_hints, type_name
-from retain.config import SCENARIOS, RunConfig
+from retain.config import SCENARIOS, RunConfig, TextSource
 
 __all__ = ["config_reference"]
 
@@ -100,6 +100,14 @@ def sections() -> list[tuple[str, str, list[Key]]]:
                     f"`stream` keys and are read only when `stream.scenario: {name}`."
                 )
                 out.append((f"`stream` with `scenario: {name}`", text, keys(opts, "stream.")))
+                if name == "text":  # each named source is a mapping of its own
+                    out.append(
+                        (
+                            "`stream.sources.NAME` (scenario `text`)",
+                            _summary(TextSource) + " (a plain path is `{path: PATH}`).",
+                            keys(TextSource, "stream.sources.NAME."),
+                        )
+                    )
     return out
 
 

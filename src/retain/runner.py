@@ -41,7 +41,14 @@ def prepare_stream(cfg: RunConfig) -> tuple[Any, dict[str, Any]]:
 
     seed = cfg.seeds[0] if cfg.seeds else cfg.seed
     seed_everything(seed)
-    return build_stream(cfg.stream, seed)
+    if cfg.stream.scenario != "text":
+        return build_stream(cfg.stream, seed)
+    from retain.utils.hf import load_tokenizer, model_limits
+
+    context, vocab = model_limits(cfg.model)
+    return build_stream(
+        cfg.stream, seed, tokenizer=load_tokenizer(cfg.model), context=context, vocab_size=vocab
+    )
 
 
 def _model(cfg: RunConfig, stream: Any) -> Any:

@@ -27,6 +27,8 @@ __all__ = [
     "RotatedScenario",
     "SplitScenario",
     "StreamConfig",
+    "TextScenario",
+    "TextSource",
     "scenario",
     "scenario_options",
 ]
@@ -156,6 +158,121 @@ class FilesScenario:
         _required(self, "files", "files", ", e.g. files: [d1.csv, d2.csv]")
 
 
+@dataclass
+class TextSource:
+    """One named text source of scenario text: a path, or a mapping with the path and how to read it"""
+
+    path: str = help_field(
+        "required: a .txt file or a folder of .txt files, .jsonl/.json, .csv, .parquet, or a "
+        "Hugging Face datasets folder (save_to_disk); relative to the config file's folder"
+    )
+    format: Literal["auto", "txt", "jsonl", "json", "csv", "parquet", "hf"] = help_field(
+        "how to read it (auto: from the suffix; a folder with dataset_info.json or "
+        "dataset_dict.json is an HF datasets folder, another folder holds .txt files)",
+        default="auto",
+    )
+    field: str | None = help_field(
+        "the text field or column (default: stream.text_field)", default=None
+    )
+    documents: Literal["auto", "file", "blank_line", "line"] | None = help_field(
+        "txt: one document per file, per blank-line-separated block, or per line (default: "
+        "stream.documents)",
+        default=None,
+    )
+    messages: str = help_field(
+        "chat data: the field holding a list of {role, content} messages, rendered with the "
+        "tokenizer's chat template; the loss is on the assistant's tokens only",
+        default="messages",
+    )
+    prompt: str = help_field(
+        "instruction data: the prompt field (no loss on its tokens)", default="prompt"
+    )
+    response: str = help_field(
+        "instruction data: the response field (the loss is on its tokens)", default="response"
+    )
+    by_column: str | None = help_field(
+        "one task per value of this field or column (a domain, a language) instead of one task "
+        "for the whole source",
+        default=None,
+    )
+    values: list[Any] | None = help_field(
+        "by_column: the values to keep, in task order (default: all, sorted)", default=None
+    )
+
+    def __post_init__(self) -> None:
+        check_fields(self, "stream.sources")
+
+    @classmethod
+    def parse(cls, name: str, value: Any) -> TextSource:
+        """``stream.sources.NAME`` as written: a path, or a mapping of this class's fields."""
+        where = f"stream.sources.{name}"
+        if isinstance(value, str):
+            return cls(path=value)
+        if not isinstance(value, dict) or "path" not in value:
+            raise ConfigError(
+                f"{where} must be a path or a mapping with a path, e.g. "
+                f"{{path: data/{name}.jsonl, field: text}}; got {value!r}"
+            )
+        return from_dict(cls, value, where)
+
+
+@scenario("text")
+class TextScenario:
+    """text for a causal language model: one task per named source, or per value of a column"""
+
+    sources: dict[str, Any] | None = help_field(
+        "named text sources, {name: path} or {name: {path, format, field, documents, messages, "
+        "prompt, response, by_column, values}}: .txt files or folders, JSONL/JSON, CSV, "
+        "Parquet, HF datasets folders; chat data ('messages') and prompt/response pairs train on "
+        "the response tokens only; rows with input_ids are taken as already tokenised",
+        default=None,
+    )
+    tasks: list[str] | None = help_field(
+        "the sources trained on, one task each (a by_column source gives one task per value), "
+        "in order (default: every source that no suite names)",
+        default=None,
+    )
+    block_size: int = help_field(
+        "tokens per training block: documents are joined with the tokenizer's EOS token and "
+        "cut into blocks of this length (at most the model's context)",
+        default=128,
+        ge=2,
+    )
+    text_field: str = help_field("the text field of JSONL/CSV/Parquet/HF sources", default="text")
+    documents: Literal["auto", "file", "blank_line", "line"] = help_field(
+        "how .txt files are cut into documents (the unit of the train/test split): one per "
+        "file, per blank-line-separated block, per line; auto: per file in a folder, per "
+        "blank-line block in a single file",
+        default="auto",
+    )
+    packing: bool = help_field(
+        "join documents into full blocks (true), or give each document its own padded blocks "
+        "(false, e.g. for instruction data)",
+        default=True,
+    )
+    cache_dir: str | None = help_field(
+        "where token tensors are cached, keyed by file contents, tokenizer and reader options "
+        "(default: $RETAIN_CACHE/tokens, else ~/.cache/retain/tokens)",
+        default=None,
+    )
+    cache: bool = help_field(
+        "cache token tensors (a second run does not tokenise again)", default=True
+    )
+
+    def __post_init__(self) -> None:
+        check_fields(self, "stream")
+        _required(self, "sources", "text", ", e.g. sources: {english: en.txt, spanish: es.jsonl}")
+        specs = {n: TextSource.parse(n, v) for n, v in (self.sources or {}).items()}
+        for t in self.tasks or []:
+            if t not in specs:
+                raise ConfigError(
+                    f"stream.tasks names '{t}', which is not a source{did_you_mean(t, list(specs))}"
+                    f"; sources: {', '.join(specs)}"
+                )
+        if self.tasks is not None and len(set(self.tasks)) != len(self.tasks):
+            raise ConfigError(f"stream.tasks lists a source twice: {self.tasks}")
+
+
 def _scenario_defaults() -> dict[str, Any]:
     """Every scenario field with its default, in registry order (the fields config files of every
     scenario may hold: a resolved config lists them all)."""
@@ -192,8 +309,10 @@ class StreamConfig:
     features: list[str] | None = help_field(
         "feature columns of a table (default: all but target/column)", default=None
     )
-    objective: Literal["auto", "classification", "regression"] = help_field(
-        "auto: classification for integer targets, regression for float targets", default="auto"
+    objective: Literal["auto", "classification", "regression", "causal_lm"] = help_field(
+        "auto: classification for integer targets, regression for float targets, causal_lm "
+        "(next-token prediction) for scenario text",
+        default="auto",
     )
     scenario: str = help_field(
         "how tasks are made: " + "; ".join(f"{k} ({c.__doc__})" for k, c in SCENARIOS.items()),
@@ -243,7 +362,7 @@ class StreamConfig:
         check_fields(self, "stream")
         # Scenario 'files' reads its files only, so the resolved config names no dataset (configs
         # written by older versions say 'dataset: digits' there; it is dropped, not an error).
-        self.dataset = None if self.scenario == "files" else self.dataset or "digits"
+        self.dataset = None if self.scenario in ("files", "text") else self.dataset or "digits"
         cls = scenario_options(self.scenario)
         if self.options is None:
             self.options = cls()
@@ -254,6 +373,26 @@ class StreamConfig:
                 f"stream.options must be a {cls.__name__} for scenario "
                 f"'{self.scenario}', got {type(self.options).__name__}"
             )
+        text = self.scenario == "text"
+        if text != (self.objective == "causal_lm") and not (text and self.objective == "auto"):
+            raise ConfigError(
+                "stream.objective causal_lm goes with stream.scenario text (a language model "
+                f"trained on text); got scenario '{self.scenario}' with objective "
+                f"'{self.objective}'"
+            )
+        if self.scenario == "text":
+            self._check_suites()
+
+    def _check_suites(self) -> None:
+        """A suite names one of the text sources, or a file (checked when it is read)."""
+        names = list(self.options.sources or {})
+        for suite, value in (self.suites or {}).items():
+            looks_like_path = "/" in value or "\\" in value or "." in value
+            if value not in names and not looks_like_path:
+                raise ConfigError(
+                    f"stream.suites.{suite} names '{value}', which is neither a source"
+                    f"{did_you_mean(value, names)} nor a file; sources: {', '.join(names)}"
+                )
 
     @classmethod
     def bind(cls, data: dict[str, Any], where: str) -> StreamConfig:

@@ -456,3 +456,25 @@ def test_real_fashion_mnist_from_debian(monkeypatch):
     assert len(src.x_train) == 60000 and len(src.x_test) == 10000
     assert src.x_test.shape[1:] == (1, 28, 28) and src.class_names[0] == "T-shirt/top"
     assert torch.bincount(src.y_train).tolist() == [6000] * 10
+
+
+def test_pretokenised_input_ids_stay_integer_token_ids(tmp_path):
+    # Cast to float, token ids crashed the model's embedding lookup after the model had loaded.
+    datasets = pytest.importorskip("datasets")
+    from retain.config import StreamConfig
+    from retain.data.build import build_stream
+
+    ids = [[5, 6, 7, 8], [9, 10, 11, 12], [1, 2, 3, 4], [7, 7, 7, 7], [3, 1, 4, 1]] * 4
+    datasets.Dataset.from_dict({"input_ids": ids, "label": [0, 1, 0, 1, 1] * 4}).save_to_disk(
+        str(tmp_path / "tok")
+    )
+    src = from_hf(str(tmp_path / "tok"), input="input_ids")
+    assert src.x_train.dtype == torch.int64 and src.x_train.tolist() == ids
+    cfg = StreamConfig(dataset=str(tmp_path / "tok"), input="input_ids", scenario="iid")
+    stream, info = build_stream(cfg)
+    x = stream.tasks[0].train.x
+    assert x.dtype == torch.int64 and set(x.flatten().tolist()) <= set(range(13))
+    assert info["standardized"] is False
+    ragged = datasets.Dataset.from_dict({"input_ids": [[1, 2], [3]], "label": [0, 1]})
+    with pytest.raises(DataError, match="differ in length; pack them into blocks"):
+        from_hf(ragged, input="input_ids")

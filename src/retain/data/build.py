@@ -70,9 +70,43 @@ def _source_facts(src: Any) -> dict[str, Any]:
     return facts
 
 
-def build_stream(cfg: StreamConfig, seed: int = 0) -> tuple[Stream, dict[str, Any]]:
-    """The stream ``cfg`` describes, and facts about how it was made (see the module docstring)."""
-    stream, info = _build(cfg, seed)
+def build_stream(
+    cfg: StreamConfig,
+    seed: int = 0,
+    tokenizer: Any = None,
+    context: int | None = None,
+    vocab_size: int | None = None,
+) -> tuple[Stream, dict[str, Any]]:
+    """The stream ``cfg`` describes, and facts about how it was made (see the module docstring).
+
+    Scenario ``text`` needs the model's ``tokenizer``; ``context`` (its longest sequence) and
+    ``vocab_size`` are checked against the block size and the tokens when given.
+    """
+    if cfg.scenario == "text":
+        if tokenizer is None:
+            raise ConfigError("stream.scenario text needs the model's tokenizer (model.tokenizer)")
+        o = cfg.options
+        stream, info = S.text_stream(
+            o.sources or {},
+            tokenizer,
+            tasks=o.tasks,
+            suites=cfg.suites,
+            block_size=o.block_size,
+            text_field=o.text_field,
+            documents=o.documents,
+            packing=o.packing,
+            cache_dir=o.cache_dir,
+            cache=o.cache,
+            validation=cfg.validation,
+            test_fraction=cfg.test_fraction,
+            seed=seed,
+            context=context,
+            vocab_size=vocab_size,
+            limit_train=cfg.limit_train,
+            limit_test=cfg.limit_test,
+        )
+    else:
+        stream, info = _build(cfg, seed)
     if cfg.mix:
         stream = dataclasses.replace(stream, mix=cfg.mix)
     info["tasks"] = [
@@ -137,7 +171,9 @@ def _build(cfg: StreamConfig, seed: int) -> tuple[Stream, dict[str, Any]]:
     info["features"] = features
     info["dropped"] = facts["dropped"]
     info["encoded"] = facts["encoded"]
-    do_scale = cfg.standardize if cfg.standardize is not None else not image
+    # Token ids (integer inputs) are indices into an embedding: never rescaled.
+    tokens = not stream.tasks[0].train.x.is_floating_point()
+    do_scale = not tokens and (cfg.standardize if cfg.standardize is not None else not image)
     if do_scale:
         stream, stats = S.standardize(stream, target=stream.objective == "regression")
         info["standardized"] = {

@@ -281,6 +281,16 @@ def _hf_numeric(feat: Any) -> bool:
     )
 
 
+def _token_ids(feat: Any) -> bool:
+    """A sequence of integers (``input_ids``): token ids, which an embedding looks up by index."""
+    inner = getattr(feat, "feature", None)
+    return (
+        type(feat).__name__ in ("List", "Sequence", "LargeList")
+        and type(inner).__name__ == "Value"
+        and inner.dtype.startswith(("int", "uint"))
+    )
+
+
 def _hf_split(
     ds: Any, input: str | None, target: str, where: str
 ) -> tuple[torch.Tensor, np.ndarray, dict[str, np.ndarray], list[str]]:
@@ -297,13 +307,24 @@ def _hf_split(
     elif input not in cols:
         raise _no_column(where, "input", input, cols)
     else:
-        used, a = [input], _hf_images(ds, input)
+        used = [input]
+        if _token_ids(feats[input]):
+            # Token ids stay integers: cast to float they crash the model's embedding lookup.
+            seqs = ds[input]
+            if len({len(r) for r in seqs}) > 1:
+                raise DataError(
+                    f"{where}: the token sequences in '{input}' differ in length; pack them into "
+                    "blocks with stream.scenario text (which reads input_ids as tokens)"
+                )
+            extra = {c: np.asarray(table[c]) for c in scalar if c not in (target, input)}
+            ids = torch.tensor(seqs, dtype=torch.long)
+            return ids, np.asarray(table[target]), extra, used
+        a = _hf_images(ds, input)
         image = a.ndim >= 3 or type(feats[input]).__name__ == "Image"
-        x = (
-            as_images(a)
-            if image
-            else torch.from_numpy(np.asarray(a, dtype=np.float32).reshape(len(a), -1))
-        )
+        if image:
+            x = as_images(a)
+        else:
+            x = torch.from_numpy(np.asarray(a, dtype=np.float32).reshape(len(a), -1))
     extra = {c: np.asarray(table[c]) for c in scalar if c not in (target, input)}
     return x, np.asarray(table[target]), extra, used
 
@@ -358,6 +379,8 @@ def from_hf(
         name=name,
         class_names=class_names,
     )
+    if not x.is_floating_point():  # token ids (see _hf_split): from_arrays made them floats
+        src = replace(src, x_train=x, x_test=xt)
     image = x.ndim >= 4
     why = "not numeric" if input is None else f"not the input column '{input}'"
     dropped = {c: why for c in cols if c != target and c not in used}

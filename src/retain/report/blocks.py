@@ -183,8 +183,10 @@ def _data_blocks(runs: dict[str, RunRecord]) -> list[Block]:
         cols = data.get(key) or {}
         if cols:
             items.append(f"{what}: " + "; ".join(f"{c} ({why})" for c, why in cols.items()))
-    items.append(_standardized_item(data.get("standardized")))
+    if not data.get("text"):  # token ids are never rescaled
+        items.append(_standardized_item(data.get("standardized")))
     blocks: list[Block] = [("h", 2, "Data"), ("p", DATA_NOTE), ("ul", items)]
+    blocks += _text_blocks(data.get("text"))
     tasks = data.get("tasks") or []
     if tasks:
         rows = [
@@ -192,6 +194,46 @@ def _data_blocks(runs: dict[str, RunRecord]) -> list[Block]:
         ]
         blocks.append(("table", ["task", "train rows", "validation rows", "test rows"], rows, None))
     return blocks + mixing
+
+
+def _text_blocks(text: dict[str, Any] | None) -> list[Block]:
+    """Scenario text: per source, documents, tokens and blocks in each split; the suites."""
+    if not text:
+        return []
+    how = "joined with EOS" if text.get("packing", True) else "one document per block, padded"
+    intro = (
+        f"Text in blocks of {text.get('block_size')} tokens ({how}), tokenised with "
+        f"{text.get('tokenizer')}, split into train/validation/test by document."
+    )
+
+    def per_split(counts: dict[str, int] | None) -> str:
+        return "/".join(str((counts or {}).get(k, 0)) for k in ("train", "validation", "test"))
+
+    rows = [
+        [
+            name,
+            f.get("kind"),
+            per_split(f.get("documents")),
+            per_split(f.get("tokens")),
+            per_split(f.get("blocks")),
+            f.get("tokenized", ""),
+        ]
+        for name, f in (text.get("sources") or {}).items()
+    ]
+    head = ["source", "kind", "documents", "tokens", "blocks", "tokens were"]
+    head[2:5] = [f"{h} (train/val/test)" for h in head[2:5]]
+    blocks: list[Block] = [("p", intro), ("table", head, rows, None)]
+    suites = []
+    for name, s in (text.get("suites") or {}).items():
+        where = (
+            f"the test blocks of source {s['source']}"
+            if s.get("source")
+            else f"{s.get('path')}, read whole ({s.get('documents')} documents)"
+        )
+        suites.append(f"evaluation suite {name}: {where}, {s.get('blocks')} blocks")
+    if suites:
+        blocks.append(("ul", suites))
+    return blocks
 
 
 def _stats(values: list[float]) -> str:

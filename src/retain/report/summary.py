@@ -156,14 +156,17 @@ def data_line(record: Record) -> str:
         auto = " (chosen automatically)" if target.get("chosen_automatically") else ""
         parts.append(f"target {target.get('column')}{auto}")
     tasks = data.get("tasks") or []
+    text = data.get("text")
+    unit = f"blocks of {text.get('block_size')} tokens" if text else "rows"
     if tasks:
         for key in ("train", "validation", "test"):
             sizes = [int(t.get(key, 0)) for t in tasks]
             lo, hi = min(sizes), max(sizes)
             if hi == 0:
                 continue  # no validation split
-            parts.append(f"{key} {lo}" + (f"–{hi}" if hi != lo else "") + " rows per task")
-    parts.append("standardised" if data.get("standardized") else "not standardised")
+            parts.append(f"{key} {lo}" + (f"–{hi}" if hi != lo else "") + f" {unit} per task")
+    if not text:  # token ids are never rescaled
+        parts.append("standardised" if data.get("standardized") else "not standardised")
     return "Data: " + "; ".join(parts) + "."
 
 

@@ -5,6 +5,7 @@ transformers is an optional dependency (``pip install "retain[hf]"``); it is imp
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -47,17 +48,39 @@ def build_causal_lm(cfg: ModelConfig) -> nn.Module:
 
 
 def load_tokenizer(cfg: ModelConfig) -> Any:
-    """The tokenizer that comes with the model: from ``pretrained`` (and its ``gguf_file``)."""
+    """The tokenizer that comes with the model: from ``tokenizer`` (else ``pretrained``), with
+    ``gguf_file`` when that folder holds it."""
     tf = _transformers()
-    if not cfg.pretrained:
+    where = cfg.tokenizer or cfg.pretrained
+    if not where:
         raise ConfigError(
-            "text data needs the model's tokenizer: set model.pretrained to a local model folder"
+            "text data needs the model's tokenizer: set model.pretrained to a local model folder, "
+            "or model.tokenizer to a folder with tokenizer files"
         )
-    kwargs = {"gguf_file": cfg.gguf_file} if cfg.gguf_file else {}
+    key = "model.tokenizer" if cfg.tokenizer else "model.pretrained"
+    gguf = cfg.gguf_file and (where == cfg.pretrained or (Path(where) / cfg.gguf_file).is_file())
+    kwargs = {"gguf_file": cfg.gguf_file} if gguf else {}
     try:
-        return tf.AutoTokenizer.from_pretrained(cfg.pretrained, **kwargs)
-    except OSError as e:
+        return tf.AutoTokenizer.from_pretrained(where, **kwargs)
+    except (OSError, ValueError) as e:
         raise ConfigError(
-            f"cannot load the tokenizer of model.pretrained '{cfg.pretrained}': "
-            f"{str(e).splitlines()[0]}"
+            f"cannot load the tokenizer of {key} '{where}': {str(e).splitlines()[0]}"
         ) from None
+
+
+def model_limits(cfg: ModelConfig) -> tuple[int | None, int | None]:
+    """The longest sequence the model takes (``max_position_embeddings``) and its vocabulary
+    size, read from its config without loading weights; ``None`` where they cannot be told."""
+    tf = _transformers()
+    try:
+        if cfg.pretrained:
+            kwargs = {"gguf_file": cfg.gguf_file} if cfg.gguf_file else {}
+            config = tf.AutoConfig.from_pretrained(cfg.pretrained, **kwargs)
+        else:
+            conf = dict(cfg.hf_config or {})
+            config = tf.AutoConfig.for_model(conf.pop("model_type", "llama"), **conf)
+    except (OSError, ValueError, TypeError):
+        return None, None  # the model's own loading says what is wrong, in one line
+    n = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    vocab = getattr(config, "vocab_size", None)
+    return (int(n) if n else None), (int(vocab) if vocab else None)
