@@ -186,6 +186,28 @@ class EarlyStop(_Part):
 
 
 @dataclass
+class GuardTask(_Part):
+    """What the regression guard did while one task trained (:mod:`retain.eval.guard`).
+
+    ``limits``: per watched name its thresholds (``relative``, ``absolute``), ``baseline`` (the
+    score before the task) and ``limit`` (the worst score that passes). ``checks``: every check,
+    ``{"step", "scores": {name: {score: value}}, "failed": [names]}``, step 0 being the
+    baselines. ``breaches``: each time a name went from passing to failing, ``{"step", "name",
+    "baseline", "score", "limit"}``. ``stopped_at``/``restored_step`` (action ``stop``): the
+    step training ended at, and the step whose weights were loaded back.
+    """
+
+    task: str
+    metric: str = "loss"
+    action: str = "warn"
+    limits: dict[str, dict[str, Any]] = field(default_factory=dict)
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    breaches: list[dict[str, Any]] = field(default_factory=list)
+    stopped_at: int | None = None
+    restored_step: int | None = None
+
+
+@dataclass
 class TrainSummary(_Part):
     optimizer: str | None = None
     lr: float | None = None
@@ -201,7 +223,7 @@ class RunRecord(_Part):
     column j task j; a joint run has two rows), ``metrics`` is ``None`` until the run completes.
     """
 
-    _OMIT: ClassVar[frozenset[str]] = frozenset({"per_class", "data", "out_dir"})
+    _OMIT: ClassVar[frozenset[str]] = frozenset({"per_class", "data", "out_dir", "suites", "guard"})
     _FIXED: ClassVar[frozenset[str]] = frozenset({"schema_version", "kind"})
     kind: ClassVar[str] = "run"
 
@@ -226,6 +248,11 @@ class RunRecord(_Part):
     strategy_stats: list[dict[str, dict[str, Any]]] = field(default_factory=list)
     curves: Curves = field(default_factory=Curves)
     early_stopping: list[EarlyStop] = field(default_factory=list)
+    # Evaluation suites (held-out sets that are not tasks): per suite, per row of ``matrix``,
+    # ``{score: value}``. Absent from records of streams without suites.
+    suites: dict[str, list[dict[str, float]]] | None = None
+    # The regression guard, per trained task; absent when the run had none.
+    guard: list[GuardTask] | None = None
     warnings: list[str] = field(default_factory=list)
     seed: int | None = None
     train: TrainSummary | None = None
