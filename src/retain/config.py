@@ -179,8 +179,8 @@ class EvalConfig:
         default="auto",
     )
     every_steps: int | None = help_field(
-        "also evaluate on every task every N optimizer steps while a task trains (recorded in "
-        "the run's curves); default: only after each task",
+        "also evaluate on every task and evaluation suite every N optimizer steps while a task "
+        "trains (recorded in the run's curves); default: only after each task",
         default=None,
         ge=1,
     )
@@ -191,8 +191,7 @@ class EvalConfig:
 
 @dataclass
 class GuardConfig:
-    """The regression guard: scores on named evaluation sets (the stream's suites, or earlier
-    tasks) checked every N steps while a task trains, against their scores before it.
+    """The regression guard: suites and earlier tasks checked every N steps while a task trains.
 
     A name in ``relative`` or ``absolute`` turns the guard on. Its baseline is its score just
     before the current task's training starts; a check fails when the score is worse than the
