@@ -153,6 +153,13 @@ def start(
     )
 
 
+def check_settings(cfg: RunConfig, stream: Stream) -> None:
+    """The checks of ``eval`` and ``guard`` that ``start`` makes, for a caller that wants them
+    before anything else happens (a comparison checks them before its first run)."""
+    objective = make_objective(stream.objective, stream.n_outputs)
+    check_guard(cfg, stream, objective, check_eval(cfg, stream, objective))
+
+
 def check_eval(cfg: RunConfig, stream: Stream, objective: Any) -> str:
     """The metric of R (``eval.metric``, or the objective's default); errors for bad settings."""
     metric = objective.default_metric if cfg.eval.metric == "auto" else cfg.eval.metric

@@ -66,6 +66,7 @@ def run_config(
     ``name`` names the run in its record (a comparison's variant, ``ewc (lam=100)``)."""
     from retain import strategies as registry
     from retain.api import run
+    from retain.run_state import check_settings
 
     strategies = registry.build_all(cfg.strategies)  # config errors before any data is loaded
     out = (
@@ -78,6 +79,7 @@ def run_config(
     # The data is read before the run directory is made: a missing or bad file leaves no folder.
     stream, info = stream_info or prepare_stream(cfg)
     check_strategies(strategies, stream)
+    check_settings(cfg, stream)
     check_out(out)
     with _removed_on_failure(out):
         RunDir(out).ensure_new_or_resumable(resume)
@@ -227,6 +229,7 @@ def _compare_config(
     announce: Callable[[str, int, int, int], None] | None,
 ) -> CompareRecord:
     from retain import strategies as registry
+    from retain.run_state import check_settings
     from retain.utils.files import write_atomic
     from retain.utils.state import write_json
 
@@ -236,6 +239,7 @@ def _compare_config(
     prepared = prepare_stream(cfg)  # before the run directory is made (see run_config)
     for plan in plans:
         check_strategies(registry.build_all(plan.specs), prepared[0])
+    check_settings(cfg, prepared[0])
     check_out(out)
     root = RunDir(out)
     root.ensure_new_or_resumable(resume)

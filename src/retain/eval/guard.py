@@ -134,12 +134,16 @@ class TaskGuard:
         self.restored_step = self._saved[0]
         self.unwrap(model).load_state_dict(self._saved[1])
         self.stopped_at = step
-        self._saved = None
         return True
 
     def finish(self, step: int, model: nn.Module) -> None:
-        """A last check at the task's final step when training did not end on a check."""
-        self(step, model)
+        """A last check at the task's final step when training did not end on a check. After a
+        stop the restored weights are loaded once more: early stopping (``train.patience``)
+        loads its best weights after the loop, and those may come from past the guard's limit."""
+        if self.stopped_at is None:
+            self(step, model)
+        if self.stopped_at is not None and self._saved is not None:
+            self.unwrap(model).load_state_dict(self._saved[1])
         self._saved = None
 
     def _keep(self, step: int, model: nn.Module) -> None:

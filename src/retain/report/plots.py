@@ -223,7 +223,7 @@ def stability(record_run: RunRecord, path: Path) -> Path:
     """Scores on the evaluation suites (and the tasks the guard watched) over the run's training
     steps: the dip while a new task trains and the recovery after it (the stability gap, De Lange
     et al. 2023), task boundaries dotted, the guard's limits dashed and its breaches crossed."""
-    from retain.report.suites import LOWER_IS_BETTER, trajectories
+    from retain.report.suites import LOWER_IS_BETTER, as_score, trajectories
 
     score, curves = trajectories(record_run)
     fig = _figure(7.2, 3.8)
@@ -240,16 +240,18 @@ def stability(record_run: RunRecord, path: Path) -> Path:
         ax.text(start, 1.0, f" {task}", transform=ax.get_xaxis_transform(), fontsize=7, va="top")
         start += n
     for g in record_run.guard or []:
-        if g.task not in trained or g.metric != score:
-            continue  # limits are in the guard's score; drawn when the plot shows that score
+        if g.task not in trained or as_score(0.0, g.metric, score) is None:
+            continue  # the plot shows another score than the guard's, with no conversion
         i = trained.index(g.task)
         lo, hi = sum(steps[:i]), sum(steps[: i + 1])
         for name, lim in g.limits.items():
             if lim.get("limit") is not None:
                 colour = colours.get(name, "black")
-                ax.hlines(lim["limit"], lo, hi, colors=colour, linestyles="--", linewidth=0.8)
+                y = as_score(lim["limit"], g.metric, score)
+                ax.hlines(y, lo, hi, colors=colour, linestyles="--", linewidth=0.8)
         for b in g.breaches:
-            ax.plot(lo + b["step"], b["score"], marker="x", color="red", markersize=7)
+            y = as_score(b["score"], g.metric, score)
+            ax.plot(lo + b["step"], y, marker="x", color="red", markersize=7)
     ax.set_xlabel("training step (whole run)")
     ax.set_ylabel(
         f"{score_name(score)} ({'lower' if score in LOWER_IS_BETTER else 'higher'} is better)"

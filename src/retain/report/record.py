@@ -169,7 +169,8 @@ class Params(_Part):
 class Curves(_Part):
     """Per task: ``[step, training loss]`` and ``[step, learning-rate factor]`` pairs; with
     ``eval.every_steps``, ``eval`` holds per task the evaluations made while it trained
-    (``{"step": s, "scores": [per task {metric: value}]}``)."""
+    (``{"step": s, "scores": [per task {metric: value}]}``, and ``"suites": {suite: {metric:
+    value}}`` when the stream has evaluation suites)."""
 
     _OMIT: ClassVar[frozenset[str]] = frozenset({"eval"})
 

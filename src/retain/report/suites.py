@@ -10,6 +10,7 @@ standard library is imported.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from retain.report.columns import ACCURACY_LIKE, fmt, score_name
@@ -36,6 +37,16 @@ def spoken_score(score: str, available: set[str] | list[str]) -> str:
     if score == "loss" and "perplexity" in available:
         return "perplexity"
     return score
+
+
+def as_score(value: float, metric: str, score: str) -> float | None:
+    """``value`` of ``metric`` in the units of ``score``: the same, perplexity from a mean token
+    loss (its exponential), else None (no conversion)."""
+    if metric == score:
+        return value
+    if metric == "loss" and score == "perplexity":
+        return math.exp(min(value, 50.0))  # the cap of retain.objectives.CausalLM.finalize
+    return None
 
 
 def change_words(score: str, before: float, after: float) -> str:

@@ -398,10 +398,13 @@ def _run_lines(run: RunRecord) -> list[str]:
         if per and max(per) > 0:
             j = per.index(max(per))
             sign = 1 if run.higher_is_better else -1
-            best = sign * max(sign * R[i][j] for i in range(j + 1, len(tasks)))
+            # A language model's loss is told as perplexity (its exponential: same best row).
+            said = spoken_score(score, set(run.matrices))
+            S = run.matrices.get(said) or R
+            i = max(range(j + 1, len(tasks)), key=lambda i: sign * R[i][j])
             lines.append(
-                f"It forgot {tasks[j]} most ({name} {fmt(best, score)} at best after "
-                f"training it, {fmt(R[-1][j], score)} at the end)."
+                f"It forgot {tasks[j]} most ({score_name(said)} {fmt(S[i][j], said)} at best "
+                f"after training it, {fmt(S[-1][j], said)} at the end)."
             )
         else:
             lines.append("It forgot none of the earlier tasks.")
