@@ -59,12 +59,20 @@ def _copy(model):
 
 
 def test_suites_are_scored_with_every_row_including_row_0(suite_stream):
-    r = run(_mlp(), suite_stream, ["finetune"], RunConfig(train=SGD))
+    from retain.config import EvalConfig
+
+    r = run(
+        _mlp(), suite_stream, ["finetune"], RunConfig(train=SGD, eval=EvalConfig(every_steps=4))
+    )
     early = r.record.suites["early"]
     assert len(early) == len(r.matrix) == 4
     # The suite is task 1's test set, scored without a task: in class-IL that is column 0 of R.
     assert [row["accuracy"] for row in early] == pytest.approx([row[0] for row in r.matrix])
     assert r.record.to_dict()["suites"]["early"][0]["loss"] > 0
+    # The evaluations inside a task score the suites too (the stability curve's points).
+    for points in r.record.curves.eval:
+        for p in points:
+            assert p["suites"]["early"]["accuracy"] == pytest.approx(p["scores"][0]["accuracy"])
     assert any("on the evaluation suites" in line.lower() for line in summary_lines(r.record))
 
 
