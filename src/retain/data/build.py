@@ -132,7 +132,8 @@ def _build(cfg: StreamConfig, seed: int) -> tuple[Stream, dict[str, Any]]:
         if cfg.scenario == "split":
             options["setting"] = setting
         stream = getattr(S, cfg.scenario)(src, **options, **common)
-    if cfg.suites and stream.objective != "causal_lm":
+    # Tables and images (inputs ``x``); text streams fill their suites when they are built.
+    if cfg.suites and "x" in stream.tasks[0].train:
         suites, info["suites"] = table_suites(cfg, stream, main, seed)
         stream = dataclasses.replace(stream, suites={**stream.suites, **suites})
     info["objective"] = stream.objective
