@@ -28,7 +28,7 @@ from retain.data.stream import Stream, Task
 from retain.eval.evaluator import evaluate, evaluate_sets
 from retain.eval.guard import Limit, TaskGuard
 from retain.models import count_parameters
-from retain.objectives import HIGHER_IS_BETTER
+from retain.objectives import HIGHER_IS_BETTER, task_known
 from retain.report.history import History
 from retain.report.result import RunResult
 from retain.run_state import Plan, RunState, start
@@ -237,7 +237,9 @@ def task_guard(r: RunState, ctx: TaskContext) -> TaskGuard | None:
         out = evaluate_suites(r, model)  # every suite: the trajectory records them all
         watched = {n: getattr(tasks[n], r.cfg.eval.split) for n in names if n in tasks}
         if watched:
-            out.update(evaluate_sets(model, watched, r.objective, r.acc, r.cfg.eval.batch_size))
+            known = task_known(r.stream.setting)
+            bs = r.cfg.eval.batch_size
+            out.update(evaluate_sets(model, watched, r.objective, r.acc, bs, r.class_mask, known))
         return out
 
     return TaskGuard(

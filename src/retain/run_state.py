@@ -192,6 +192,10 @@ def check_guard(cfg: RunConfig, stream: Stream, objective: Any, metric: str) -> 
                 f"{', '.join(stream.task_names)}"
             )
     watched = guard.metric if guard.metric != "auto" else metric
+    if watched == "task_il_accuracy":  # a view of R only: suites and checks have no task
+        watched = "accuracy" if guard.metric == "auto" else watched
+        if guard.metric != "auto":
+            raise ConfigError("guard.metric task_il_accuracy is not checked; use accuracy")
     if watched not in objective.metrics and watched != "loss":
         raise ConfigError(
             f"guard.metric '{watched}' does not apply to {stream.objective}; "

@@ -12,7 +12,7 @@ import torch
 
 from retain.api import run
 from retain.cli import main
-from retain.config import GuardConfig, RunConfig, StreamConfig, TrainConfig, load_config
+from retain.config import GuardConfig, RunConfig, TrainConfig, load_config
 from retain.data.scenarios import split
 from retain.data.sources import lm_data
 from retain.data.stream import Stream, Task, TensorData
@@ -171,6 +171,16 @@ def test_guard_warn_trains_to_the_end_and_records_breaches(suite_stream):
     md = render_markdown(r.record)
     assert "## Regression guard" in md and "## Evaluation suites" in md
     assert "regression guard (warn) saw" in md
+
+
+def test_a_watched_task_is_scored_as_r_scores_it_task_il_masking_included(digits):
+    s = split(digits, n_tasks=2, classes=[0, 1, 2, 3], setting="task_il")
+    guard = GuardConfig(every_steps=4, absolute={"t1": 0.5})
+    torch.manual_seed(0)
+    r = run(MLP(64, 4, [32]), s, ["finetune"], RunConfig(train=SGD, guard=guard))
+    (g,) = r.record.guard
+    assert g.task == "t2" and g.limits["t1"]["baseline"] == pytest.approx(r.matrix[1][0])
+    assert g.checks[-1]["scores"]["t1"]["accuracy"] == pytest.approx(r.matrix[2][0])
 
 
 def test_guarded_run_resumed_after_a_crash_gives_the_same_record(suite_stream, tmp_path):

@@ -82,16 +82,22 @@ def evaluate_sets(
     objective: Any,
     accelerator: Accelerator,
     batch_size: int = 1024,
+    class_mask: torch.Tensor | None = None,
+    known: bool = False,
 ) -> dict[str, dict[str, float]]:
-    """Scores of ``model`` on named data sets that are not tasks (evaluation suites): ``{name:
-    {score: value}}``, the numbers only. No task is known for them: a task-incremental model is
-    scored over all its outputs, as in class-IL."""
+    """Scores of ``model`` on named data sets: ``{name: {score: value}}``, the numbers only.
+
+    For evaluation suites (sets that are not tasks) no task is known: a task-incremental model is
+    scored over all its outputs, as in class-IL. A task's own data (with its ``task`` tensor) is
+    scored as R scores it when given the stream's ``class_mask`` and ``known``
+    (:func:`retain.objectives.task_known`)."""
     was_training = model.training
     model.eval()
     out = {}
     with torch.no_grad():
         for name, data in sets.items():
-            total = _sums(model, data, objective, accelerator, batch_size, False, None, None)
+            mask = class_mask if "task" in data else None
+            total = _sums(model, data, objective, accelerator, batch_size, known, mask, None)
             cell = objective.finalize(total)
             out[name] = {k: v for k, v in cell.items() if isinstance(v, float)}
     model.train(was_training)
