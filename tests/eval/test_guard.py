@@ -5,6 +5,7 @@ restores the weights of the last passing check), resume, bad guard settings, the
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 
 import pytest
@@ -18,6 +19,7 @@ from retain.data.sources import lm_data
 from retain.data.stream import Stream, Task, TensorData
 from retain.errors import ConfigError, DataError
 from retain.models import MLP
+from retain.report.record import RunRecord
 from retain.report.render import render_markdown
 from retain.report.summary import summary_lines
 from retain.strategies.base import Strategy
@@ -168,7 +170,9 @@ def test_guard_warn_trains_to_the_end_and_records_breaches(suite_stream):
     for g, fit in zip(r.record.guard, r.record.timing.per_task):
         assert g.checks[0]["step"] == 0 and g.checks[-1]["step"] == fit.steps
         assert g.limits["early"]["baseline"] == g.checks[0]["scores"]["early"]["accuracy"]
-    md = render_markdown(r.record)
+    again = RunRecord.from_dict(json.loads(json.dumps(r.record.to_dict())))  # result.json
+    assert again.guard == r.record.guard and again.suites == r.record.suites
+    md = render_markdown(again)
     assert "## Regression guard" in md and "## Evaluation suites" in md
     assert "regression guard (warn) saw" in md
 
