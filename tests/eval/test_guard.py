@@ -151,7 +151,7 @@ def test_guard_stop_restores_the_weights_of_the_last_passing_check(suite_stream)
     assert len(warnings) == sum(len(g.breaches) for g in r.record.guard) > 0
 
 
-def test_guard_warn_trains_to_the_end_and_records_breaches(suite_stream):
+def test_guard_warn_trains_to_the_end_and_records_breaches(suite_stream, tmp_path):
     plain = run(_mlp(), suite_stream, ["finetune"], RunConfig(train=SGD))
     warnings: list[str] = []
     guard = GuardConfig(every_steps=3, action="warn", absolute={"early": 0.05})
@@ -175,6 +175,11 @@ def test_guard_warn_trains_to_the_end_and_records_breaches(suite_stream):
     md = render_markdown(again)
     assert "## Regression guard" in md and "## Evaluation suites" in md
     assert "regression guard (warn) saw" in md
+    pytest.importorskip("matplotlib")
+    from retain.report.render import write_reports
+
+    written = {p.name for p in write_reports(tmp_path, r.record)}
+    assert "stability-finetune.png" in written  # the suites over the run's steps
 
 
 def test_a_watched_task_is_scored_as_r_scores_it_task_il_masking_included(digits):
