@@ -147,6 +147,7 @@ class TaskGuard:
         self._saved = None
 
     def _keep(self, step: int, model: nn.Module) -> None:
+        self._saved = None  # the previous copy goes first: one copy of the weights at a time
         state = self.unwrap(model).state_dict()
         self._saved = (step, {k: v.detach().clone() for k, v in state.items()})
 
