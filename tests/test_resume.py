@@ -179,21 +179,3 @@ def test_resume_keeps_optimizer_state_when_the_trainable_set_changes(
         tiny_stream, lambda: [Freeze(last_k=1, from_task=2)], cfg, tmp_path / "r", _mlp, seed=2
     )
     assert r.resumed.matrix == r.full.matrix
-
-
-def test_a_run_written_before_a_config_section_existed_resumes(tmp_path):
-    """A config.resolved.yaml without a section added since (``guard``) reads with its
-    defaults: the run resumes; a real change is still refused."""
-    import yaml
-
-    from retain.config import RunConfig, TrainConfig
-    from retain.errors import RunDirError
-    from retain.run_state import check_resume_config
-    from retain.utils.checkpoint import RunDir
-
-    old = RunConfig().to_dict()
-    del old["guard"]
-    tmp_path.joinpath("config.resolved.yaml").write_text(yaml.safe_dump(old))
-    check_resume_config(RunDir(tmp_path), RunConfig())
-    with pytest.raises(RunDirError, match="train.lr"):
-        check_resume_config(RunDir(tmp_path), RunConfig(train=TrainConfig(lr=0.5)))

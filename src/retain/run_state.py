@@ -8,7 +8,6 @@ evaluation is on the stream's tasks either way.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ import torch
 import yaml
 
 from retain import strategies as registry
-from retain.config import RunConfig, config_diff, from_dict
+from retain.config import RunConfig, config_diff
 from retain.data.stream import Stream, Task, TensorData
 from retain.errors import ConfigError, RunDirError, did_you_mean
 from retain.objectives import make_objective
@@ -242,10 +241,6 @@ def check_resume_config(run_dir: RunDir, config: RunConfig | None) -> None:
     if config is None or not path.is_file():
         return
     saved = yaml.safe_load(path.read_text()) or {}
-    # Keys added since the run was written (a new section) take their defaults; a config this
-    # version cannot read is compared as written, and the difference names the key.
-    with contextlib.suppress(ConfigError):
-        saved = from_dict(RunConfig, saved).to_dict()
     now = config.to_dict()
     for d in (saved, now):
         d.get("output", {}).pop("dir", None)
