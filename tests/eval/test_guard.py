@@ -273,6 +273,7 @@ def test_language_model_suites_and_the_guard_in_perplexity_words(tiny_causal_lm)
     assert "perplexity on general fell from" in lines or "perplexity on general rose from" in lines
     assert "perplexity on lang_a" in lines  # the main sentence speaks in perplexity too
     assert "stopped lang_b at step" in lines
+    assert "In perplexity: average final" in lines
 
 
 def test_language_model_evaluation_batches_are_capped_by_logits_size(tiny_causal_lm):

@@ -387,6 +387,12 @@ def _run_lines(run: RunRecord) -> list[str]:
             f"{fmt(m.plasticity, score)} on average)."
         )
     ]
+    ppl = run.metrics_by_score.get("perplexity") if score == "loss" else None
+    if ppl is not None:  # a language model: the loss's number people read
+        lines.append(
+            f"In perplexity: average final {fmt(ppl.avg_accuracy, 'perplexity')} over the tasks "
+            "(lower is better)."
+        )
     if m.bwt is not None:
         lines.append(
             f"BWT ({BY_KEY['bwt'].meaning}) is {fmt(m.bwt, score)}; forgetting (drop from "
