@@ -2,6 +2,12 @@
 
 Scores are accumulated as sums over the whole test set (then all-reduced across processes) and
 divided once at the end, so a score does not depend on the batch size or the number of processes.
+
+What keeps it cheap: ``torch.no_grad``, the accelerator's autocast (bf16 or fp16 when
+``train.mixed_precision`` asks for it), ``eval.batch_size`` rows per batch, capped for language
+models so one batch's logits stay small, and no labels given to a language model, whose own loss
+would be a second pass over the vocabulary. :func:`evaluate_sets` scores named sets that are not
+tasks (evaluation suites) the same way.
 """
 
 from __future__ import annotations
