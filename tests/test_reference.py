@@ -14,7 +14,7 @@ from retain.reference import config_reference, sections
 
 def test_every_key_of_every_section_and_scenario_is_listed():
     doc = config_reference(markdown=True)
-    sections_ = ("stream", "model", "train", "eval", "output")
+    sections_ = ("stream", "model", "train", "eval", "guard", "output")
     expected = [f"`{f.name}`" for f in dataclasses.fields(RunConfig) if f.name not in sections_]
     for name in sections_:
         cls = type(getattr(RunConfig(), name))
@@ -47,7 +47,7 @@ def test_sections_follow_the_dataclasses():
         "`stream.sources.NAME` (scenario `text`)",
     )
     assert titles[2 : 2 + len(scenarios)] == scenarios
-    assert titles[2 + len(scenarios) :] == ["`model`", "`train`", "`eval`", "`output`"]
+    assert titles[2 + len(scenarios) :] == ["`model`", "`train`", "`eval`", "`guard`", "`output`"]
 
 
 def test_retain_config_prints_plain_lines(capsys):

@@ -14,6 +14,7 @@ reference, one task holding all of them; evaluation is on the stream's tasks eit
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,8 +25,10 @@ from torch import nn
 from retain.checkpointing import checkpoint, finish, restore
 from retain.config import RunConfig
 from retain.data.stream import Stream, Task
-from retain.eval.evaluator import evaluate
+from retain.eval.evaluator import evaluate, evaluate_sets
+from retain.eval.guard import Limit, TaskGuard
 from retain.models import count_parameters
+from retain.objectives import HIGHER_IS_BETTER, task_known
 from retain.report.history import History
 from retain.report.result import RunResult
 from retain.run_state import Plan, RunState, start
@@ -86,14 +89,15 @@ def run(
     model, history = restore(r, model)
     if not history.rows:  # a fresh run: row 0 of R is the untrained model
         history.rows.append(evaluate_all(r, model, "eval untrained"))
+        history.suites.append(evaluate_suites(r, model))
     optimizer = None
     for i in range(history.tasks_done, len(r.plan.tasks)):
         seed_everything(derive_seed(r.cfg.seed, i, 1))
         ctx = r.context(i)
         model, optimizer, ctx, hook_seconds = prepare_task(r, ctx, model, optimizer)
-        stats, evals = train_task(r, ctx, model, optimizer, history.schedule_offset)
+        stats, extra = train_task(r, ctx, model, optimizer, history.schedule_offset)
         model, after_seconds = finish_task(r, ctx, model)
-        evaluate_task(r, history, model, ctx.task, stats, hook_seconds + after_seconds, evals)
+        evaluate_task(r, history, model, ctx.task, stats, hook_seconds + after_seconds, extra)
         checkpoint(r, model, optimizer, history)
     return finish(r, model, history)
 
@@ -130,9 +134,14 @@ def prepare_task(
 
 def train_task(
     r: RunState, ctx: TaskContext, model: nn.Module, optimizer: Any, schedule_offset: int
-) -> tuple[FitStats, list[dict[str, Any]]]:
+) -> tuple[FitStats, dict[str, Any]]:
     """``train_data`` hooks, the batches (mixing, order), the learning-rate schedule, and
-    ``fit_task``; also the evaluations every ``eval.every_steps`` steps, if set."""
+    ``fit_task``; also the evaluations every ``eval.every_steps`` steps and the regression
+    guard's checks, if set.
+
+    Returns the loop's statistics and what the task's record keeps besides them: ``evals`` (the
+    evaluations inside the task) and ``guard`` (what the guard did), when they exist.
+    """
     train = r.cfg.train
     data = ctx.task.train
     for s in r.strategies:
@@ -146,6 +155,9 @@ def train_task(
         offset = 0
     evals: list[dict[str, Any]] = []
     loader, curriculum = train_loader(model, data, ctx, train)
+    guard = task_guard(r, ctx)
+    if guard is not None:
+        guard.start(model)
     stats = fit_task(
         model,
         data,
@@ -158,32 +170,93 @@ def train_task(
         schedule_offset=offset,
         val=ctx.task.val,
         progress=r.progress,
-        every=evaluate_every(r, evals),
+        every=in_task_checks(r, evals, guard),
         loader=loader,
     )
     stats.curriculum = realised(loader, curriculum)
-    return stats, evals
+    extra: dict[str, Any] = {"evals": evals} if evals else {}
+    if guard is not None:
+        guard.finish(stats.steps, model)
+        extra["guard"] = guard.record()
+    return stats, extra
 
 
-def evaluate_every(r: RunState, evals: list[dict[str, Any]]) -> Every | None:
-    """With ``eval.every_steps``: evaluate on every task every N steps, appending
-    ``{"step", "scores": [per task]}`` to ``evals``. The hook point for a regression guard."""
-    if r.cfg.eval.every_steps is None:
-        return None
+def evaluate_every(r: RunState, evals: list[dict[str, Any]]) -> Callable[[int, nn.Module], bool]:
+    """Evaluate on every task (and every suite) at a step inside a task, appending
+    ``{"step", "scores": [per task], "suites": {name: scores}}`` to ``evals``."""
 
     def call(step: int, model: nn.Module) -> bool:
         row = evaluate(
             model, r.stream, r.objective, r.acc, r.cfg.eval.batch_size, split=r.cfg.eval.split
         )
-        evals.append(
-            {
-                "step": step,
-                "scores": [{k: v for k, v in cell.items() if isinstance(v, float)} for cell in row],
-            }
-        )
+        point: dict[str, Any] = {
+            "step": step,
+            "scores": [{k: v for k, v in cell.items() if isinstance(v, float)} for cell in row],
+        }
+        if r.stream.suites:
+            point["suites"] = evaluate_suites(r, model)
+        evals.append(point)
         return False
 
-    return Every(r.cfg.eval.every_steps, call)
+    return call
+
+
+def in_task_checks(
+    r: RunState, evals: list[dict[str, Any]], guard: TaskGuard | None
+) -> Every | None:
+    """The work done every N steps inside a task: ``eval.every_steps`` evaluations and the
+    guard's checks (each at its own interval); the guard's ``stop`` ends the task."""
+    calls: list[tuple[int, Callable[[int, nn.Module], bool]]] = []
+    if r.cfg.eval.every_steps is not None:
+        calls.append((r.cfg.eval.every_steps, evaluate_every(r, evals)))
+    if guard is not None and r.cfg.guard.every_steps is not None:
+        calls.append((r.cfg.guard.every_steps, guard))
+    if not calls:
+        return None
+
+    def call(step: int, model: nn.Module) -> bool:
+        stop = False
+        for n, fn in calls:  # evaluations first: they record the weights the guard judged
+            if step % n == 0:
+                stop = fn(step, model) or stop
+        return stop
+
+    return Every(math.gcd(*(n for n, _ in calls)), call)
+
+
+def task_guard(r: RunState, ctx: TaskContext) -> TaskGuard | None:
+    """The regression guard of task ``ctx.task_index``: every watched suite, and the watched
+    tasks before it (none for the joint reference, which has no earlier task)."""
+    g = r.cfg.guard
+    if r.guard_metric is None:
+        return None
+    earlier = set() if r.plan.joint else set(r.stream.task_names[: ctx.task_index])
+    names = [n for n in g.names if n in r.stream.suites or n in earlier]
+    if not names:
+        return None
+    rel, ab = g.relative or {}, g.absolute or {}
+    limits = [Limit(n, rel.get(n), ab.get(n)) for n in names]
+    tasks = {t.name: t for t in r.stream.tasks}
+
+    def score(model: nn.Module) -> dict[str, dict[str, float]]:
+        out = evaluate_suites(r, model)  # every suite: the trajectory records them all
+        watched = {n: getattr(tasks[n], r.cfg.eval.split) for n in names if n in tasks}
+        if watched:
+            known = task_known(r.stream.setting)
+            bs = r.cfg.eval.batch_size
+            out.update(evaluate_sets(model, watched, r.objective, r.acc, bs, r.class_mask, known))
+        return out
+
+    return TaskGuard(
+        ctx.task.name,
+        limits,
+        r.guard_metric,
+        HIGHER_IS_BETTER[r.guard_metric],
+        g.action,
+        score,
+        r.acc.unwrap_model,
+        r.warn,
+    )
 
 
 def finish_task(r: RunState, ctx: TaskContext, model: nn.Module) -> tuple[nn.Module, float]:
@@ -208,6 +281,13 @@ def evaluate_all(r: RunState, model: nn.Module, label: str) -> list[dict[str, An
     )
 
 
+def evaluate_suites(r: RunState, model: nn.Module) -> dict[str, dict[str, float]]:
+    """The model's scores on every evaluation suite of the stream (``{}`` when it has none)."""
+    if not r.stream.suites:
+        return {}
+    return evaluate_sets(model, r.stream.suites, r.objective, r.acc, r.cfg.eval.batch_size)
+
+
 def evaluate_task(
     r: RunState,
     history: History,
@@ -215,13 +295,15 @@ def evaluate_task(
     task: Task,
     stats: FitStats,
     hook_seconds: float,
-    evals: list[dict[str, Any]],
+    extra: dict[str, Any],
 ) -> None:
-    """One row of R after ``task``, and what the record keeps of its training."""
+    """One row of R (and the suites' scores) after ``task``, and what the record keeps of its
+    training."""
     t0 = time.perf_counter()
     row = evaluate_all(r, model, f"eval after {task.name}")
-    fit = fit_entry(task, stats, hook_seconds, time.perf_counter() - t0, evals)
-    history.add(row, fit, count_parameters(r.acc.unwrap_model(model)), r.strategies)
+    suites = evaluate_suites(r, model)
+    fit = fit_entry(task, stats, hook_seconds, time.perf_counter() - t0, extra)
+    history.add(row, fit, count_parameters(r.acc.unwrap_model(model)), r.strategies, suites)
 
 
 def fit_entry(
@@ -229,7 +311,7 @@ def fit_entry(
     stats: FitStats,
     hook_seconds: float,
     eval_seconds: float,
-    evals: list[dict[str, Any]],
+    extra: dict[str, Any],
 ) -> dict[str, Any]:
     """What the record keeps of one task's training."""
     entry = {
@@ -245,8 +327,7 @@ def fit_entry(
         "best_val_loss": stats.best_val_loss,
         "stopped_early_at": stats.stopped_early_at,
     }
-    if evals:
-        entry["evals"] = evals
+    entry.update(extra)  # evals, guard
     if stats.curriculum:
         entry["curriculum"] = stats.curriculum
     return entry

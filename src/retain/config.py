@@ -48,6 +48,7 @@ __all__ = [
     "ByColumnScenario",
     "EvalConfig",
     "FilesScenario",
+    "GuardConfig",
     "IIDScenario",
     "ModelConfig",
     "OutputConfig",
@@ -194,14 +195,75 @@ class EvalConfig:
         default="auto",
     )
     every_steps: int | None = help_field(
-        "also evaluate on every task every N optimizer steps while a task trains (recorded in "
-        "the run's curves); default: only after each task",
+        "also evaluate on every task and evaluation suite every N optimizer steps while a task "
+        "trains (recorded in the run's curves); default: only after each task",
         default=None,
         ge=1,
     )
 
     def __post_init__(self) -> None:
         check_fields(self, "eval")
+
+
+@dataclass
+class GuardConfig:
+    """The regression guard: suites and earlier tasks checked every N steps while a task trains.
+
+    A name in ``relative`` or ``absolute`` turns the guard on. Its baseline is its score just
+    before the current task's training starts; a check fails when the score is worse than the
+    baseline by more than the threshold (in the score's own direction: a rise in loss or
+    perplexity, a fall in accuracy). A task's name is watched while the tasks after it train.
+    """
+
+    every_steps: int | None = help_field(
+        "check every N optimizer steps (required when the guard watches a name)", default=None, ge=1
+    )
+    action: Literal["warn", "stop"] = help_field(
+        "warn: one warning per breach, training goes on; stop: end the task's training at the "
+        "first failed check and restore the weights of the last check that passed (the task's "
+        "start if none did), then go on to the next task",
+        default="warn",
+    )
+    metric: str = help_field(
+        "the score the guard watches: auto (the score of R, eval.metric) or one of accuracy, mse, "
+        "r2, loss, perplexity, token_accuracy",
+        default="auto",
+    )
+    relative: dict[str, float] | None = help_field(
+        "name -> largest allowed worsening as a fraction of the baseline, e.g. {general: 0.05}: "
+        "at most 5% higher loss on suite general",
+        default=None,
+    )
+    absolute: dict[str, float] | None = help_field(
+        "name -> largest allowed worsening in the score's units, e.g. {t1: 0.02}: at most 0.02 "
+        "accuracy lost on task t1",
+        default=None,
+    )
+
+    def __post_init__(self) -> None:
+        check_fields(self, "guard")
+        for kind in ("relative", "absolute"):
+            for name, value in (getattr(self, kind) or {}).items():
+                if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+                    raise ConfigError(
+                        f"guard.{kind}.{name} must be a number > 0 (the largest allowed "
+                        f"worsening), got {value!r}"
+                    )
+        if self.active and self.every_steps is None:
+            raise ConfigError(
+                "the guard watches "
+                + ", ".join(self.names)
+                + " but guard.every_steps is not set; set it, e.g. guard.every_steps=50"
+            )
+
+    @property
+    def names(self) -> list[str]:
+        """The watched names, in the order given (relative first)."""
+        return list(dict.fromkeys([*(self.relative or {}), *(self.absolute or {})]))
+
+    @property
+    def active(self) -> bool:
+        return bool(self.names)
 
 
 @dataclass
@@ -237,6 +299,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    guard: GuardConfig = field(default_factory=GuardConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     strategies: list[dict[str, Any]] = help_field(
         "strategies applied in order, e.g. [{name: ewc, lam: 100}, {name: replay, size: 500}]",

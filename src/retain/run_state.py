@@ -20,7 +20,7 @@ import yaml
 from retain import strategies as registry
 from retain.config import RunConfig, config_diff, from_dict
 from retain.data.stream import Stream, Task, TensorData
-from retain.errors import ConfigError, RetainError, RunDirError
+from retain.errors import ConfigError, RetainError, RunDirError, did_you_mean
 from retain.objectives import make_objective
 from retain.report.result import RunFacts
 from retain.strategies.base import Strategy
@@ -75,6 +75,8 @@ class RunState:
     warnings: list[str]
     saved: dict[str, Any] | None = None  # the checkpoint resumed from
     class_mask: torch.Tensor | None = None
+    warn: Callable[[str], None] = lambda msg: None
+    guard_metric: str | None = None  # the score the regression guard watches, when it is on
 
     def context(self, i: int) -> TaskContext:
         return task_context(
@@ -129,6 +131,7 @@ def start(
             s.check_model(model)
     objective = make_objective(stream.objective, stream.n_outputs)
     metric = check_eval(cfg, stream, objective)
+    guard_metric = check_guard(cfg, stream, objective, metric)
     warnings = known_failures(stream, built, warn or (lambda msg: None))
     run_dir = RunDir(out_dir) if out_dir is not None else None
     saved = open_run_dir(run_dir, resume, config)
@@ -150,7 +153,16 @@ def start(
         warnings,
         saved,
         class_mask.to(acc.device) if class_mask is not None else None,
+        warn or (lambda msg: None),
+        guard_metric,
     )
+
+
+def check_settings(cfg: RunConfig, stream: Stream) -> None:
+    """The checks of ``eval`` and ``guard`` that ``start`` makes, for a caller that wants them
+    before anything else happens (a comparison checks them before its first run)."""
+    objective = make_objective(stream.objective, stream.n_outputs)
+    check_guard(cfg, stream, objective, check_eval(cfg, stream, objective))
 
 
 def check_eval(cfg: RunConfig, stream: Stream, objective: Any) -> str:
@@ -167,6 +179,34 @@ def check_eval(cfg: RunConfig, stream: Stream, objective: Any) -> str:
             f"choose one of {', '.join(objective.metrics)}"
         )
     return metric
+
+
+def check_guard(cfg: RunConfig, stream: Stream, objective: Any, metric: str) -> str | None:
+    """The score the regression guard watches (None when it is off); errors for names that are
+    neither a suite nor a task, and for a score the objective does not compute."""
+    guard = cfg.guard
+    if not guard.active:
+        return None
+    known = [*stream.suites, *stream.task_names]
+    for name in guard.names:
+        if name not in known:
+            raise ConfigError(
+                f"guard: '{name}' is neither an evaluation suite nor a task"
+                f"{did_you_mean(name, known)}; the suites are "
+                f"{', '.join(stream.suites) or 'none (set stream.suites)'}, the tasks "
+                f"{', '.join(stream.task_names)}"
+            )
+    watched = guard.metric if guard.metric != "auto" else metric
+    if watched == "task_il_accuracy":  # a view of R only: suites and checks have no task
+        watched = "accuracy" if guard.metric == "auto" else watched
+        if guard.metric != "auto":
+            raise ConfigError("guard.metric task_il_accuracy is not checked; use accuracy")
+    if watched not in objective.metrics and watched != "loss":
+        raise ConfigError(
+            f"guard.metric '{watched}' does not apply to {stream.objective}; "
+            f"choose one of {', '.join(objective.metrics)}"
+        )
+    return watched
 
 
 def known_failures(

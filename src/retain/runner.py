@@ -75,6 +75,7 @@ def run_config(
     ``cfg.seeds``, see :func:`run_seeds`."""
     from retain import strategies as registry
     from retain.api import run
+    from retain.run_state import check_settings
 
     strategies = registry.build_all(cfg.strategies)  # config errors before any data is loaded
     out = _out_dir(cfg, out)
@@ -83,6 +84,7 @@ def run_config(
     # The data is read before the run directory is made: a missing or bad file leaves no folder.
     stream, info = stream_info or prepare_stream(cfg)
     check_strategies(strategies, stream, lambda: _model(cfg, stream))
+    check_settings(cfg, stream)
     check_out(out)
     with _removed_on_failure(out):
         RunDir(out).ensure_new_or_resumable(resume)
@@ -128,12 +130,14 @@ def run_seeds(
     """
     from retain import strategies as registry
     from retain.report.seeds import seeds_record
+    from retain.run_state import check_settings
     from retain.utils.files import write_atomic
     from retain.utils.state import write_json
 
     seeds = list(cfg.seeds or [cfg.seed])
     first = stream_info or prepare_stream(cfg)
     check_strategies(registry.build_all(cfg.strategies), first[0], lambda: _model(cfg, first[0]))
+    check_settings(cfg, first[0])
     check_out(out)
     records, folders = [], []
     with _removed_on_failure(out):
@@ -305,6 +309,7 @@ def _compare_config(
     announce: Callable[[str, int, int, int], None] | None,
 ) -> CompareRecord:
     from retain import strategies as registry
+    from retain.run_state import check_settings
     from retain.utils.files import write_atomic
     from retain.utils.state import write_json
 
@@ -321,6 +326,7 @@ def _compare_config(
 
     for plan in plans:
         check_strategies(registry.build_all(plan.specs), prepared[0], model)
+    check_settings(cfg, prepared[0])
     check_out(out)
     root = RunDir(out)
     root.ensure_new_or_resumable(resume)

@@ -277,7 +277,7 @@ def test_lower_is_better_wording(tmp_path: Path, regression: CompareRecord) -> N
     assert (
         "finetune ends 0.125 above joint training (average MSE 0.700 vs 0.575; lower is "
         "better). Since training each earlier task: MSE on sex=1 rose from 0.600 to 0.900 "
-        "(worse)."
+        "(+50%, worse)."
     ) in lines
     assert not any("% of" in line for line in lines)
     write_reports(tmp_path, regression, plots=True)

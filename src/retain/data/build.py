@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from retain.config import StreamConfig
 from retain.data import scenarios as S
-from retain.data.stream import Stream
-from retain.errors import ConfigError
+from retain.data.stream import Stream, TensorData
+from retain.errors import ConfigError, DataError
 
 
 def load_source(cfg: StreamConfig, dataset: str | None = None) -> Any:
@@ -140,6 +141,7 @@ def _build(cfg: StreamConfig, seed: int) -> tuple[Stream, dict[str, Any]]:
             for key in ("dropped", "encoded"):
                 facts[key].update(_source_facts(other)[key])
         features = sources[0].feature_names
+        main = sources[0]
         stream = S.from_sources(
             sources,
             names=[Path(f).stem for f in files],
@@ -157,6 +159,7 @@ def _build(cfg: StreamConfig, seed: int) -> tuple[Stream, dict[str, Any]]:
                 facts["dropped"][o.column] = "defines the tasks (scenario by_column)"
             src = src.drop_features([o.column])
         features = src.feature_names
+        main = src
         src = src.with_test_split(cfg.test_fraction, seed)
         image = src.is_image
         # Scenario ``name`` is built by ``scenarios.<name>(source, **options)``; an unset option
@@ -165,6 +168,10 @@ def _build(cfg: StreamConfig, seed: int) -> tuple[Stream, dict[str, Any]]:
         if cfg.scenario == "split":
             options["setting"] = setting
         stream = getattr(S, cfg.scenario)(src, **options, **common)
+    # Tables and images (inputs ``x``); text streams fill their suites when they are built.
+    if cfg.suites and "x" in stream.tasks[0].train:
+        suites, info["suites"] = table_suites(cfg, stream, main, seed)
+        stream = dataclasses.replace(stream, suites={**stream.suites, **suites})
     info["objective"] = stream.objective
     if "target" in facts:
         info["target"] = {"column": facts["target"], "chosen_automatically": facts["target_auto"]}
@@ -190,3 +197,91 @@ def _build(cfg: StreamConfig, seed: int) -> tuple[Stream, dict[str, Any]]:
     else:
         info["standardized"] = False
     return stream, info
+
+
+def table_suites(
+    cfg: StreamConfig, stream: Stream, main: Any, seed: int
+) -> tuple[dict[str, TensorData], dict[str, Any]]:
+    """``stream.suites`` of a table or image stream: each file read with the stream's reader and
+    options (its target column, features and objective; the ``by_column`` column left out), all
+    its rows (at most ``limit_test``), labels in the stream's label space. Standardisation, done
+    after this, scales them with the stream's statistics.
+
+    Returns the suites and, for the run record, where each came from and its size.
+    """
+    if cfg.scenario == "split" and stream.setting == "domain_il":
+        raise ConfigError(
+            "stream.suites cannot be used with scenario split in the domain_il setting: its "
+            "labels are positions within each task, which a suite's samples do not have; use "
+            "setting class_il or task_il"
+        )
+    o = cfg.options
+    target = cfg.target or main.facts.get("target")
+    suites, info = {}, {}
+    for name, path in (cfg.suites or {}).items():
+        src = load_source(dataclasses.replace(cfg, target=target), path)
+        where = f"suite '{name}' ({path})"
+        if cfg.scenario == "by_column" and o.column and cfg.features is None:
+            src = src.drop_features([o.column])
+        if src.objective != stream.objective:
+            raise DataError(
+                f"{where} has {src.objective} targets but the stream has {stream.objective}"
+            )
+        if main.feature_names and src.feature_names and src.feature_names != main.feature_names:
+            raise DataError(
+                f"{where} has columns {src.feature_names} but the stream's data has "
+                f"{main.feature_names}; give a file with the same columns"
+            )
+        xs = [src.x_train] + ([src.x_test] if src.x_test is not None else [])
+        ys = [src.y_train] + ([src.y_test] if src.y_test is not None else [])
+        x, y = torch.cat(xs), torch.cat(ys)
+        if tuple(x.shape[1:]) != stream.input_shape:
+            raise DataError(
+                f"{where} has inputs of shape {tuple(x.shape[1:])} but the stream's are "
+                f"{stream.input_shape}"
+            )
+        if stream.objective == "classification":
+            x, y = _suite_labels(where, src, x, y, stream, getattr(o, "classes", None))
+        if cfg.limit_test is not None and cfg.limit_test < len(x):
+            g = torch.Generator().manual_seed(seed)
+            idx = torch.randperm(len(x), generator=g)[: cfg.limit_test].sort().values
+            x, y = x[idx], y[idx]
+        if len(x) == 0:
+            raise DataError(f"{where} has no rows of the stream's classes")
+        suites[name] = TensorData(x=x, y=y)
+        info[name] = {**_source_file(path), "rows": len(x)}
+    return suites, info
+
+
+def _suite_labels(
+    where: str,
+    src: Any,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    stream: Stream,
+    classes: list[int] | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A suite's class ids in the stream's label space, matched by class name when the stream
+    names its outputs (text labels, selected classes); rows of classes the stream left out
+    (``stream.classes``) are dropped, as they are from its tasks."""
+    names = stream.class_names
+    if names is None:
+        n = stream.n_outputs or 0
+        if len(y) and (int(y.min()) < 0 or int(y.max()) >= n):
+            raise DataError(
+                f"{where}: labels range over [{int(y.min())}, {int(y.max())}] but the stream has "
+                f"{n} classes"
+            )
+        return x, y
+    own = src.class_names or [str(c) for c in range(int(y.max()) + 1 if len(y) else 0)]
+    index = {str(c): i for i, c in enumerate(names)}
+    present = {own[int(c)] for c in torch.unique(y)} if len(y) else set()
+    unknown = sorted(str(c) for c in present if str(c) not in index)
+    if unknown and classes is None:
+        raise DataError(
+            f"{where} has classes the stream's data does not have: {', '.join(unknown[:5])}"
+        )
+    lut = torch.tensor([index.get(str(c), -1) for c in own], dtype=torch.long)
+    mapped = lut[y]
+    keep = mapped >= 0
+    return x[keep], mapped[keep]

@@ -209,6 +209,12 @@ def _check_finite(name: str, data: TensorData) -> None:
 
 def validate_stream(stream: Stream) -> None:
     """Reject data that would train silently wrong: raises :class:`DataError` with the fix."""
+    for name, data in stream.suites.items():
+        if name in stream.task_names:
+            raise DataError(f"evaluation suite '{name}' has the name of a task; rename the suite")
+        if len(data) == 0:
+            raise DataError(f"evaluation suite '{name}' is empty")
+        _check_finite(f"evaluation suite '{name}'", data)
     shape = None
     for t in stream.tasks:
         for split, data in (("train", t.train), ("test", t.test), ("validation", t.val)):

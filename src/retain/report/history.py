@@ -27,6 +27,8 @@ class History:
     started: str = field(
         default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds")
     )
+    # Per row of R: {suite: {score: value}} on the stream's evaluation suites ({} without any).
+    suites: list[dict[str, dict[str, float]]] = field(default_factory=list)
 
     @property
     def tasks_done(self) -> int:
@@ -41,6 +43,7 @@ class History:
             state.get("strategy_stats", []),
             state["schedule_offset"],
             state["started"],
+            state.get("suites") or [{} for _ in state["rows"]],  # older checkpoints lack it
         )
 
     def to_checkpoint(self) -> dict[str, Any]:
@@ -51,6 +54,7 @@ class History:
             "schedule_offset": self.schedule_offset,
             "started": self.started,
             "strategy_stats": self.strategy_stats,
+            "suites": self.suites,
         }
 
     def add(
@@ -59,8 +63,10 @@ class History:
         fit: dict[str, Any],
         params: int,
         strategies: list[Strategy],
+        suites: dict[str, dict[str, float]] | None = None,
     ) -> None:
         self.rows.append(row)
+        self.suites.append(suites or {})
         self.fits.append(fit)
         self.schedule_offset += fit["steps"]
         self.params.append(params)

@@ -219,6 +219,50 @@ def compare_curves(record: CompareRecord, path: Path) -> Path:
     return _save(fig, path)
 
 
+def stability(record_run: RunRecord, path: Path) -> Path:
+    """Scores on the evaluation suites (and the tasks the guard watched) over the run's training
+    steps: the dip while a new task trains and the recovery after it (the stability gap, De Lange
+    et al. 2023), task boundaries dotted, the guard's limits dashed and its breaches crossed."""
+    from retain.report.suites import LOWER_IS_BETTER, as_score, trajectories
+
+    score, curves = trajectories(record_run)
+    fig = _figure(7.2, 3.8)
+    ax = fig.subplots()
+    colours = {name: f"C{i}" for i, name in enumerate(curves)}
+    for name, points in curves.items():
+        xs, ys = [p[0] for p in points], [p[1] for p in points]
+        ax.plot(xs, ys, marker="o", markersize=2.5, linewidth=1.2, color=colours[name], label=name)
+    steps = [t.steps or 0 for t in record_run.timing.per_task]
+    trained = [t.task for t in record_run.timing.per_task]
+    start = 0
+    for task, n in zip(trained, steps):
+        ax.axvline(start, color="grey", linestyle=":", linewidth=0.8)
+        ax.text(start, 1.0, f" {task}", transform=ax.get_xaxis_transform(), fontsize=7, va="top")
+        start += n
+    for g in record_run.guard or []:
+        if g.task not in trained or as_score(0.0, g.metric, score) is None:
+            continue  # the plot shows another score than the guard's, with no conversion
+        i = trained.index(g.task)
+        lo, hi = sum(steps[:i]), sum(steps[: i + 1])
+        for name, lim in g.limits.items():
+            if lim.get("limit") is not None:
+                colour = colours.get(name, "black")
+                y = as_score(lim["limit"], g.metric, score)
+                ax.hlines(y, lo, hi, colors=colour, linestyles="--", linewidth=0.8)
+        for b in g.breaches:
+            y = as_score(b["score"], g.metric, score)
+            ax.plot(lo + b["step"], y, marker="x", color="red", markersize=7)
+    ax.set_xlabel("training step (whole run)")
+    ax.set_ylabel(
+        f"{score_name(score)} ({'lower' if score in LOWER_IS_BETTER else 'higher'} is better)"
+    )
+    ax.set_title(f"{record_run.strategy}: {score_name(score)} during training", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def slug(label: str) -> str:
     """A file-name-safe form of a strategy label (``"ewc+replay"`` stays as it is)."""
     return re.sub(r"[^A-Za-z0-9_.+=-]+", "-", label).strip("-") or "run"
@@ -245,4 +289,7 @@ def plot_all(record: Record, folder: Path) -> dict[str, Path]:
             out[f"heatmap-{label}"] = heatmap(run, folder / f"heatmap-{slug(label)}.png")
         if rows > 1 and not run.joint:
             out[f"curves-{label}"] = task_curves(run, folder / f"curves-{slug(label)}.png")
+        inside = any(p.get("suites") for points in (run.curves.eval or []) for p in points)
+        if (run.suites and inside) or run.guard:
+            out[f"stability-{label}"] = stability(run, folder / f"stability-{slug(label)}.png")
     return out

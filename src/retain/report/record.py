@@ -169,7 +169,8 @@ class Params(_Part):
 class Curves(_Part):
     """Per task: ``[step, training loss]`` and ``[step, learning-rate factor]`` pairs; with
     ``eval.every_steps``, ``eval`` holds per task the evaluations made while it trained
-    (``{"step": s, "scores": [per task {metric: value}]}``)."""
+    (``{"step": s, "scores": [per task {metric: value}]}``, and ``"suites": {suite: {metric:
+    value}}`` when the stream has evaluation suites)."""
 
     _OMIT: ClassVar[frozenset[str]] = frozenset({"eval"})
 
@@ -183,6 +184,28 @@ class EarlyStop(_Part):
     task: str
     best_val_loss: float | None = None
     stopped_at: int | None = None
+
+
+@dataclass
+class GuardTask(_Part):
+    """What the regression guard did while one task trained (:mod:`retain.eval.guard`).
+
+    ``limits``: per watched name its thresholds (``relative``, ``absolute``), ``baseline`` (the
+    score before the task) and ``limit`` (the worst score that passes). ``checks``: every check,
+    ``{"step", "scores": {name: {score: value}}, "failed": [names]}``, step 0 being the
+    baselines. ``breaches``: each time a name went from passing to failing, ``{"step", "name",
+    "baseline", "score", "limit"}``. ``stopped_at``/``restored_step`` (action ``stop``): the
+    step training ended at, and the step whose weights were loaded back.
+    """
+
+    task: str
+    metric: str = "loss"
+    action: str = "warn"
+    limits: dict[str, dict[str, Any]] = field(default_factory=dict)
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    breaches: list[dict[str, Any]] = field(default_factory=list)
+    stopped_at: int | None = None
+    restored_step: int | None = None
 
 
 @dataclass
@@ -216,7 +239,7 @@ class RunRecord(_Part):
     """
 
     _OMIT: ClassVar[frozenset[str]] = frozenset(
-        {"per_class", "data", "out_dir", "spread", "curriculum"}
+        {"per_class", "data", "out_dir", "spread", "curriculum", "suites", "guard"}
     )
     _FIXED: ClassVar[frozenset[str]] = frozenset({"schema_version", "kind"})
     kind: ClassVar[str] = "run"
@@ -246,6 +269,11 @@ class RunRecord(_Part):
     # "ratio", "phases" (each: "steps", "target", "drawn", "ratio") for a mix; "order",
     # "first_loss", "last_loss", "seconds" for an order}. Absent when no task had either.
     curriculum: list[dict[str, Any]] | None = None
+    # Evaluation suites (held-out sets that are not tasks): per suite, per row of ``matrix``,
+    # ``{score: value}``. Absent from records of streams without suites.
+    suites: dict[str, list[dict[str, float]]] | None = None
+    # The regression guard, per trained task; absent when the run had none.
+    guard: list[GuardTask] | None = None
     warnings: list[str] = field(default_factory=list)
     seed: int | None = None
     train: TrainSummary | None = None

@@ -20,6 +20,7 @@ from retain.objectives import HIGHER_IS_BETTER
 from retain.report.record import (
     Curves,
     EarlyStop,
+    GuardTask,
     Memory,
     Metrics,
     Params,
@@ -167,6 +168,10 @@ def build_record(
         ],
         curriculum=[{"task": f["task"], **f["curriculum"]} for f in fits if f.get("curriculum")]
         or None,
+        suites=suites_of(history.suites),
+        guard=[GuardTask.from_dict(f["guard"]) for f in fits if "guard" in f]
+        if any("guard" in f for f in fits)
+        else None,
         warnings=list(facts.warnings),
         seed=facts.cfg.seed,
         train=train_summary(facts.cfg.train),
@@ -185,6 +190,14 @@ def score_matrices(rows: list[list[dict[str, Any]]]) -> dict[str, list[list[floa
     """``{score: R}`` for every score the evaluations hold."""
     score_keys = [k for k in rows[0][0] if k in HIGHER_IS_BETTER] if rows else []
     return {k: matrix_of(rows, k) for k in score_keys}
+
+
+def suites_of(rows: list[dict[str, dict[str, float]]]) -> dict[str, list[dict[str, float]]] | None:
+    """``{suite: [per row {score: value}]}`` from the history's per-row suite scores."""
+    names = list(dict.fromkeys(name for row in rows for name in row))
+    if not names:
+        return None
+    return {name: [row.get(name, {}) for row in rows] for name in names}
 
 
 def per_class_of(rows: list[list[dict[str, Any]]]) -> PerClass | None:

@@ -13,6 +13,7 @@ from typing import Any
 
 from retain.report.columns import ACCURACY_LIKE, BY_KEY, fmt, score_name
 from retain.report.record import CompareRecord, Record, RunRecord, record_from_dict
+from retain.report.suites import change_words, guard_sentence, spoken_score, suite_sentence
 
 __all__ = [
     "as_record",
@@ -193,15 +194,15 @@ def pooled_accuracy(run: RunRecord, classes: list[int]) -> float | None:
 # --------------------------------------------------------------------------- summary
 
 
-def _changes(run: RunRecord) -> list[tuple[str, float, float]]:
-    """(task, score just after training it, final score) for every earlier task."""
-    R, tasks = run.matrix, run.tasks
+def _changes(run: RunRecord, key: str | None = None) -> list[tuple[str, float, float]]:
+    """(task, score just after training it, final score) for every earlier task; ``key``: of
+    another score matrix than the run's own."""
+    R, tasks = (run.matrices.get(key) or []) if key else run.matrix, run.tasks
     n_tasks = len(tasks)
     if run.joint or n_tasks < 2 or len(R) < n_tasks + 1:
         return []
-    diag = (run.metrics.plasticity_per_task if run.metrics else None) or [
-        R[i + 1][i] for i in range(n_tasks)
-    ]
+    own = run.metrics.plasticity_per_task if run.metrics and not key else None
+    diag = own or [R[i + 1][i] for i in range(n_tasks)]
     return [(tasks[j], diag[j], R[n_tasks][j]) for j in range(n_tasks - 1)]
 
 
@@ -267,18 +268,14 @@ def _loss_sentence(run: RunRecord) -> str:
                 )
         parts = [f"{verb} {', '.join(items)}" for verb, items in groups.items() if items]
         return f"It {'; '.join(parts)}{tail}."
+    # A language model's loss is told as perplexity, the number people read and compare.
+    spoken = spoken_score(score, set(run.matrices))
+    if spoken != score:
+        words = {c[0]: c for c in _changes(run, spoken)}
+        shown = [words.get(task, (task, b, a)) for task, b, a in shown]
+        score = spoken
     name = score_name(score)
-    clauses = []
-    for task, before, after in shown:
-        verb = "rose" if after > before else "fell" if after < before else "stayed"
-        better = (after > before) == bool(higher)
-        note = "" if after == before else " (better)" if better else " (worse)"
-        span = (
-            f"at {fmt(after, score)}"
-            if after == before
-            else (f"from {fmt(before, score)} to {fmt(after, score)}")
-        )
-        clauses.append(f"{name} on {task} {verb} {span}{note}")
+    clauses = [f"{name} on {task} {change_words(score, b, a)}" for task, b, a in shown]
     return f"Since training each earlier task: {', '.join(clauses)}{tail}."
 
 
@@ -330,7 +327,8 @@ def _compare_lines(record: CompareRecord) -> list[str]:
             )
         else:
             head = f"{label} ends at average {name} {fmt(avg, score)}{order}."
-        lines.append(" ".join(s for s in (head, _loss_sentence(run)) if s))
+        words = (head, _loss_sentence(run), suite_sentence(run), guard_sentence(run))
+        lines.append(" ".join(s for s in words if s))
         low = _plasticity_line(label, run, runs[joint] if joint else None)
         if low:
             lines.append(low)
@@ -392,6 +390,12 @@ def _run_lines(run: RunRecord) -> list[str]:
             f"{fmt(m.plasticity, score)} on average)."
         )
     ]
+    ppl = run.metrics_by_score.get("perplexity") if score == "loss" else None
+    if ppl is not None:  # a language model: the loss's number people read
+        lines.append(
+            f"In perplexity: average final {fmt(ppl.avg_accuracy, 'perplexity')} over the tasks "
+            "(lower is better)."
+        )
     if m.bwt is not None:
         lines.append(
             f"BWT ({BY_KEY['bwt'].meaning}) is {fmt(m.bwt, score)}; forgetting (drop from "
@@ -403,16 +407,19 @@ def _run_lines(run: RunRecord) -> list[str]:
         if per and max(per) > 0:
             j = per.index(max(per))
             sign = 1 if run.higher_is_better else -1
-            best = sign * max(sign * R[i][j] for i in range(j + 1, len(tasks)))
+            # A language model's loss is told as perplexity (its exponential: same best row).
+            said = spoken_score(score, set(run.matrices))
+            S = run.matrices.get(said) or R
+            i = max(range(j + 1, len(tasks)), key=lambda i: sign * R[i][j])
             lines.append(
-                f"It forgot {tasks[j]} most ({name} {fmt(best, score)} at best after "
-                f"training it, {fmt(R[-1][j], score)} at the end)."
+                f"It forgot {tasks[j]} most ({score_name(said)} {fmt(S[i][j], said)} at best "
+                f"after training it, {fmt(S[-1][j], said)} at the end)."
             )
         else:
             lines.append("It forgot none of the earlier tasks.")
     loss = _loss_sentence(run)
     low = _plasticity_line(label, run, None)
-    return lines + [s for s in (loss, low) if s]
+    return lines + [s for s in (loss, low, suite_sentence(run), guard_sentence(run)) if s]
 
 
 def _warning_lines(record: Record) -> list[str]:

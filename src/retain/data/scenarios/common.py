@@ -109,7 +109,7 @@ def standardize(stream: Stream, target: bool = False) -> tuple[Stream, dict[str,
     """Standardise inputs (and regression targets) with the first task's training statistics.
 
     The first task's statistics are what a model deployed after task 1 would have had: later
-    tasks are scaled the same way and are not looked at in advance.
+    tasks (and the evaluation suites) are scaled the same way and are not looked at in advance.
     """
 
     first = stream.tasks[0].train
@@ -132,7 +132,9 @@ def standardize(stream: Stream, target: bool = False) -> tuple[Stream, dict[str,
         dataclasses.replace(t, train=scale(t.train), test=scale(t.test), val=scale(t.val))
         for t in stream.tasks
     ]
+    # Evaluation suites are scaled like the tasks (text suites have no inputs to scale).
+    suites = {k: scale(v) if "x" in v else v for k, v in stream.suites.items()}
     info = {"x_mean": mx.tolist(), "x_std": sx.tolist()}
     if target:
         info.update(y_mean=float(my), y_std=float(sy))
-    return dataclasses.replace(stream, tasks=tuple(tasks)), info
+    return dataclasses.replace(stream, tasks=tuple(tasks), suites=suites), info
