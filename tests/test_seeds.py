@@ -130,3 +130,16 @@ def test_seeds_override_from_the_command_line(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(CONFIG)
     assert load_config(path, ["seeds=[0,1,2]"]).seeds == [0, 1, 2]
+
+
+def test_suites_are_averaged_over_seeds():
+    def rec(before, after):
+        return RunRecord(
+            tasks=["t"],
+            matrix=[[1.0], [2.0]],
+            metrics=Metrics(avg_accuracy=2.0),
+            suites={"general": [{"loss": before}, {"loss": after}]},
+        )
+
+    out = seeds_record([rec(1.0, 3.0), rec(2.0, 5.0)], [0, 1], ["a", "b"])
+    assert out.suites == {"general": [{"loss": 1.5}, {"loss": 4.0}]}

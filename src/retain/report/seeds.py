@@ -6,7 +6,8 @@ split and order, the initial weights and every random choice of the strategies),
 every entry of R, every metric (each seed's metric, averaged: forgetting is not a linear function
 of R, so the metric of the mean matrix would differ), the timings. ``RunRecord.spread`` holds the
 sample standard deviation (n - 1 in the denominator) of each of them, which the report prints as
-``mean ± std``. Per-class counts are pooled over the seeds; the loss and learning-rate curves,
+``mean ± std``. Per-class counts are pooled over the seeds and the evaluation suites' scores
+averaged; the loss and learning-rate curves,
 early stopping and the strategies' statistics are the first seed's (each seed's own are in its
 folder).
 
@@ -71,6 +72,21 @@ def _pooled_per_class(records: list[RunRecord]) -> PerClass | None:
     )
 
 
+def _suites_mean(records: list[RunRecord]) -> Any:
+    """The evaluation suites' scores per row, averaged over the seeds."""
+    suites = [r.suites for r in records]
+    if any(not s for s in suites) or any(set(s) != set(suites[0]) for s in suites):  # type: ignore[arg-type]
+        return records[0].suites
+    out: dict[str, list[dict[str, float]]] = {}
+    for name in suites[0]:  # type: ignore[union-attr]
+        per_seed = [s[name] for s in suites]  # type: ignore[index]
+        out[name] = [
+            {k: statistics.fmean(float(row[k]) for row in col) for k in col[0]}
+            for col in zip(*per_seed)
+        ]
+    return out
+
+
 def seeds_record(records: list[RunRecord], seeds: list[int], folders: list[str]) -> RunRecord:
     """The record of a run over ``seeds``: means of ``records`` (one per seed), spread attached.
 
@@ -102,6 +118,7 @@ def seeds_record(records: list[RunRecord], seeds: list[int], folders: list[str])
     else:
         out.metrics, out.metrics_by_score = None, {}
     out.per_class = _pooled_per_class(records)
+    out.suites = _suites_mean(records)
     for name in ("train_seconds", "hook_seconds", "eval_seconds", "samples_per_s"):
         setattr(out.timing, name, statistics.fmean(getattr(r.timing, name) for r in records))
     peaks = [r.memory.peak_rss_mb for r in records if r.memory.peak_rss_mb is not None]
