@@ -352,10 +352,16 @@ class StreamConfig:
         default=None,
     )
     limit_train: int | None = help_field(
-        "use at most this many training samples (quick runs)", default=None, ge=1
+        "use at most this many training samples (quick runs); scenario text: blocks at evenly "
+        "spaced positions",
+        default=None,
+        ge=1,
     )
     limit_test: int | None = help_field(
-        "use at most this many test samples (quick runs)", default=None, ge=1
+        "use at most this many test samples (quick runs); scenario text: blocks at evenly "
+        "spaced positions, for the evaluation suites too",
+        default=None,
+        ge=1,
     )
 
     def __post_init__(self) -> None:

@@ -489,3 +489,33 @@ def test_limits_cut_a_task_not_its_pool(tok, tmp_path):
     stream, _ = _build({"en": str(f)}, tok, tmp_path, block_size=4, limit_train=2, limit_test=1)
     task = stream.tasks[0]
     assert len(task.train) == 2 and len(task.test) == 1 and len(stream.sources["en"]) > 2
+
+
+def test_limits_take_blocks_from_the_whole_text_and_cut_the_suites(tok, tmp_path):
+    """The blocks are in reading order: a limit takes them evenly spaced, not the first ones
+    (which would all come from the first documents), and applies to the suites as well."""
+    en, es = tmp_path / "en.txt", tmp_path / "es.txt"
+    en.write_text("\n\n".join(_docs(60)))
+    es.write_text("\n\n".join(_docs(60, start=100)))
+    full, _ = _build(
+        {"en": str(en), "es": str(es)},
+        tok,
+        tmp_path,
+        block_size=4,
+        tasks=["es"],
+        suites={"general": "en"},
+    )
+    cut, _ = _build(
+        {"en": str(en), "es": str(es)},
+        tok,
+        tmp_path,
+        block_size=4,
+        tasks=["es"],
+        suites={"general": "en"},
+        limit_train=5,
+        limit_test=4,
+    )
+    assert len(cut.suites["general"]) == 4 < len(full.suites["general"])
+    docs = set().union(*_word_ids(tok, cut.tasks[0].train))
+    all_docs = set().union(*_word_ids(tok, full.tasks[0].train))
+    assert max(docs) > sorted(all_docs)[len(all_docs) // 2]  # reaches the second half

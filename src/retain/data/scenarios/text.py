@@ -182,13 +182,13 @@ def text_stream(
     suite_data, suite_facts = {}, {}
     for suite, value in suites.items():
         if value in specs:
-            suite_data[suite] = held_out[value]
-            suite_facts[suite] = {"source": value, "split": "test", "blocks": len(held_out[value])}
+            suite_data[suite] = spread(held_out[value], limit_test)
+            suite_facts[suite] = {"source": value, "split": "test", "blocks": len(suite_data[suite])}
             continue
         spec = TextSource.parse(f"(suite {suite})", value)
         docs = load_documents(spec, tokenizer, **opts)
         _check_vocab(f"suite {suite}", docs, vocab_size)
-        suite_data[suite] = packer(docs, list(range(len(docs))))
+        suite_data[suite] = spread(packer(docs, list(range(len(docs)))), limit_test)
         suite_facts[suite] = {
             "path": spec.path,
             "files": docs.files,
@@ -249,8 +249,22 @@ def _source(
     return out, TensorData.concat(train_parts), TensorData.concat(test_parts), counts
 
 
+def spread(data: TensorData, limit: int | None) -> TensorData:
+    """At most ``limit`` blocks taken at evenly spaced positions: the blocks are in reading
+    order, so the first ones would all come from the first few documents (one book, one topic).
+
+    Examples:
+        >>> d = TensorData(input_ids=torch.arange(10).view(10, 1))
+        >>> spread(d, 4).get("input_ids").view(-1).tolist()
+        [0, 2, 5, 7]
+    """
+    if limit is None or len(data) <= limit:
+        return data
+    return data[torch.linspace(0, len(data) - 1, limit).floor().long()]
+
+
 def _task(name: str, data: dict[str, TensorData], limits: tuple[int | None, int | None]) -> Task:
-    train, test = data["train"][: limits[0]], data["test"][: limits[1]]
+    train, test = spread(data["train"], limits[0]), spread(data["test"], limits[1])
     val = data["validation"] if len(data["validation"]) else None
     return Task(name, train, test, val, domain=name)
 
