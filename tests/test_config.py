@@ -192,3 +192,15 @@ def test_scenarios_are_one_registry():
     assert cfg.options == ByColumnScenario(column="sex")
     with pytest.raises(ConfigError, match="stream.column is required for scenario 'by_column'"):
         StreamConfig(scenario="by_column")
+
+
+def test_model_pretrained_beside_the_config_resolves_against_its_folder(tmp_path, monkeypatch):
+    from retain.config import load_config
+
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "models" / "m").mkdir(parents=True)
+    (tmp_path / "cfg" / "c.yaml").write_text("model: {name: hf, pretrained: models/m}\n")
+    (tmp_path / "cfg" / "d.yaml").write_text("model: {name: hf, pretrained: org/some-model}\n")
+    monkeypatch.chdir(tmp_path)
+    assert load_config("cfg/c.yaml").model.pretrained == str(tmp_path / "cfg" / "models" / "m")
+    assert load_config("cfg/d.yaml").model.pretrained == "org/some-model"  # a hub id stays

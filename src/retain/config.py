@@ -419,6 +419,12 @@ def _resolve_data_paths(data: dict[str, Any], folder: Path) -> None:
     overrides are applied afterwards and stay relative to the working directory, like any path
     typed in a shell.
     """
+    model = data.get("model")
+    if isinstance(model, dict) and isinstance(model.get("pretrained"), str):
+        # A model folder beside the config; anything else (a hub id such as org/name) stays.
+        p = Path(model["pretrained"]).expanduser()
+        if not p.is_absolute() and (folder / p).exists():
+            model["pretrained"] = str(folder / p)
     stream = data.get("stream")
     if not isinstance(stream, dict):
         return
