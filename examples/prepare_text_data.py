@@ -10,9 +10,9 @@ The texts come from Debian packages (public domain or GPL, no download at run ti
 - ``debref_en.txt``: the Debian Reference in English (``debian-reference-en``, GPL): general
   technical English from outside the Bibles' domain.
 
-- ``medicine.jsonl``, ``law.jsonl``: instruction data for two domains in turn, a ``prompt`` asking
-  for a saying on the topic and a ``response`` from the fortune-cookie files of the same name
-  (Debian ``fortunes``);
+- ``medicine.jsonl``, ``law.jsonl``: chat data for two domains in turn (``messages``: the user
+  asks for a saying on the topic, the assistant answers with a text from the fortune-cookie file
+  of the same name, Debian ``fortunes``);
 - ``fortune_topics.csv``: ``text``, ``topic`` and ``domain`` columns for text classification in
   three domains of two topics each (computers/food, science/sports, politics/love).
 
@@ -131,7 +131,8 @@ def _write_instructions(out: Path, topic: str) -> int:
     with open(out / f"{topic}.jsonl", "w", encoding="utf-8") as f:
         for i, item in enumerate(items):
             prompt = PROMPTS[i % len(PROMPTS)].format(topic=topic)
-            f.write(json.dumps({"prompt": prompt, "response": item}, ensure_ascii=False) + "\n")
+            chat = [{"role": "user", "content": prompt}, {"role": "assistant", "content": item}]
+            f.write(json.dumps({"messages": chat}, ensure_ascii=False) + "\n")
     return len(items)
 
 
