@@ -256,7 +256,7 @@ def spread(data: TensorData, limit: int | None) -> TensorData:
     Examples:
         >>> d = TensorData(input_ids=torch.arange(10).view(10, 1))
         >>> spread(d, 4).get("input_ids").view(-1).tolist()
-        [0, 2, 5, 7]
+        [0, 3, 6, 9]
     """
     if limit is None or len(data) <= limit:
         return data
