@@ -78,7 +78,12 @@ def tokenizer_identity(tokenizer: Any) -> str:
     h = hashlib.sha256()
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
-        h.update(backend.to_str().encode())
+        # Truncation and padding are call options that the backend remembers after a call (a
+        # truncating call leaves them set): not what the tokenizer makes of a text.
+        serial = json.loads(backend.to_str())
+        serial.pop("truncation", None)
+        serial.pop("padding", None)
+        h.update(json.dumps(serial, sort_keys=True).encode())
     else:
         h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
     extra = [
