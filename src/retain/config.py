@@ -461,20 +461,14 @@ def _resolve_data_paths(data: dict[str, Any], folder: Path) -> None:
     model = data.get("model")
     if isinstance(model, dict) and "tokenizer" in model:
         model["tokenizer"] = absolute(model["tokenizer"], always=False)
-    if isinstance(model, dict) and isinstance(model.get("pretrained"), str):
-        # A folder beside the config; anything else (a hub id such as org/name) stays as written.
-        p = Path(model["pretrained"]).expanduser()
-        if not p.is_absolute() and (folder / p).exists():
-            model["pretrained"] = str((folder / p).resolve())
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
     """Load a YAML config (or the defaults when ``path`` is None) and apply overrides.
 
     Relative data paths in the file (``stream.dataset``, ``stream.path``, ``stream.files``, the
-    text scenario's ``stream.sources``, ``stream.suites`` and ``stream.cache_dir``,
-    ``model.tokenizer``, and ``model.pretrained`` when that folder exists beside the file) are
-    relative to the file's folder; see :func:`_resolve_data_paths`.
+    text scenario's ``stream.sources``, ``stream.suites`` and ``stream.cache_dir``, and
+    ``model.tokenizer``) are relative to the file's folder; see :func:`_resolve_data_paths`.
     """
     data = load_yaml(path) if path is not None else {}
     if path is not None:
