@@ -329,7 +329,8 @@ class StreamConfig:
     )
     setting: Literal["auto", "class_il", "task_il", "domain_il"] = help_field(
         "class_il: one head over all classes; task_il: other tasks' logits masked; domain_il: "
-        "labels mapped within the task. auto: class_il for split, domain_il for permuted/rotated",
+        "labels mapped within the task. auto: class_il for split and text classification, "
+        "domain_il for permuted/rotated",
         default="auto",
     )
     options: Any = help_field(
