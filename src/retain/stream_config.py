@@ -198,6 +198,12 @@ class TextSource:
     values: list[Any] | None = help_field(
         "by_column: the values to keep, in task order (default: all, sorted)", default=None
     )
+    label: str | None = help_field(
+        "classification data (stream.objective classification): the field or column holding each "
+        "row's class; every row is one example, its text truncated and padded to "
+        "stream.block_size",
+        default=None,
+    )
 
     def __post_init__(self) -> None:
         check_fields(self, "stream.sources")
@@ -218,11 +224,12 @@ class TextSource:
 
 @scenario("text")
 class TextScenario:
-    """text for a causal language model: one task per named source, or per value of a column"""
+    """text for a causal language model, or text classification (sources with a label field): one
+    task per named source, or per value of a column"""
 
     sources: dict[str, Any] | None = help_field(
         "named text sources, {name: path} or {name: {path, format, field, documents, messages, "
-        "prompt, response, by_column, values}}: .txt files or folders, JSONL/JSON, CSV, "
+        "prompt, response, by_column, values, label}}: .txt files or folders, JSONL/JSON, CSV, "
         "Parquet, HF datasets folders; chat data ('messages') and prompt/response pairs train on "
         "the response tokens only; rows with input_ids are taken as already tokenised",
         default=None,
@@ -234,7 +241,8 @@ class TextScenario:
     )
     block_size: int = help_field(
         "tokens per training block: documents are joined with the tokenizer's EOS token and "
-        "cut into blocks of this length (at most the model's context)",
+        "cut into blocks of this length (at most the model's context); classification: the "
+        "tokens of each example, truncated and padded to this length",
         default=128,
         ge=2,
     )
@@ -310,8 +318,9 @@ class StreamConfig:
         "feature columns of a table (default: all but target/column)", default=None
     )
     objective: Literal["auto", "classification", "regression", "causal_lm"] = help_field(
-        "auto: classification for integer targets, regression for float targets, causal_lm "
-        "(next-token prediction) for scenario text",
+        "auto: classification for integer targets, regression for float targets; scenario text: "
+        "classification when the sources give a label field, else causal_lm (next-token "
+        "prediction)",
         default="auto",
     )
     scenario: str = help_field(
@@ -320,7 +329,8 @@ class StreamConfig:
     )
     setting: Literal["auto", "class_il", "task_il", "domain_il"] = help_field(
         "class_il: one head over all classes; task_il: other tasks' logits masked; domain_il: "
-        "labels mapped within the task. auto: class_il for split, domain_il for permuted/rotated",
+        "labels mapped within the task. auto: class_il for split and text classification, "
+        "domain_il for permuted/rotated",
         default="auto",
     )
     options: Any = help_field(
@@ -380,14 +390,47 @@ class StreamConfig:
                 f"'{self.scenario}', got {type(self.options).__name__}"
             )
         text = self.scenario == "text"
-        if text != (self.objective == "causal_lm") and not (text and self.objective == "auto"):
+        if self.objective == "causal_lm" and not text:
             raise ConfigError(
                 "stream.objective causal_lm goes with stream.scenario text (a language model "
                 f"trained on text); got scenario '{self.scenario}' with objective "
                 f"'{self.objective}'"
             )
-        if self.scenario == "text":
+        if text:
+            if self.objective == "regression":
+                raise ConfigError(
+                    "stream.scenario text trains a language model (objective causal_lm) or a text "
+                    "classifier (objective classification, sources with a label field); got "
+                    "objective 'regression'"
+                )
+            self._check_labels()
             self._check_suites()
+
+    def text_objective(self) -> str:
+        """Scenario text: ``classification`` or ``causal_lm`` (``auto`` read from the sources:
+        classification when they give a label field)."""
+        if self.objective != "auto":
+            return self.objective
+        specs = [TextSource.parse(n, v) for n, v in (self.options.sources or {}).items()]
+        return "classification" if specs and all(s.label for s in specs) else "causal_lm"
+
+    def _check_labels(self) -> None:
+        """Classification sources name their label field; language-modelling sources do not."""
+        objective = self.text_objective()
+        for name, value in (self.options.sources or {}).items():
+            spec = TextSource.parse(name, value)
+            if objective == "classification" and not spec.label:
+                raise ConfigError(
+                    f"stream.sources.{name} has no label field, which classification needs: add "
+                    f"label: COLUMN (the field holding each row's class), e.g. {{path: "
+                    f"{spec.path}, label: topic}}"
+                )
+            if objective == "causal_lm" and spec.label:
+                raise ConfigError(
+                    f"stream.sources.{name} gives label '{spec.label}', which a language model "
+                    "(objective causal_lm) does not read: set stream.objective: classification, "
+                    "or remove the label"
+                )
 
     def _check_suites(self) -> None:
         """A suite names one of the text sources, or a file (checked when it is read)."""

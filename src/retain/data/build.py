@@ -105,6 +105,8 @@ def build_stream(
             vocab_size=vocab_size,
             limit_train=cfg.limit_train,
             limit_test=cfg.limit_test,
+            objective=cfg.text_objective(),
+            setting=cfg.setting,
         )
     else:
         stream, info = _build(cfg, seed)

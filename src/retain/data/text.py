@@ -14,11 +14,17 @@ tokens      ``input_ids`` (and optionally ``labels``): already tokenised, kept a
 text        a text field (``text`` unless configured): every token is labelled
 ==========  =======================================================================================
 
+A source with a ``label`` field is classification data: each row is one example, tokenised with
+the tokenizer's own special tokens (``[CLS] ... [SEP]`` for an encoder) and truncated to the
+block size, and its class is the label's value (:func:`classify`).
+
 Tokens are cached (safetensors plus a JSON file, never pickle) under a key made of the files'
 SHA-256, the tokenizer's identity (a hash of its full serialisation: vocabulary, merges, special
 tokens, chat template) and the reader options, so a second run reads the tensors instead of
 tokenising again. The block size is not part of the key: the cache holds whole documents, before
-they are split and packed, so a new block size or seed reuses it.
+they are split and packed, so a new block size or seed reuses it. Classification examples are
+truncated when tokenised, so there the block size is part of the key, and the cache holds each
+example's class too.
 """
 
 from __future__ import annotations
@@ -43,7 +49,8 @@ _BATCH = 512  # documents per tokenizer call
 @dataclass
 class Documents:
     """Tokenised documents: ``ids[i]`` and ``labels[i]`` (-100 where no loss) of document ``i``,
-    its ``group`` (the by_column value) and where the tokens came from."""
+    its ``group`` (the by_column value), its class (``targets``, classification data only) and
+    where the tokens came from."""
 
     ids: list[torch.Tensor]
     labels: list[torch.Tensor]
@@ -52,6 +59,7 @@ class Documents:
     files: list[dict[str, Any]]
     cached: bool = False
     facts: dict[str, Any] = field(default_factory=dict)
+    targets: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -70,7 +78,12 @@ def tokenizer_identity(tokenizer: Any) -> str:
     h = hashlib.sha256()
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
-        h.update(backend.to_str().encode())
+        # Truncation and padding are call options that the backend remembers after a call (a
+        # truncating call leaves them set): not what the tokenizer makes of a text.
+        serial = json.loads(backend.to_str())
+        serial.pop("truncation", None)
+        serial.pop("padding", None)
+        h.update(json.dumps(serial, sort_keys=True).encode())
     else:
         h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
     extra = [
@@ -199,6 +212,16 @@ def tokenize(tokenizer: Any, kind: str, rows: list[dict[str, Any]], spec: TextSo
     return out_ids, out_labels
 
 
+def classify(tokenizer: Any, texts: list[str], max_length: int) -> list[torch.Tensor]:
+    """Each text as one example: the tokenizer's own special tokens (an encoder's ``[CLS]`` and
+    ``[SEP]``), truncated to ``max_length`` tokens (the special tokens are kept)."""
+    ids: list[list[int]] = []
+    for i in range(0, len(texts), _BATCH):
+        out = tokenizer(texts[i : i + _BATCH], truncation=True, max_length=max_length)
+        ids += out["input_ids"]
+    return [torch.tensor(s, dtype=torch.long) for s in ids]
+
+
 # ----------------------------------------------------------------------------- cache
 
 
@@ -235,7 +258,15 @@ def _load_cached(folder: Path, key: str) -> Documents | None:
         labels = [s.masked_fill(~m, -100) for s, m in zip(ids, mask)]
     else:
         labels = [s.clone() for s in ids]
-    return Documents(ids, labels, meta.get("groups"), meta["kind"], meta["files"], cached=True)
+    return Documents(
+        ids,
+        labels,
+        meta.get("groups"),
+        meta["kind"],
+        meta["files"],
+        cached=True,
+        targets=meta.get("targets"),
+    )
 
 
 def _save_cached(folder: Path, key: str, docs: Documents) -> None:
@@ -252,7 +283,7 @@ def _save_cached(folder: Path, key: str, docs: Documents) -> None:
     labelled = labels != -100
     if not bool((labels == flat).all()):
         t["labelled"] = labelled.to(torch.uint8)
-    meta = {"kind": docs.kind, "files": docs.files, "groups": docs.groups}
+    meta = {"kind": docs.kind, "files": docs.files, "groups": docs.groups, "targets": docs.targets}
     try:
         folder.mkdir(parents=True, exist_ok=True)
         write_atomic(folder / f"{key}.safetensors", lambda p: save_file(t, str(p)))
@@ -270,22 +301,34 @@ def load_documents(
     cache_dir: str | None = None,
     cache: bool = True,
     tok_id: str | None = None,
+    max_length: int | None = None,
 ) -> Documents:
-    """The tokenised documents of ``spec`` (from the cache when it holds them)."""
+    """The tokenised documents of ``spec`` (from the cache when it holds them). A source with a
+    ``label`` is classification data: one example per row, truncated to ``max_length``."""
     kind, rows, files = read_source(spec, text_field, documents)
     field_ = spec.field or text_field
-    options = {"text_field": field_, "documents": spec.documents or documents}
+    options: dict[str, Any] = {"text_field": field_, "documents": spec.documents or documents}
+    if spec.label:
+        if max_length is None:
+            raise ValueError("classification data needs max_length (the block size)")
+        options.update(objective="classification", max_length=max_length)
     folder, key = None, None
     if cache:
         folder = cache_folder(cache_dir)
         key = _key(files, tok_id or tokenizer_identity(tokenizer), spec, options)
         hit = _load_cached(folder, key)
-        if hit is not None and len(hit) == len(rows):
+        if hit is not None and len(hit) == len(rows) and (hit.targets is None) != bool(spec.label):
             hit.files = files
             return hit
-    ids, labels = tokenize(tokenizer, kind, rows, spec, field_)
+    targets = None
+    if spec.label:
+        ids = classify(tokenizer, [str(r[field_]) for r in rows], options["max_length"])
+        labels = [s.clone() for s in ids]
+        targets = [str(r[spec.label]).strip() for r in rows]
+    else:
+        ids, labels = tokenize(tokenizer, kind, rows, spec, field_)
     groups = [str(r[spec.by_column]) for r in rows] if spec.by_column else None
-    docs = Documents(ids, labels, groups, kind, files)
+    docs = Documents(ids, labels, groups, kind, files, targets=targets)
     if folder is not None and key is not None:
         _save_cached(folder, key, docs)
     return docs

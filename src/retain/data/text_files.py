@@ -228,8 +228,9 @@ def read_source(spec: TextSource, text_field: str, documents: str) -> tuple[str,
     fmt = _format(spec)
     if fmt == "txt":
         rows, files = _read_txt(spec, spec.documents or documents)
-        if spec.by_column:
-            raise DataError(f"{spec.path}: by_column needs rows with fields (JSONL, CSV, ...)")
+        if spec.by_column or spec.label:
+            what = "by_column" if spec.by_column else "label"
+            raise DataError(f"{spec.path}: {what} needs rows with fields (JSONL, CSV, ...)")
     else:
         rows, files = _read_rows(spec, fmt)
     if not rows:
@@ -237,10 +238,28 @@ def read_source(spec: TextSource, text_field: str, documents: str) -> tuple[str,
     field_ = spec.field or text_field
     kind = _kind(rows[0], spec, field_)
     key = {"chat": spec.messages, "prompt": spec.prompt, "tokens": "input_ids", "text": field_}
+    if spec.label and kind != "text":
+        raise DataError(
+            f"{rows[0]['_where']}: classification (label '{spec.label}') reads a text field, "
+            f"and these are {kind} rows; give each row a '{field_}' field (or set the source's "
+            "field)"
+        )
     for r in rows:
         _need(r, key[kind], f"{kind} (like the first)")
         if kind == "prompt":
             _need(r, spec.response, "prompt")
         if spec.by_column:
             _need(r, spec.by_column, "by_column")
+        if spec.label:
+            _label(r, spec.label)
     return kind, rows, files
+
+
+def _label(row: dict[str, Any], key: str) -> None:
+    """A classification row's class: present and not empty."""
+    _need(row, key, "classification")
+    if str(row[key]).strip() == "":
+        raise DataError(
+            f"{row['_where']}: the label field '{key}' is empty; give every row its class, or "
+            "remove the row"
+        )

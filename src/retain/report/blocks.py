@@ -201,6 +201,8 @@ def _text_blocks(text: dict[str, Any] | None) -> list[Block]:
     """Scenario text: per source, documents, tokens and blocks in each split; the suites."""
     if not text:
         return []
+    if text.get("objective") == "classification":
+        return _text_classification_blocks(text)
     how = "joined with EOS" if text.get("packing", True) else "one document per block, padded"
     intro = (
         f"Text in blocks of {text.get('block_size')} tokens ({how}), tokenised with "
@@ -232,6 +234,44 @@ def _text_blocks(text: dict[str, Any] | None) -> list[Block]:
             else f"{s.get('path')}, read whole ({s.get('documents')} documents)"
         )
         suites.append(f"evaluation suite {name}: {where}, {s.get('blocks')} blocks")
+    if suites:
+        blocks.append(("ul", suites))
+    return blocks
+
+
+def _text_classification_blocks(text: dict[str, Any]) -> list[Block]:
+    """Scenario text with classification sources: per source, the rows and tokens in each split
+    and the classes of each task; the suites."""
+    intro = (
+        f"Text classification: each row one example, tokenised with {text.get('tokenizer')}, "
+        f"truncated and padded to {text.get('block_size')} tokens, split into "
+        f"train/validation/test by row; {len(text.get('classes') or [])} classes "
+        f"({text.get('setting')})."
+    )
+
+    def per_split(counts: dict[str, int] | None) -> str:
+        return "/".join(str((counts or {}).get(k, 0)) for k in ("train", "validation", "test"))
+
+    rows = []
+    for name, f in (text.get("sources") or {}).items():
+        classes = f.get("classes") or {}
+        rows.append(
+            [
+                name,
+                f.get("label"),
+                per_split(f.get("rows")),
+                per_split(f.get("tokens")),
+                "; ".join(f"{t}: {', '.join(c)}" for t, c in classes.items()),
+                f.get("tokenized", ""),
+            ]
+        )
+    head = ["source", "label", "rows (train/val/test)", "tokens (train/val/test)"]
+    head += ["classes per task", "tokens were"]
+    blocks: list[Block] = [("p", intro), ("table", head, rows, None)]
+    suites = []
+    for name, s in (text.get("suites") or {}).items():
+        where = f"the test rows of source {s['source']}" if s.get("source") else s.get("path")
+        suites.append(f"evaluation suite {name}: {where}, {s.get('rows')} rows")
     if suites:
         blocks.append(("ul", suites))
     return blocks

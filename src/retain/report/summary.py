@@ -158,7 +158,8 @@ def data_line(record: Record) -> str:
         parts.append(f"target {target.get('column')}{auto}")
     tasks = data.get("tasks") or []
     text = data.get("text")
-    unit = f"blocks of {text.get('block_size')} tokens" if text else "rows"
+    lm = text and text.get("objective") != "classification"
+    unit = f"blocks of {text.get('block_size')} tokens" if lm else "rows"
     if tasks:
         for key in ("train", "validation", "test"):
             sizes = [int(t.get(key, 0)) for t in tasks]

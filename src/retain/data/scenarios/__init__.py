@@ -10,7 +10,8 @@ iid             the data cut into N random chunks of one distribution (e.g. two 
 prior_shift     the same classes in shifting proportions per task, e.g. 80/10/10 then 10/90/0
 by_column       one task per value (or group of values) of a column: domain, time period
 from_sources    one task per source, e.g. one file per month
-text_stream     language modelling: one task per named text source (or per value of a column)
+text_stream     language modelling or text classification: one task per named text source (or
+                per value of a column)
 ==============  ==========================================================================
 
 Every builder takes anything :func:`retain.data.sources.as_source` accepts and a ``seed``; the same

@@ -1,4 +1,5 @@
-"""Scenario ``text``: a stream of language-modelling tasks from named text sources.
+"""Scenario ``text``: a stream of language-modelling or text-classification tasks from named
+text sources.
 
 Each source is read and tokenised (:mod:`retain.data.text`), split into train, validation and test
 **by document** (a document is never cut between splits), and each split is packed into blocks of
@@ -7,6 +8,12 @@ language), or one task per value of a column (``by_column``). Every source's tra
 also a named pool in ``Stream.sources`` (data mixing and fixed replay draw from them), and a suite
 that names a source is scored on that source's test blocks; a suite that names a file is read
 whole.
+
+Classification (sources with a ``label`` field): each row is one example, its tokens truncated
+and padded to ``block_size``, its class ``y`` an index into the sorted labels of all sources.
+The setting decides the outputs as in scenario ``split``: one head over every class
+(``class_il``), the same with other tasks' classes masked (``task_il``), or each task's classes
+mapped onto outputs 0, 1, ... (``domain_il``).
 """
 
 from __future__ import annotations
@@ -130,17 +137,45 @@ def text_stream(
     vocab_size: int | None = None,
     limit_train: int | None = None,
     limit_test: int | None = None,
+    objective: str = "auto",
+    setting: str = "auto",
 ) -> tuple[Stream, dict[str, Any]]:
     """The stream of scenario ``text`` and facts about its data (see the module docstring).
 
     ``sources`` maps a name to a path or a :class:`~retain.config.TextSource` (or its mapping);
     ``context`` and ``vocab_size`` are the model's, checked against the block size and the
-    tokens before anything trains.
+    tokens before anything trains. ``objective`` is ``causal_lm`` or ``classification`` (auto:
+    classification when every source has a label field); ``setting`` applies to classification
+    (auto: ``class_il``).
     """
     specs = {
         n: TextSource.parse(n, v) if not isinstance(v, TextSource) else v
         for n, v in sources.items()
     }
+    if objective == "auto":
+        objective = "classification" if all(sp.label for sp in specs.values()) else "causal_lm"
+    if objective == "classification":
+        from retain.data.scenarios.text_classes import classification_stream
+
+        return classification_stream(
+            specs,
+            tokenizer,
+            tasks=tasks,
+            suites=dict(suites or {}),
+            block_size=block_size,
+            setting="class_il" if setting == "auto" else setting,
+            opts=dict(text_field=text_field, documents=documents, cache_dir=cache_dir, cache=cache),
+            split={"validation": validation, "test_fraction": test_fraction, "seed": seed},
+            limits=(limit_train, limit_test),
+            context=context,
+            vocab_size=vocab_size,
+        )
+    for name, spec in specs.items():
+        if spec.label:
+            raise ConfigError(
+                f"source '{name}' gives label '{spec.label}', which a language model does not "
+                "read: set stream.objective: classification, or remove the label"
+            )
     suites = dict(suites or {})
     if tasks is None:
         tasks = [n for n in specs if n not in suites.values()] or list(specs)
@@ -263,10 +298,15 @@ def spread(data: TensorData, limit: int | None) -> TensorData:
     return data[torch.linspace(0, len(data) - 1, limit).floor().long()]
 
 
-def _task(name: str, data: dict[str, TensorData], limits: tuple[int | None, int | None]) -> Task:
+def _task(
+    name: str,
+    data: dict[str, TensorData],
+    limits: tuple[int | None, int | None],
+    classes: tuple[int, ...] | None = None,
+) -> Task:
     train, test = spread(data["train"], limits[0]), spread(data["test"], limits[1])
     val = data["validation"] if len(data["validation"]) else None
-    return Task(name, train, test, val, domain=name)
+    return Task(name, train, test, val, classes, domain=name)
 
 
 def _listed(path: str | None, files: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
@@ -300,3 +340,4 @@ def _groups(name: str, spec: TextSource, docs: Documents) -> list[tuple[str, lis
             f"source '{name}': {spec.by_column} has no value {missing[0]!r}; values: {', '.join(present)}"
         )
     return [(v, [i for i, g in enumerate(docs.groups) if g == v]) for v in values]
+
