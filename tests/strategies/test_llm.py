@@ -1,0 +1,64 @@
+"""Every strategy on a causal language model: it runs, or it refuses in one line before training."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from retain import run
+from retain.config import EvalConfig, RunConfig, TrainConfig
+from retain.data.stream import Stream, Task, TensorData
+from retain.errors import Unsupported
+
+pytest.importorskip("transformers")
+
+
+def _lm_task(name, lo, n=12, length=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    start = torch.randint(lo, lo + 32, (n, 1), generator=g)
+    ids = lo + (start - lo + torch.arange(length)) % 32
+    data = TensorData(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids.clone())
+    return Task(name, data, data[torch.arange(4)])
+
+
+@pytest.fixture
+def lm_stream():
+    return Stream(
+        (_lm_task("a", 0), _lm_task("b", 32, seed=1)), objective="causal_lm", setting="domain_il"
+    )
+
+
+CFG = RunConfig(
+    train=TrainConfig(steps=3, batch_size=4, optimizer="adamw", lr=3e-3),
+    eval=EvalConfig(batch_size=8),
+)
+RUNS = [
+    "finetune",
+    "joint",
+    "cumulative",
+    "replay",
+    {"name": "der", "size": 8},
+    {"name": "der", "size": 8, "beta": 0.5},
+    {"name": "ewc", "fisher_samples": 4},
+    "si",
+    {"name": "mas", "samples": 4},
+    "lwf",
+    "freeze",
+]
+
+
+@pytest.mark.parametrize("spec", RUNS, ids=lambda s: s if isinstance(s, str) else str(s))
+def test_strategy_runs_on_a_causal_lm(tiny_causal_lm, lm_stream, spec):
+    r = run(tiny_causal_lm, lm_stream, [spec], CFG)
+    assert all(math.isfinite(v) for row in r.matrix for v in row)
+    assert all(math.isfinite(v) for task in r.record.curves.loss for _, v in task)
+
+
+@pytest.mark.parametrize("name", ["generative_replay", "progressive", "parallel"])
+def test_strategy_refuses_a_causal_lm_before_training(tiny_causal_lm, lm_stream, name, tmp_path):
+    with pytest.raises(Unsupported, match=f"'{name}'") as e:
+        run(tiny_causal_lm, lm_stream, [name], CFG, out_dir=tmp_path / "run")
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "run").exists()
