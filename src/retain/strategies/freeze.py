@@ -7,11 +7,11 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from torch import nn
+
 from retain.errors import Unsupported
 from retain.strategies import register
 from retain.strategies.base import Strategy
-
-from torch import nn
 
 if TYPE_CHECKING:
     from retain.strategies.context import TaskContext
