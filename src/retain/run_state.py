@@ -86,6 +86,7 @@ class RunState:
             self.cfg.seed,
             generator(self.cfg.seed, i, 7),
             self.class_mask,
+            len(self.plan.tasks),
         )
 
     def facts(self) -> RunFacts:

@@ -54,9 +54,10 @@ class EWC(Penalized):
     Training later tasks adds ``lam * sum_i F_i (theta_i - theta*_i)^2``, pulling the weights
     that mattered back towards their values theta* at the end of the earlier task. The penalty has
     no 1/2 (as mammoth's), so mammoth's ``e_lambda`` values carry over as ``lam``. Only trainable
-    parameters are covered (with LoRA: the adapters, so F stays small). State: F and theta*, one
-    copy each per task (``separate``) or one in all (``online``); ``stats()`` reports the bytes
-    and the penalty's value at the end of each task. On one process or DDP the penalty's
+    parameters are covered (with LoRA: the adapters, so F stays small), in each parameter's
+    dtype. State: F and theta*, one copy each per earlier task (``separate``) or one in all
+    (``online``); no Fisher is computed after the run's last task, which no later task would
+    use. ``stats()`` reports the bytes and the penalty's value at the end of each task. On one process or DDP the penalty's
     gradient is added after backward rather than through the loss (a quarter of the cost), so
     the logged training loss is the task loss alone.
 
@@ -158,8 +159,14 @@ class EWC(Penalized):
         return fisher
 
     def after_task(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
+        if ctx.is_last_task:  # no later task would be penalised with it
+            self._last = {}
+            self.invalidate()
+            return model
         base = ctx.unwrap(model)
-        fisher = self.fisher_diagonal(base, ctx)
+        weights = dict(base.named_parameters())
+        # Stored in each parameter's dtype: a bf16 model's Fisher takes what its weights take.
+        fisher = {n: f.to(weights[n].dtype) for n, f in self.fisher_diagonal(base, ctx).items()}
         if self.mode == "online" and self.fisher_:
             merged = {
                 n: self.gamma * f.to(fisher[n].device) if n in fisher else self.gamma * f
@@ -170,7 +177,6 @@ class EWC(Penalized):
             self.fisher_ = [merged]
         else:
             self.fisher_.append(fisher)
-        weights = dict(base.named_parameters())
         anchor = {n: weights[n].detach().clone() for n in self.fisher_[-1] if n in weights}
         self.anchor_ = [anchor] if self.mode == "online" else [*self.anchor_, anchor]
         self.invalidate()

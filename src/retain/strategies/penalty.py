@@ -193,8 +193,11 @@ class Penalized(Strategy):
     strength: ClassVar[str] = ""
 
     def consolidate(self, new: dict[str, torch.Tensor], model: nn.Module) -> None:
-        """After a task: ``importance_ += new``, the anchor becomes the current weights."""
+        """After a task: ``importance_ += new``, the anchor becomes the current weights. Both are
+        kept in each parameter's dtype (a bf16 model's importance takes what its weights take)."""
+        dtypes = {n: p.dtype for n, p in model.named_parameters()}
         for n, v in new.items():
+            v = v.to(dtypes.get(n, v.dtype))
             old = self.importance_.get(n)
             self.importance_[n] = v if old is None else old.to(v.device) + v
         self.anchor_ = {

@@ -71,6 +71,7 @@ def task_context(
     seed: int,
     generator: torch.Generator,
     class_mask: torch.Tensor | None = None,
+    n_tasks: int | None = None,
 ) -> TaskContext:
     """The context of task ``task_index`` (``model`` unset: the loop sets it after prepare)."""
     plain_sgd = train.optimizer == "sgd" and train.momentum == 0
@@ -89,6 +90,7 @@ def task_context(
         grads_are_scaled=acc.scaler is not None,
         sgd_lr=train.lr if plain_sgd else None,
         task_known=task_known(stream.setting),
+        n_tasks=n_tasks,
         class_mask=class_mask,
         autocast=acc.autocast if acc.mixed_precision != "no" else contextlib.nullcontext,
         gather=acc.gather,
