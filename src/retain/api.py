@@ -81,10 +81,15 @@ def run(
         >>> len(result.matrix), len(result.matrix[0])
         (3, 2)
     """
+    if isinstance(config, RunConfig) and config.train.gradient_checkpointing:
+        from retain.utils.hf import enable_gradient_checkpointing
+
+        enable_gradient_checkpointing(model)  # refused before the run directory is made
     r = start(stream, strategies, config, out_dir, resume, progress, warn)
+    r.initial = "pretrained" if _pretrained(model) else "untrained"
     model, history = restore(r, model)
-    if not history.rows:  # a fresh run: row 0 of R is the untrained model
-        history.rows.append(evaluate_all(r, model, "eval untrained"))
+    if not history.rows:  # a fresh run: row 0 of R is the model before training
+        history.rows.append(evaluate_all(r, model, f"eval {r.initial}"))
     optimizer = None
     for i in range(history.tasks_done, len(r.plan.tasks)):
         seed_everything(derive_seed(r.cfg.seed, i, 1))
@@ -95,6 +100,13 @@ def run(
         evaluate_task(r, history, model, ctx.task, stats, hook_seconds + after_seconds, evals)
         checkpoint(r, model, optimizer, history)
     return finish(r, model, history)
+
+
+def _pretrained(model: nn.Module) -> bool:
+    """A transformers model loaded with weights (``from_pretrained``): R's row 0 is then the
+    pretrained model, not an untrained one."""
+    config = getattr(model, "config", None)
+    return bool(getattr(config, "_name_or_path", "") or "")
 
 
 def prepare_task(

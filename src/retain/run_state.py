@@ -74,6 +74,7 @@ class RunState:
     warnings: list[str]
     saved: dict[str, Any] | None = None  # the checkpoint resumed from
     class_mask: torch.Tensor | None = None
+    initial: str = "untrained"  # what row 0 of R scores: "untrained" or "pretrained"
 
     def context(self, i: int) -> TaskContext:
         return task_context(
@@ -101,6 +102,7 @@ class RunState:
             self.warnings,
             str(self.acc.device),
             self.acc.num_processes,
+            self.initial,
         )
 
 

@@ -197,11 +197,12 @@ class TrainSummary(_Part):
 
 @dataclass
 class RunRecord(_Part):
-    """One strategy's run: ``matrix`` is R (row 0 the untrained model, row i after task i,
-    column j task j; a joint run has two rows), ``metrics`` is ``None`` until the run completes.
+    """One strategy's run: ``matrix`` is R (row 0 the model before training, ``initial``:
+    "pretrained", or None for an untrained one; row i after task i, column j task j; a joint run has two rows),
+    ``metrics`` is ``None`` until the run completes.
     """
 
-    _OMIT: ClassVar[frozenset[str]] = frozenset({"per_class", "data", "out_dir"})
+    _OMIT: ClassVar[frozenset[str]] = frozenset({"per_class", "data", "out_dir", "initial"})
     _FIXED: ClassVar[frozenset[str]] = frozenset({"schema_version", "kind"})
     kind: ClassVar[str] = "run"
 
@@ -209,6 +210,7 @@ class RunRecord(_Part):
     strategy: str = "run"
     strategies: list[dict[str, Any]] = field(default_factory=list)
     joint: bool = False
+    initial: str | None = None  # None: "untrained"
     stream: StreamInfo = field(default_factory=StreamInfo)
     tasks: list[str] = field(default_factory=list)
     task_classes: list[list[int] | None] = field(default_factory=list)

@@ -120,6 +120,7 @@ class RunFacts:
     warnings: list[str] = field(default_factory=list)
     device: str = "cpu"
     num_processes: int = 1
+    initial: str = "untrained"  # the model R's row 0 scores: "untrained" or "pretrained"
 
 
 def build_record(
@@ -138,6 +139,7 @@ def build_record(
         strategy=label(facts.strategies),
         strategies=[s.spec() for s in facts.strategies],
         joint=facts.joint,
+        initial=facts.initial if facts.initial != "untrained" else None,
         stream=stream_info(stream),
         tasks=stream.task_names,
         task_classes=[list(t.classes) if t.classes is not None else None for t in stream.tasks],
