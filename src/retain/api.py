@@ -248,6 +248,8 @@ def fit_entry(
         "hook_seconds": hook_seconds,
         "eval_seconds": eval_seconds,
         "samples_per_s": stats.samples_per_s,
+        "tokens": stats.tokens,
+        "tokens_per_s": stats.tokens_per_s,
         "losses": stats.losses,
         "lrs": stats.lrs,
         "best_val_loss": stats.best_val_loss,

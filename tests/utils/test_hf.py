@@ -173,3 +173,28 @@ def test_gradient_checkpointing(tiny_causal_lm):
     assert any(getattr(m, "gradient_checkpointing", False) for m in r.model.modules())
     with pytest.raises(ConfigError, match="gradient_checkpointing needs a transformers model"):
         run(MLP(4, 2, [4]), _lm_stream(), ["finetune"], cfg)
+
+
+def test_language_model_runs_report_tokens_per_second(tiny_causal_lm, tmp_path):
+    from retain.report.render import metrics_rows
+
+    cfg = RunConfig(
+        train=TrainConfig(steps=2, batch_size=4),
+        eval=EvalConfig(batch_size=8),
+        output=OutputConfig(plots=False),
+    )
+    r = run(tiny_causal_lm, _lm_stream(), ["finetune"], cfg, out_dir=tmp_path / "run")
+    timing = r.record.timing
+    # 2 steps x 4 blocks x 12 attended tokens per task, over the training time
+    assert timing.tokens_per_s == pytest.approx(2 * 2 * 4 * 12 / timing.train_seconds)
+    assert all(t.tokens_per_s > 0 for t in timing.per_task)
+    assert "tokens_per_s" in metrics_rows(r.record)[0]
+
+
+def test_slow_throughput_is_not_printed_as_zero():
+    from retain.report.columns import BY_KEY
+    from retain.report.record import RunRecord, Timing
+
+    rec = RunRecord(timing=Timing(samples_per_s=0.42, tokens_per_s=53.7))
+    assert BY_KEY["samples_per_s"].cell(rec) == "0.42"
+    assert BY_KEY["tokens_per_s"].cell(rec) == "53.7"

@@ -141,6 +141,9 @@ class TaskTiming(_Part):
     samples_per_s: float = 0.0
     # Strategies' work between tasks (Fisher passes, buffer selection, generator training).
     hook_seconds: float = 0.0
+    tokens_per_s: float | None = None  # language models
+
+    _OMIT: ClassVar[frozenset[str]] = frozenset({"tokens_per_s"})
 
 
 @dataclass
@@ -150,6 +153,9 @@ class Timing(_Part):
     hook_seconds: float = 0.0
     eval_seconds: float = 0.0
     samples_per_s: float = 0.0
+    tokens_per_s: float | None = None  # language models
+
+    _OMIT: ClassVar[frozenset[str]] = frozenset({"tokens_per_s"})
 
 
 @dataclass

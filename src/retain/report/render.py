@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from retain.report.blocks import build_blocks
-from retain.report.columns import COLUMNS
+from retain.report.columns import columns_for
 from retain.report.record import Record
 from retain.report.summary import as_record, report_title, summary_lines
 from retain.utils.files import write_atomic
@@ -149,9 +149,10 @@ def _cell(value: Any) -> Any:
 
 def metrics_rows(record: Record) -> list[list[Any]]:
     """metrics.csv: a header and one row per strategy at full precision; empty cell for None."""
-    rows: list[list[Any]] = [["strategy", "score", *(c.key for c in COLUMNS)]]
+    columns = columns_for(list(record.runs.values()))
+    rows: list[list[Any]] = [["strategy", "score", *(c.key for c in columns)]]
     for label, run in record.runs.items():
-        rows.append([label, run.score, *(_cell(c.value(run)) for c in COLUMNS)])
+        rows.append([label, run.score, *(_cell(c.value(run)) for c in columns)])
     return rows
 
 

@@ -94,16 +94,19 @@ def timing_of(fits: list[dict[str, Any]]) -> Timing:
             eval_seconds=f["eval_seconds"],
             samples_per_s=f["samples_per_s"],
             hook_seconds=f.get("hook_seconds", 0.0),
+            tokens_per_s=f.get("tokens_per_s"),
         )  # older checkpoints lack it
         for f in fits
     ]
     train_s = sum(t.train_seconds for t in per_task)
+    tokens = [f.get("tokens") for f in fits]
     return Timing(
         per_task=per_task,
         train_seconds=train_s,
         hook_seconds=sum(t.hook_seconds for t in per_task),
         eval_seconds=sum(t.eval_seconds for t in per_task),
         samples_per_s=sum(f["samples"] for f in fits) / train_s if train_s > 0 else 0.0,
+        tokens_per_s=sum(tokens) / train_s if train_s > 0 and None not in tokens else None,
     )
 
 
