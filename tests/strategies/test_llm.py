@@ -62,3 +62,18 @@ def test_strategy_refuses_a_causal_lm_before_training(tiny_causal_lm, lm_stream,
         run(tiny_causal_lm, lm_stream, [name], CFG, out_dir=tmp_path / "run")
     assert "\n" not in str(e.value)
     assert not (tmp_path / "run").exists()
+
+
+def test_ewc_lean_penalty_trains_as_the_fused_one(tiny_llama_config, lm_stream, monkeypatch):
+    import transformers
+
+    from retain.strategies.penalty import QuadraticPenalty
+
+    matrices = []
+    for limit in (10**9, 0):
+        monkeypatch.setattr(QuadraticPenalty, "LEAN_NUMEL", limit)
+        torch.manual_seed(0)
+        model = transformers.LlamaForCausalLM(tiny_llama_config)
+        spec = {"name": "ewc", "fisher_samples": 4, "lam": 100.0}
+        matrices.append(run(model, lm_stream, [spec], CFG).matrix)
+    assert matrices[1] == pytest.approx(matrices[0], rel=1e-4)

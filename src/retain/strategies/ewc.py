@@ -191,16 +191,17 @@ class EWC(Penalized):
         params = trainable(ctx.unwrap(ctx.model))
         kept, totals, centers, const = [], [], [], 0.0
         for n, p in params.items():
-            fs = [f[n].to(p.device).float() for f in self.fisher_ if n in f]
+            # One task's F and theta* are used as they are (no copy: a large model's penalty
+            # refers to them, see QuadraticPenalty.lean); several are combined in float32.
+            fs = [f[n].to(p.device) for f in self.fisher_ if n in f]
             if not fs:
                 continue
-            anchors = [
-                a[n].to(p.device).float() for f, a in zip(self.fisher_, self.anchor_) if n in f
-            ]
-            total = torch.stack(fs).sum(0)
+            anchors = [a[n].to(p.device) for f, a in zip(self.fisher_, self.anchor_) if n in f]
             if len(fs) == 1:
-                center = anchors[0]
+                total, center = fs[0], anchors[0]
             else:
+                fs, anchors = [f.float() for f in fs], [a.float() for a in anchors]
+                total = torch.stack(fs).sum(0)
                 weighted = torch.stack([f * a for f, a in zip(fs, anchors)]).sum(0)
                 center = torch.where(total > 0, weighted / total.clamp_min(1e-30), anchors[-1])
                 const += float(sum((f * (a - center) ** 2).sum() for f, a in zip(fs, anchors)))
