@@ -77,4 +77,4 @@ def test_ewc_lean_penalty_trains_as_the_fused_one(tiny_llama_config, lm_stream, 
         spec = {"name": "ewc", "fisher_samples": 4, "lam": 100.0}
         matrices.append(run(model, lm_stream, [spec], CFG).matrix)
     for a, b in zip(*matrices):
-        assert a == pytest.approx(b, rel=1e-4)
+        assert a == pytest.approx(b, rel=1e-3)  # summation order differs
