@@ -198,3 +198,21 @@ def test_slow_throughput_is_not_printed_as_zero():
     rec = RunRecord(timing=Timing(samples_per_s=0.42, tokens_per_s=53.7))
     assert BY_KEY["samples_per_s"].cell(rec) == "0.42"
     assert BY_KEY["tokens_per_s"].cell(rec) == "53.7"
+
+
+def test_token_ids_need_a_transformers_model():
+    with pytest.raises(ConfigError, match="token ids.*model.name=hf"):
+        build_model(ModelConfig(name="mlp"), _lm_stream())
+
+
+def test_bf16_autocast_on_a_causal_lm(tiny_causal_lm):
+    seen = set()
+    layer = tiny_causal_lm.model.layers[0].mlp.up_proj
+    layer.register_forward_hook(lambda m, i, o: seen.add(o.dtype))
+    cfg = RunConfig(
+        train=TrainConfig(steps=2, batch_size=4, mixed_precision="bf16"),
+        eval=EvalConfig(batch_size=8),
+    )
+    r = run(tiny_causal_lm, _lm_stream(), ["finetune"], cfg)
+    assert seen == {torch.bfloat16}  # the weights stay float32, the forwards run in bf16
+    assert {p.dtype for p in r.model.parameters()} == {torch.float32}

@@ -107,6 +107,11 @@ def build_model(cfg: ModelConfig, stream: Stream) -> nn.Module:
         from retain.utils.hf import build_hf_model
 
         return build_hf_model(cfg, stream.objective, stream.n_outputs)
+    if "input_ids" in stream.tasks[0].train:
+        raise ConfigError(
+            f"the stream holds token ids (text), which model '{cfg.name}' cannot read; set "
+            "model.name=hf with model.pretrained (a local transformers folder) or model.hf_config"
+        )
     n_out = stream.n_outputs or 1
     shape = stream.input_shape
     if cfg.name == "mlp":
