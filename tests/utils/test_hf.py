@@ -216,3 +216,14 @@ def test_bf16_autocast_on_a_causal_lm(tiny_causal_lm):
     r = run(tiny_causal_lm, _lm_stream(), ["finetune"], cfg)
     assert seen == {torch.bfloat16}  # the weights stay float32, the forwards run in bf16
     assert {p.dtype for p in r.model.parameters()} == {torch.float32}
+
+
+def test_runs_with_other_mixed_precision_in_one_process(tiny_causal_lm):
+    """Accelerate keeps one precision per process; a second run with another one failed with
+    'AcceleratorState has already been initialized'."""
+    for mp in ("bf16", "no", "bf16"):
+        cfg = RunConfig(
+            train=TrainConfig(steps=1, batch_size=4, mixed_precision=mp),
+            eval=EvalConfig(batch_size=8),
+        )
+        run(tiny_causal_lm, _lm_stream(), ["finetune"], cfg)

@@ -29,7 +29,18 @@ def make_accelerator(train: TrainConfig) -> Any:
     # multi-process launch (torchrun, accelerate launch) would otherwise run N unrelated copies.
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
     cpu = train.cpu or (launched and not torch.cuda.is_available())
+    _forget_mixed_precision(train.mixed_precision)
     return Accelerator(cpu=cpu, mixed_precision=train.mixed_precision)
+
+
+def _forget_mixed_precision(wanted: str) -> None:
+    """Accelerate keeps one mixed-precision setting per process and refuses another: a second run
+    in the same process (the Python API, a notebook) with other settings would fail. The
+    distributed state (``PartialState``) is kept; only the precision is set again."""
+    from accelerate.state import AcceleratorState
+
+    if AcceleratorState._shared_state and str(AcceleratorState().mixed_precision) != wanted:
+        AcceleratorState._reset_state()
 
 
 def needs_wrappers(acc: Any) -> bool:
