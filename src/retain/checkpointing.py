@@ -80,7 +80,8 @@ def save_trained(r: RunState, model: nn.Module) -> None:
     from retain.utils.hf import load_tokenizer, save_model
 
     m = r.cfg.model
-    tokenizer = load_tokenizer(m) if m.name == "hf" and (m.pretrained or m.gguf_file) else None
+    has_tokenizer = m.tokenizer or m.pretrained or m.gguf_file
+    tokenizer = load_tokenizer(m) if m.name == "hf" and has_tokenizer else None
     save_model(model, r.run_dir.path / "model", tokenizer)
 
 

@@ -100,6 +100,12 @@ class ModelConfig:
     hf_config: dict[str, Any] | None = help_field(
         "hf: build a fresh model from this config dict", default=None
     )
+    tokenizer: str | None = help_field(
+        "hf: local folder with the tokenizer files (default: model.pretrained; with "
+        "model.gguf_file, the GGUF file in that folder); gives a fresh model (hf_config) the "
+        "tokenizer of scenario text. Relative to the config file's folder",
+        default=None,
+    )
     head: Literal["auto", "causal_lm", "classification"] = help_field(
         "hf: causal_lm (AutoModelForCausalLM) or classification (AutoModelForSequenceClassification"
         ", one output per class of the stream); auto: from the stream's objective",

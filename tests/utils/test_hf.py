@@ -227,3 +227,17 @@ def test_runs_with_other_mixed_precision_in_one_process(tiny_causal_lm):
             eval=EvalConfig(batch_size=8),
         )
         run(tiny_causal_lm, _lm_stream(), ["finetune"], cfg)
+
+
+def test_tokenizer_and_limits_are_read_locally(model_dir):
+    from retain.utils.hf import load_tokenizer, model_limits
+
+    cfg = ModelConfig(name="hf", pretrained=str(model_dir))
+    assert model_limits(cfg) == (64, len(load_tokenizer(cfg)))
+    fresh = ModelConfig(name="hf", hf_config={"vocab_size": 64}, tokenizer=str(model_dir))
+    assert load_tokenizer(fresh)("hello")["input_ids"]
+    t0 = time.perf_counter()  # a hub id: nothing local, and no half-minute of network retries
+    assert model_limits(ModelConfig(name="hf", pretrained="no-such-org/x")) == (None, None)
+    with pytest.raises(ConfigError, match="not a local folder"):
+        load_tokenizer(ModelConfig(name="hf", pretrained="no-such-org/x"))
+    assert time.perf_counter() - t0 < 10

@@ -148,20 +148,45 @@ def plain(model: nn.Module) -> nn.Module:
 
 
 def load_tokenizer(cfg: ModelConfig) -> Any:
-    """The tokenizer that comes with the model: from ``pretrained`` (and its ``gguf_file``)."""
+    """The tokenizer that comes with the model: from ``tokenizer`` (a folder of tokenizer files),
+    else from where the model is loaded (``pretrained``, its ``gguf_file``)."""
     tf = _transformers()
-    if not (cfg.pretrained or cfg.gguf_file):
+    if not (cfg.tokenizer or cfg.pretrained or cfg.gguf_file):
         raise ConfigError(
-            "text data needs the model's tokenizer: set model.pretrained to a local model folder"
+            "text data needs the model's tokenizer: set model.pretrained to a local model folder, "
+            "or model.tokenizer to a folder with tokenizer files"
         )
-    folder, kwargs = source(cfg)
+    key = "model.tokenizer" if cfg.tokenizer else "model.pretrained"
+    if cfg.tokenizer:
+        folder, kwargs = str(Path(cfg.tokenizer).expanduser()), {"local_files_only": True}
+        if cfg.gguf_file and (Path(folder) / cfg.gguf_file).is_file():
+            kwargs["gguf_file"] = cfg.gguf_file
+    else:
+        folder, kwargs = source(cfg)
     try:
         return tf.AutoTokenizer.from_pretrained(folder, **kwargs)
     except (OSError, ValueError) as e:
         raise ConfigError(
-            f"cannot load the tokenizer of model.pretrained '{folder}': "
-            f"{str(e).strip().splitlines()[0]}"
+            f"cannot load the tokenizer of {key} '{folder}': {str(e).strip().splitlines()[0]}"
         ) from None
+
+
+def model_limits(cfg: ModelConfig) -> tuple[int | None, int | None]:
+    """The longest sequence the model takes (``max_position_embeddings``) and its vocabulary
+    size, read from its config without loading weights; ``None`` where they cannot be told."""
+    tf = _transformers()
+    try:
+        if cfg.pretrained or cfg.gguf_file:
+            folder, kwargs = source(cfg)
+            config = tf.AutoConfig.from_pretrained(folder, **kwargs)
+        else:
+            conf = dict(cfg.hf_config or {})
+            config = tf.AutoConfig.for_model(conf.pop("model_type", "llama"), **conf)
+    except (OSError, ValueError, TypeError, ConfigError):
+        return None, None  # the model's own loading says what is wrong, in one line
+    n = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    vocab = getattr(config, "vocab_size", None)
+    return (int(n) if n else None), (int(vocab) if vocab else None)
 
 
 def save_model(model: nn.Module, folder: Path, tokenizer: Any = None) -> bool:
