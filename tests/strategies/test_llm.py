@@ -78,3 +78,30 @@ def test_ewc_lean_penalty_trains_as_the_fused_one(tiny_llama_config, lm_stream, 
         matrices.append(run(model, lm_stream, [spec], CFG).matrix)
     for a, b in zip(*matrices):
         assert a == pytest.approx(b, rel=1e-3)  # summation order differs
+
+
+def test_ewc_holds_one_fisher_and_one_anchor(tiny_llama_config, monkeypatch):
+    """On a large model (here: the lean threshold lowered) EWC keeps one Fisher and one anchor of
+    the trainable weights, and its penalty adds no copy of them."""
+    import transformers
+
+    from retain.strategies.ewc import EWC
+    from retain.strategies.penalty import QuadraticPenalty
+
+    monkeypatch.setattr(QuadraticPenalty, "LEAN_NUMEL", 0)
+    three = Stream(
+        tuple(_lm_task(n, lo, seed=i) for i, (n, lo) in enumerate([("a", 0), ("b", 32), ("c", 0)])),
+        objective="causal_lm",
+        setting="domain_il",
+    )
+    model = transformers.LlamaForCausalLM(tiny_llama_config)
+    ewc = EWC(mode="online", fisher_samples=2)
+    run(model, three, [ewc], CFG)
+    weights = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    assert ewc.stats()["fisher_bytes"] == 2 * weights
+    from conftest import task_ctx
+
+    penalty = ewc.penalty(task_ctx(three, 2, model))
+    assert penalty.lean
+    assert all(w is f for w, f in zip(penalty.weights, ewc.fisher_[0].values()))
+    assert all(c is a for c, a in zip(penalty.centers, ewc.anchor_[0].values()))
