@@ -125,15 +125,17 @@ def test_online_and_separate_accumulation(digits_permuted):
     for n in names:
         torch.testing.assert_close(online.fisher_[0][n], 0.5 * f1[n] + f2[n])
         assert torch.equal(online.anchor_[0][n], anchors[1][n])
-        assert torch.equal(separate.fisher_[0][n], f1[n])
-        assert torch.equal(separate.fisher_[1][n], f2[n])
-        assert torch.equal(separate.anchor_[0][n], anchors[0][n])
-    assert len(online.fisher_) == 1 and len(separate.fisher_) == 2
+        # separate: the two penalties summed into one (one F and one anchor held, not two)
+        torch.testing.assert_close(separate.fisher_[0][n], f1[n] + f2[n])
+        mean = (f1[n] * anchors[0][n] + f2[n] * anchors[1][n]) / (f1[n] + f2[n])
+        torch.testing.assert_close(separate.anchor_[0][n], mean)
+    assert len(online.fisher_) == 1 and len(separate.fisher_) == 1
+    assert separate.const_ > 0
     ctx = task_ctx(digits_permuted, 1, model)
     params = dict(model.named_parameters())
     for ewc, terms in (
         (online, [(online.fisher_[0], online.anchor_[0])]),
-        (separate, list(zip(separate.fisher_, separate.anchor_))),
+        (separate, [(f1, anchors[0]), (f2, anchors[1])]),  # the paper's one penalty per task
     ):
         naive = 2.0 * sum((f[n] * (params[n] - a[n]) ** 2).sum() for f, a in terms for n in names)
         naive.backward()
@@ -343,3 +345,20 @@ def test_importance_in_the_parameters_dtype(tiny_causal_lm):
     cfg = TrainConfig(steps=2, batch_size=4, optimizer="adamw", lr=3e-3)
     r = run(model, stream, [ewc], RunConfig(train=cfg, eval=EvalConfig(batch_size=8)))
     assert all(math.isfinite(v) for row in r.matrix for v in row)
+
+
+def test_a_checkpoint_with_one_fisher_per_task_still_penalises_as_the_paper(digits_permuted):
+    """Checkpoints written before separate mode summed its penalties hold one F and anchor per
+    task: loaded, they give the same penalty as the summed form."""
+    model = MLP(64, 10, [8])
+    f = [{n: torch.rand_like(p) for n, p in model.named_parameters()} for _ in range(2)]
+    a = [{n: torch.randn_like(p) for n, p in model.named_parameters()} for _ in range(2)]
+    old = EWC(lam=2.0)
+    old.load_state_dict({"fisher_": f, "anchor_": a})  # no const_: the default 0
+    ctx = task_ctx(digits_permuted, 1, model)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        naive = 2.0 * sum(
+            (fi[n] * (params[n] - ai[n]) ** 2).sum() for fi, ai in zip(f, a) for n in params
+        )
+    assert old.penalty(ctx).value() == pytest.approx(float(naive), rel=1e-5)

@@ -44,6 +44,35 @@ def sample_labels(
     return {**batch, "labels": labels}
 
 
+@torch.no_grad()
+def _sum_into(
+    total: dict[str, torch.Tensor],
+    center: dict[str, torch.Tensor],
+    fisher: dict[str, torch.Tensor],
+    anchor: dict[str, torch.Tensor],
+) -> float:
+    """Add ``F (theta - a)^2`` to ``A (theta - m)^2`` in place, as one quadratic; returns the
+    constant the sum leaves.
+
+    ``A (theta - m)^2 + F (theta - a)^2 = A' (theta - m')^2 + A (m - m')^2 + F (a - m')^2`` with
+    ``A' = A + F`` and ``m' = (A m + F a) / A'``: the paper's one penalty per task, held as one F
+    and one theta* (a copy of the model each) whatever the number of tasks. Computed in float32
+    one parameter at a time, stored in each tensor's dtype.
+    """
+    const = 0.0
+    for n, f in fisher.items():
+        if n not in total:
+            total[n], center[n] = f, anchor[n]
+            continue
+        a_old, m_old = total[n].float(), center[n].float()
+        f32, a = f.float().to(a_old.device), anchor[n].float().to(a_old.device)
+        a_new = a_old + f32
+        m_new = torch.where(a_new > 0, (a_old * m_old + f32 * a) / a_new.clamp_min(1e-30), a)
+        const += float((a_old * (m_old - m_new) ** 2 + f32 * (a - m_new) ** 2).sum())
+        total[n], center[n] = a_new.to(total[n].dtype), m_new.to(center[n].dtype)
+    return const
+
+
 @register("ewc", reference_url="https://arxiv.org/abs/1612.00796")
 @dataclass(repr=False)  # keep Strategy.__repr__: only non-default fields
 class EWC(Penalized):
@@ -55,8 +84,9 @@ class EWC(Penalized):
     that mattered back towards their values theta* at the end of the earlier task. The penalty has
     no 1/2 (as mammoth's), so mammoth's ``e_lambda`` values carry over as ``lam``. Only trainable
     parameters are covered (with LoRA: the adapters, so F stays small), in each parameter's
-    dtype. State: F and theta*, one copy each per earlier task (``separate``) or one in all
-    (``online``); no Fisher is computed after the run's last task, which no later task would
+    dtype. State: one F and one theta* (in ``separate`` mode the per-task penalties are summed
+    into one quadratic, exactly: their summed F, its F-weighted mean theta* and a constant); no
+    Fisher is computed after the run's last task, which no later task would
     use. ``stats()`` reports the bytes and the penalty's value at the end of each task. On one process or DDP the penalty's
     gradient is added after backward rather than through the loss (a quarter of the cost), so
     the logged training loss is the task loss alone.
@@ -66,7 +96,7 @@ class EWC(Penalized):
             mean over samples; with SGD keep ``2 * lr * lam * max(F)`` below 2 or training
             diverges. mammoth: 0.7 on P-MNIST (lr 0.1), 90 on Seq-MNIST (lr 0.03).
         mode: ``separate``: one penalty per earlier task, each with its own F and theta* (the
-            paper; memory grows with tasks). ``online``: one running F, decayed by ``gamma`` and
+            paper; held summed, so memory does not grow with tasks). ``online``: one running F, decayed by ``gamma`` and
             added to after each task, anchored at the latest weights (online EWC, mammoth's oEWC).
         gamma: Online mode: F <- gamma * F + F_new after each task; below 1 old tasks fade.
         fisher: Labels in the per-sample gradients. ``auto`` (default): ``sampled`` where the
@@ -103,8 +133,9 @@ class EWC(Penalized):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.fisher_: list[dict[str, torch.Tensor]] = []  # one per task (separate) or one (online)
+        self.fisher_: list[dict[str, torch.Tensor]] = []  # one (older checkpoints: one per task)
         self.anchor_: list[dict[str, torch.Tensor]] = []  # theta* matching each F
+        self.const_ = 0.0  # separate mode: the constant of the summed quadratic (_sum_into)
         self._last: dict[str, Any] = {}
 
     def fisher_for(self, objective: str) -> str:
@@ -175,7 +206,12 @@ class EWC(Penalized):
             for n, f in fisher.items():
                 merged[n] = merged[n] + f if n in merged else f
             self.fisher_ = [merged]
-        else:
+        elif len(self.fisher_) == 1:  # separate: summed into one quadratic (see _sum_into)
+            anchor = {n: weights[n].detach().clone() for n in fisher if n in weights}
+            self.const_ += _sum_into(self.fisher_[0], self.anchor_[0], fisher, anchor)
+            self.invalidate()
+            return model
+        else:  # the first task, or a checkpoint that kept one F per task
             self.fisher_.append(fisher)
         anchor = {n: weights[n].detach().clone() for n in self.fisher_[-1] if n in weights}
         self.anchor_ = [anchor] if self.mode == "online" else [*self.anchor_, anchor]
@@ -209,6 +245,7 @@ class EWC(Penalized):
             totals.append(total)
             centers.append(center)
         check_sgd_stable("ewc", "lam", self.lam, totals, ctx)
+        const += self.const_
         return QuadraticPenalty(kept, totals, centers, self.lam, const=self.lam * const)
 
     def stats(self) -> dict[str, Any]:
