@@ -96,6 +96,10 @@ def run(
         ctx = r.context(i)
         model, optimizer, ctx, hook_seconds = prepare_task(r, ctx, model, optimizer)
         stats, evals = train_task(r, ctx, model, optimizer, history.schedule_offset)
+        if r.cfg.train.optimizer_state == "reset":
+            # Freed before the after_task hooks: Adam's moments are two copies of the model, and
+            # an EWC Fisher pass on a language model needs the room.
+            optimizer = None
         model, after_seconds = finish_task(r, ctx, model)
         evaluate_task(r, history, model, ctx.task, stats, hook_seconds + after_seconds, evals)
         checkpoint(r, model, optimizer, history)

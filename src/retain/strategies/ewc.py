@@ -55,21 +55,22 @@ def _sum_into(
     constant the sum leaves.
 
     ``A (theta - m)^2 + F (theta - a)^2 = A' (theta - m')^2 + A (m - m')^2 + F (a - m')^2`` with
-    ``A' = A + F`` and ``m' = (A m + F a) / A'``: the paper's one penalty per task, held as one F
-    and one theta* (a copy of the model each) whatever the number of tasks. Computed in float32
-    one parameter at a time, stored in each tensor's dtype.
+    ``A' = A + F`` and ``m' = m + F (a - m) / A'``: the paper's one penalty per task, held as one
+    F and one theta* (a copy of the model each) whatever the number of tasks. Computed in float32
+    one parameter at a time, written into ``total`` and ``center`` in place.
     """
     const = 0.0
     for n, f in fisher.items():
         if n not in total:
-            total[n], center[n] = f, anchor[n]
+            total[n], center[n] = f, anchor[n].clone()
             continue
         a_old, m_old = total[n].float(), center[n].float()
         f32, a = f.float().to(a_old.device), anchor[n].float().to(a_old.device)
         a_new = a_old + f32
-        m_new = torch.where(a_new > 0, (a_old * m_old + f32 * a) / a_new.clamp_min(1e-30), a)
-        const += float((a_old * (m_old - m_new) ** 2 + f32 * (a - m_new) ** 2).sum())
-        total[n], center[n] = a_new.to(total[n].dtype), m_new.to(center[n].dtype)
+        shift = torch.where(a_new > 0, f32 * (a - m_old) / a_new.clamp_min(1e-30), a - m_old)
+        const += float((a_old * shift**2 + f32 * (a - m_old - shift) ** 2).sum())
+        center[n].add_(shift.to(center[n].dtype))
+        total[n].add_(f32.to(total[n].dtype))
     return const
 
 
@@ -190,32 +191,38 @@ class EWC(Penalized):
         return fisher
 
     def after_task(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
+        # The penalty's value at the weights reached is recorded and its memory freed before the
+        # Fisher pass; the state below is then updated in place (a copy of the model less each).
+        self.invalidate()
         if ctx.is_last_task:  # no later task would be penalised with it
             self._last = {}
-            self.invalidate()
             return model
         base = ctx.unwrap(model)
-        weights = dict(base.named_parameters())
+        weights = {n: p.detach() for n, p in base.named_parameters()}
         # Stored in each parameter's dtype: a bf16 model's Fisher takes what its weights take.
         fisher = {n: f.to(weights[n].dtype) for n, f in self.fisher_diagonal(base, ctx).items()}
-        if self.mode == "online" and self.fisher_:
-            merged = {
-                n: self.gamma * f.to(fisher[n].device) if n in fisher else self.gamma * f
-                for n, f in self.fisher_[0].items()
-            }
+        if not self.fisher_:
+            self.fisher_ = [fisher]
+            self.anchor_ = [{n: weights[n].clone() for n in fisher}]
+        elif self.mode == "online":  # F <- gamma F + F_new, anchored at the weights reached
+            old, anchor = self.fisher_[0], self.anchor_[0]
+            for f in old.values():
+                f.mul_(self.gamma)
             for n, f in fisher.items():
-                merged[n] = merged[n] + f if n in merged else f
-            self.fisher_ = [merged]
+                if n in old:
+                    old[n].add_(f.to(old[n].device))
+                else:
+                    old[n] = f
+            for n in old:
+                if n in anchor and n in weights:
+                    anchor[n].copy_(weights[n])
+                elif n in weights:
+                    anchor[n] = weights[n].clone()
         elif len(self.fisher_) == 1:  # separate: summed into one quadratic (see _sum_into)
-            anchor = {n: weights[n].detach().clone() for n in fisher if n in weights}
-            self.const_ += _sum_into(self.fisher_[0], self.anchor_[0], fisher, anchor)
-            self.invalidate()
-            return model
-        else:  # the first task, or a checkpoint that kept one F per task
+            self.const_ += _sum_into(self.fisher_[0], self.anchor_[0], fisher, weights)
+        else:  # a checkpoint that kept one F per task
             self.fisher_.append(fisher)
-        anchor = {n: weights[n].detach().clone() for n in self.fisher_[-1] if n in weights}
-        self.anchor_ = [anchor] if self.mode == "online" else [*self.anchor_, anchor]
-        self.invalidate()
+            self.anchor_.append({n: weights[n].clone() for n in fisher})
         return model
 
     def build_penalty(self, ctx: TaskContext) -> QuadraticPenalty | None:
