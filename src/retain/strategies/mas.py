@@ -88,9 +88,9 @@ class MAS(Penalized):
         return omega
 
     def after_task(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
+        self.invalidate()  # the penalty's value recorded and its memory freed before the pass
         if ctx.is_last_task:  # no later task would be penalised with it
             self._last = {}
-            self.invalidate()
             return model
         base = ctx.unwrap(model)
         self.consolidate(self.importance(base, ctx), base)

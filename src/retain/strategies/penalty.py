@@ -222,16 +222,29 @@ class Penalized(Strategy):
 
     def consolidate(self, new: dict[str, torch.Tensor], model: nn.Module) -> None:
         """After a task: ``importance_ += new``, the anchor becomes the current weights. Both are
-        kept in each parameter's dtype (a bf16 model's importance takes what its weights take)."""
-        dtypes = {n: p.dtype for n, p in model.named_parameters()}
-        for n, v in new.items():
-            v = v.to(dtypes.get(n, v.dtype))
-            old = self.importance_.get(n)
-            self.importance_[n] = v if old is None else old.to(v.device) + v
-        self.anchor_ = {
-            n: p.detach().clone() for n, p in model.named_parameters() if n in self.importance_
-        }
+        kept in each parameter's dtype (a bf16 model's importance takes what its weights take)
+        and updated in place, so no second copy of either exists at any time (the cached
+        penalty, which refers to them on a large model, is dropped first)."""
         self.invalidate()
+        params = {n: p.detach() for n, p in model.named_parameters()}
+        with torch.no_grad():
+            for n, v in new.items():
+                v = v.to(params[n].dtype) if n in params else v
+                old = self.importance_.get(n)
+                if old is None:
+                    self.importance_[n] = v
+                else:
+                    old.add_(v.to(old.device))
+            anchor = self.anchor_
+            self.anchor_ = {}
+            for n in self.importance_:
+                if n not in params:
+                    continue
+                kept = anchor.get(n)
+                if kept is not None and kept.shape == params[n].shape:
+                    self.anchor_[n] = kept.copy_(params[n])
+                else:
+                    self.anchor_[n] = params[n].clone()
 
     def build_penalty(self, ctx: TaskContext) -> QuadraticPenalty | None:
         """The penalty for the current state, or None when there is nothing to protect yet."""
