@@ -377,6 +377,22 @@ def _resolve_data_paths(data: dict[str, Any], folder: Path) -> None:
         stream["files"] = [absolute(f, always=True) for f in stream["files"]]
 
 
+def _resolve_model_paths(data: dict[str, Any], folder: Path) -> None:
+    """``model.pretrained`` and ``model.gguf_file`` relative to the config file's folder, where
+    they exist there: a hub id (``org/name``) or a GGUF file named inside ``model.pretrained``
+    stays as written."""
+    model = data.get("model")
+    if not isinstance(model, dict):
+        return
+    for key in ("pretrained", "gguf_file"):
+        value = model.get(key)
+        if key == "gguf_file" and model.get("pretrained"):
+            continue  # a name inside the model folder
+        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+            if (folder / value).exists():
+                model[key] = str((folder / value).resolve())
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
     """Load a YAML config (or the defaults when ``path`` is None) and apply overrides.
 
@@ -386,6 +402,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     data = load_yaml(path) if path is not None else {}
     if path is not None:
         _resolve_data_paths(data, Path(path).resolve().parent)
+        _resolve_model_paths(data, Path(path).resolve().parent)
     data = apply_overrides(data, list(overrides or []))
     cfg = from_dict(RunConfig, data)
     if cfg.name is None and path is not None:

@@ -241,3 +241,19 @@ def test_tokenizer_and_limits_are_read_locally(model_dir):
     with pytest.raises(ConfigError, match="not a local folder"):
         load_tokenizer(ModelConfig(name="hf", pretrained="no-such-org/x"))
     assert time.perf_counter() - t0 < 10
+
+
+def test_model_paths_in_a_config_file_are_relative_to_it(model_dir, tmp_path, monkeypatch):
+    import shutil
+
+    from retain.config import load_config
+
+    shutil.copytree(model_dir, tmp_path / "models" / "tiny")
+    (tmp_path / "run.yaml").write_text(
+        "model: {name: hf, pretrained: models/tiny}\nstrategies: [{name: finetune}]\n"
+    )
+    (tmp_path / "hub.yaml").write_text("model: {name: hf, pretrained: org/name}\n")
+    monkeypatch.chdir(tmp_path.parent)  # run from elsewhere
+    cfg = load_config(tmp_path / "run.yaml")
+    assert cfg.model.pretrained == str((tmp_path / "models" / "tiny").resolve())
+    assert load_config(tmp_path / "hub.yaml").model.pretrained == "org/name"
