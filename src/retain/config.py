@@ -388,9 +388,9 @@ def _resolve_model_paths(data: dict[str, Any], folder: Path) -> None:
         value = model.get(key)
         if key == "gguf_file" and model.get("pretrained"):
             continue  # a name inside the model folder
-        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
-            if (folder / value).exists():
-                model[key] = str((folder / value).resolve())
+        relative = isinstance(value, str) and value and not Path(value).expanduser().is_absolute()
+        if relative and (folder / value).exists():
+            model[key] = str((folder / value).resolve())
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
