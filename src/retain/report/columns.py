@@ -121,9 +121,7 @@ def rate(v: float) -> str:
 
 def columns_for(runs: list[RunRecord]) -> tuple[Column, ...]:
     """The columns of a table of ``runs``: every column, less optional ones no run has."""
-    return tuple(
-        c for c in COLUMNS if not c.optional or any(c.value(r) is not None for r in runs)
-    )
+    return tuple(c for c in COLUMNS if not c.optional or any(c.value(r) is not None for r in runs))
 
 
 def _metric(key: str) -> Callable[[RunRecord], float | None]:
