@@ -85,10 +85,15 @@ def run(
         >>> len(result.matrix), len(result.matrix[0])
         (3, 2)
     """
+    if isinstance(config, RunConfig) and config.train.gradient_checkpointing:
+        from retain.utils.hf import enable_gradient_checkpointing
+
+        enable_gradient_checkpointing(model)  # refused before the run directory is made
     r = start(stream, strategies, config, out_dir, resume, progress, warn, model)
+    r.initial = "pretrained" if _pretrained(model) else "untrained"
     model, history = restore(r, model)
-    if not history.rows:  # a fresh run: row 0 of R is the untrained model
-        history.rows.append(evaluate_all(r, model, "eval untrained"))
+    if not history.rows:  # a fresh run: row 0 of R is the model before training
+        history.rows.append(evaluate_all(r, model, f"eval {r.initial}"))
         history.suites.append(evaluate_suites(r, model))
     optimizer = None
     for i in range(history.tasks_done, len(r.plan.tasks)):
@@ -96,10 +101,21 @@ def run(
         ctx = r.context(i)
         model, optimizer, ctx, hook_seconds = prepare_task(r, ctx, model, optimizer)
         stats, extra = train_task(r, ctx, model, optimizer, history.schedule_offset)
+        if r.cfg.train.optimizer_state == "reset":
+            # Freed before the after_task hooks: Adam's moments are two copies of the model, and
+            # an EWC Fisher pass on a language model needs the room.
+            optimizer = None
         model, after_seconds = finish_task(r, ctx, model)
         evaluate_task(r, history, model, ctx.task, stats, hook_seconds + after_seconds, extra)
         checkpoint(r, model, optimizer, history)
     return finish(r, model, history)
+
+
+def _pretrained(model: nn.Module) -> bool:
+    """A transformers model loaded with weights (``from_pretrained``): R's row 0 is then the
+    pretrained model, not an untrained one."""
+    config = getattr(model, "config", None)
+    return bool(getattr(config, "_name_or_path", "") or "")
 
 
 def prepare_task(
@@ -322,6 +338,8 @@ def fit_entry(
         "hook_seconds": hook_seconds,
         "eval_seconds": eval_seconds,
         "samples_per_s": stats.samples_per_s,
+        "tokens": stats.tokens,
+        "tokens_per_s": stats.tokens_per_s,
         "losses": stats.losses,
         "lrs": stats.lrs,
         "best_val_loss": stats.best_val_loss,

@@ -66,8 +66,23 @@ def finish(r: RunState, model: nn.Module, history: History) -> RunResult:
     """The complete record, also written to result.json, and the trained model."""
     result = record(r, history, "complete")
     if r.run_dir is not None and r.acc.is_main_process:
+        if r.cfg.output.save_model:
+            save_trained(r, r.acc.unwrap_model(model))
         write_json(r.run_dir.path / "result.json", result)
     return RunResult(result, r.acc.unwrap_model(model))
+
+
+def save_trained(r: RunState, model: nn.Module) -> None:
+    """A transformers model and its tokenizer in ``RUN/model`` (``save_pretrained``), loadable
+    by plain transformers; other models are in the checkpoints."""
+    if not callable(getattr(model, "save_pretrained", None)):
+        return
+    from retain.utils.hf import load_tokenizer, save_model
+
+    m = r.cfg.model
+    has_tokenizer = m.tokenizer or m.pretrained or m.gguf_file
+    tokenizer = load_tokenizer(m) if m.name == "hf" and has_tokenizer else None
+    save_model(model, r.run_dir.path / "model", tokenizer)
 
 
 def record(r: RunState, history: History, status: str) -> RunRecord:

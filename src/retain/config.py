@@ -77,7 +77,7 @@ class ModelConfig:
     """The network. Input size and number of outputs are read from the stream."""
 
     name: Literal["mlp", "cnn", "hf"] = help_field(
-        "mlp, cnn, or hf (a Hugging Face causal LM)", default="mlp"
+        "mlp, cnn, or hf (a Hugging Face transformers model)", default="mlp"
     )
     hidden: list[int] = help_field(
         "mlp: hidden layer widths", default_factory=lambda: [100, 100], ge=1
@@ -93,10 +93,13 @@ class ModelConfig:
         "cnn: channels of each conv block", default_factory=lambda: [32, 64], ge=1
     )
     pretrained: str | None = help_field(
-        "hf: local model folder (or hub id when online)", default=None
+        "hf: a local model folder (transformers files, safetensors; or a hub id already in the "
+        "local Hugging Face cache: nothing is downloaded)",
+        default=None,
     )
     gguf_file: str | None = help_field(
-        "hf: a GGUF file inside model.pretrained (de-quantised by transformers on load)",
+        "hf: a GGUF file, by its name inside model.pretrained or its path (de-quantised by "
+        "transformers on load)",
         default=None,
     )
     hf_config: dict[str, Any] | None = help_field(
@@ -108,12 +111,23 @@ class ModelConfig:
         "tokenizer of scenario text. Relative to the config file's folder",
         default=None,
     )
+    head: Literal["auto", "causal_lm", "classification"] = help_field(
+        "hf: causal_lm (AutoModelForCausalLM) or classification (AutoModelForSequenceClassification"
+        ", one output per class of the stream); auto: from the stream's objective",
+        default="auto",
+    )
+    dtype: Literal["float32", "bfloat16"] = help_field(
+        "hf: the weights' dtype (bfloat16 halves the memory of weights, gradients and optimizer "
+        "state)",
+        default="float32",
+    )
 
     def __post_init__(self) -> None:
         check_fields(self, "model")
-        if self.name == "hf" and not (self.pretrained or self.hf_config):
+        if self.name == "hf" and not (self.pretrained or self.gguf_file or self.hf_config):
             raise ConfigError(
-                "model.name 'hf' needs model.pretrained (a folder) or model.hf_config"
+                "model.name 'hf' needs model.pretrained (a local folder), model.gguf_file or "
+                "model.hf_config"
             )
 
 
@@ -170,7 +184,14 @@ class TrainConfig:
         "early stopping: validate every N steps (default: every epoch)", default=None, ge=1
     )
     mixed_precision: Literal["no", "fp16", "bf16"] = help_field(
-        "mixed precision (GPU)", default="no"
+        "mixed precision: forwards under autocast (bf16 also on CPUs that support it; fp16 on "
+        "GPUs, with a loss scaler)",
+        default="no",
+    )
+    gradient_checkpointing: bool = help_field(
+        "recompute activations in backward instead of keeping them (transformers models): less "
+        "memory for about a third more compute per step",
+        default=False,
     )
     cpu: bool = help_field("force the CPU even when a GPU is available", default=False)
     deterministic: bool = help_field("use deterministic torch kernels", default=True)
@@ -278,6 +299,11 @@ class OutputConfig:
         "how many task checkpoints to keep (the latest ones)", default=1, ge=1
     )
     plots: bool = help_field("write PNG plots", default=True)
+    save_model: bool = help_field(
+        "transformers models: write the trained model (save_pretrained, safetensors) and its "
+        "tokenizer to RUN/model at the end of the run, loadable without retain",
+        default=True,
+    )
 
     def __post_init__(self) -> None:
         check_fields(self, "output")
@@ -463,6 +489,22 @@ def _resolve_data_paths(data: dict[str, Any], folder: Path) -> None:
         model["tokenizer"] = absolute(model["tokenizer"], always=False)
 
 
+def _resolve_model_paths(data: dict[str, Any], folder: Path) -> None:
+    """``model.pretrained`` and ``model.gguf_file`` relative to the config file's folder, where
+    they exist there: a hub id (``org/name``) or a GGUF file named inside ``model.pretrained``
+    stays as written."""
+    model = data.get("model")
+    if not isinstance(model, dict):
+        return
+    for key in ("pretrained", "gguf_file"):
+        value = model.get(key)
+        if key == "gguf_file" and model.get("pretrained"):
+            continue  # a name inside the model folder
+        relative = isinstance(value, str) and value and not Path(value).expanduser().is_absolute()
+        if relative and (folder / value).exists():
+            model[key] = str((folder / value).resolve())
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
     """Load a YAML config (or the defaults when ``path`` is None) and apply overrides.
 
@@ -473,6 +515,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     data = load_yaml(path) if path is not None else {}
     if path is not None:
         _resolve_data_paths(data, Path(path).resolve().parent)
+        _resolve_model_paths(data, Path(path).resolve().parent)
     data = apply_overrides(data, list(overrides or []))
     cfg = from_dict(RunConfig, data)
     if cfg.name is None and path is not None:

@@ -91,6 +91,8 @@ class Classification:
     def forward(
         self, model: nn.Module, batch: dict[str, torch.Tensor], task_known: bool = True
     ) -> Any:
+        if "input_ids" in batch:  # tokenised text: a transformers sequence classifier
+            return model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"))
         if _task_aware(model):
             return model(batch["x"], task=batch["task"] if task_known else None)
         return model(batch["x"])

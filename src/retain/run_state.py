@@ -77,6 +77,7 @@ class RunState:
     class_mask: torch.Tensor | None = None
     warn: Callable[[str], None] = lambda msg: None
     guard_metric: str | None = None  # the score the regression guard watches, when it is on
+    initial: str = "untrained"  # what row 0 of R scores: "untrained" or "pretrained"
 
     def context(self, i: int) -> TaskContext:
         return task_context(
@@ -89,6 +90,7 @@ class RunState:
             self.cfg.seed,
             generator(self.cfg.seed, i, 7),
             self.class_mask,
+            len(self.plan.tasks),
         )
 
     def facts(self) -> RunFacts:
@@ -103,6 +105,7 @@ class RunState:
             self.warnings,
             str(self.acc.device),
             self.acc.num_processes,
+            self.initial,
         )
 
 

@@ -82,3 +82,33 @@ def test_hyperparameters_are_validated():
     with pytest.raises(ConfigError, match="beta must be >= 0, got -1"):
         build({"name": "der", "beta": -1})
     assert build({"preset": "derpp"}) == DER(alpha=0.5, beta=0.5)
+
+
+def test_causal_lm_memory_keeps_only_the_top_k_logits_per_token(tiny_causal_lm):
+    """A block's logits are block x vocabulary floats: the memory keeps the k largest per token
+    and their ids, and the loss matches the current logits of those ids on attended tokens."""
+    from retain.data.stream import Stream, Task, TensorData
+
+    ids = torch.randint(0, 64, (6, 10), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[0, -4:] = 0
+    data = TensorData(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100))
+    stream = Stream((Task("a", data, data),), objective="causal_lm", setting="domain_il")
+    ctx = task_ctx(stream, 0, tiny_causal_lm, train=TrainConfig(batch_size=6))
+    der = DER(size=6, top_k=5)
+    batch = {k: v for k, v in data.tensors.items()}
+    out = ctx.forward(tiny_causal_lm, batch)
+    der.loss(torch.zeros(()), out, batch, ctx)
+    mem = der.buffer_.data
+    assert "logits" not in mem
+    assert mem["logit_values"].shape == (6, 10, 5) and mem["logit_index"].dtype == torch.int32
+    torch.testing.assert_close(mem["logit_values"], out.logits.detach().topk(5, -1).values)
+    with torch.no_grad():  # the model moves; the loss is the masked MSE over the stored ids
+        tiny_causal_lm.lm_head.weight.add_(0.1)
+    drawn = der.buffer_.sample(6, torch.Generator().manual_seed(1))
+    now = ctx.forward(tiny_causal_lm, drawn).logits
+    err = (now.gather(-1, drawn["logit_index"].long()) - drawn["logit_values"]).square().mean(-1)
+    m = drawn["attention_mask"].float()
+    want = (err * m).sum() / m.sum()
+    torch.testing.assert_close(DER._match(now, drawn), want)
+    assert want > 0

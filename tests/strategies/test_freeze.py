@@ -152,3 +152,65 @@ def test_defaults_trade_plasticity_for_stability(
     m = run_strategies(digits_permuted, ["freeze"]).metrics
     assert m.forgetting < finetune_permuted.metrics.forgetting - 0.03
     assert m.plasticity < finetune_permuted.metrics.plasticity - 0.2
+
+
+# ---------------------------------------------------------------- transformers
+
+
+def _tied_llama(layers: int = 3):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        vocab_size=32,
+        max_position_embeddings=32,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    return transformers.LlamaForCausalLM(config)
+
+
+def test_last_k_counts_transformer_blocks_with_tied_embeddings():
+    """With tied input and output embeddings the output layer's weight is listed under the input
+    embeddings' name; counting modules from the output then chose a name no parameter has, and
+    ``last_k: 1`` froze every parameter. On a transformer ``last_k`` counts blocks."""
+    model = _tied_llama()
+    Freeze(last_k=1).before_task(model, _ctx(1))
+    chosen = _trainable(model)
+    assert chosen, "last_k=1 froze every parameter"
+    assert {n for n in chosen if n.startswith("model.layers.")} == {
+        n for n, _ in model.named_parameters() if n.startswith("model.layers.2.")
+    }
+    assert "model.norm.weight" in chosen  # after the blocks: trained with the last one
+    assert "model.embed_tokens.weight" not in chosen  # the tied embeddings stay frozen
+
+
+def test_last_k_two_blocks_and_depths_per_block():
+    model = _tied_llama()
+    depths = layer_depths(model)
+    assert depths["model.layers.2.mlp.up_proj.weight"] == 0
+    assert depths["model.layers.0.self_attn.q_proj.weight"] == 2
+    assert depths["model.embed_tokens.weight"] == 3
+    Freeze(last_k=2).before_task(model, _ctx(1))
+    blocks = {n.split(".")[2] for n in _trainable(model) if n.startswith("model.layers.")}
+    assert blocks == {"1", "2"}
+
+
+def test_patterns_with_layer_ranges_and_embeddings():
+    model = _tied_llama(layers=4)
+    Freeze(last_k=0, trainable=["model.layers.1-2", "embeddings"]).before_task(model, _ctx(1))
+    chosen = _trainable(model)
+    blocks = {n.split(".")[2] for n in chosen if n.startswith("model.layers.")}
+    assert blocks == {"1", "2"}
+    assert "model.embed_tokens.weight" in chosen
+    assert "model.norm.weight" not in chosen
+
+
+def test_a_range_that_matches_no_block_is_refused():
+    from retain.errors import Unsupported
+
+    with pytest.raises(Unsupported, match="model.layers.7-9"):
+        Freeze(last_k=0, trainable=["model.layers.7-9"]).chosen(_tied_llama())

@@ -50,3 +50,36 @@ def test_the_example_penalises_squared_distance_to_the_last_task_weights(L2, dig
     l2.after_task(model, ctx)
     assert all(torch.equal(v, torch.ones_like(v)) for v in l2.importance_.values())
     assert l2.penalty(task_ctx(digits_permuted, 1, model)).value() == pytest.approx(0.0, abs=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_large_penalty_is_lean_and_gives_the_same_value_and_gradient(monkeypatch, dtype):
+    """Past LEAN_NUMEL weights the penalty refers to the importance and anchor instead of
+    keeping float32 copies (a 135M model's EWC held five copies of the model), with the same
+    value and gradient."""
+    torch.manual_seed(0)
+    params = [torch.randn(5, 3, dtype=dtype, requires_grad=True), torch.randn(4, dtype=dtype)]
+    params[1].requires_grad_(True)
+    weights = [torch.rand_like(p) for p in params]
+    centers = [torch.randn_like(p) for p in params]
+    results = {}
+    for lean in (False, True):
+        monkeypatch.setattr(penalty.QuadraticPenalty, "LEAN_NUMEL", 0 if lean else 10**9)
+        q = penalty.QuadraticPenalty(params, weights, centers, scale=3.0, const=0.5)
+        assert q.lean is lean
+        for p in params:
+            p.grad = None
+        q.add_to_grad()
+        via_grad = [p.grad.float().clone() for p in params]
+        for p in params:
+            p.grad = None
+        q().backward()
+        via_loss = [p.grad.float().clone() for p in params]
+        results[lean] = (q.value(), via_grad, via_loss)
+    tol = {"rtol": 2e-2, "atol": 1e-2} if dtype == torch.bfloat16 else {}
+    assert results[True][0] == pytest.approx(results[False][0], rel=1e-3)
+    for a, b in zip(results[True][1] + results[True][2], results[False][1] + results[False][2]):
+        torch.testing.assert_close(a, b, **tol)
+    monkeypatch.setattr(penalty.QuadraticPenalty, "LEAN_NUMEL", 0)
+    q = penalty.QuadraticPenalty(params, weights, centers, scale=3.0)
+    assert q.weights[0] is weights[0] and q.centers[0] is centers[0]  # references, no copies

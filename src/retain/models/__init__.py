@@ -104,9 +104,14 @@ def xavier_init(model: nn.Module) -> None:
 def build_model(cfg: ModelConfig, stream: Stream) -> nn.Module:
     """The model named by ``cfg``, with its input and output sizes taken from ``stream``."""
     if cfg.name == "hf":
-        from retain.utils.hf import build_causal_lm
+        from retain.utils.hf import build_hf_model
 
-        return build_causal_lm(cfg)
+        return build_hf_model(cfg, stream.objective, stream.n_outputs)
+    if "input_ids" in stream.tasks[0].train:
+        raise ConfigError(
+            f"the stream holds token ids (text), which model '{cfg.name}' cannot read; set "
+            "model.name=hf with model.pretrained (a local transformers folder) or model.hf_config"
+        )
     n_out = stream.n_outputs or 1
     shape = stream.input_shape
     if cfg.name == "mlp":

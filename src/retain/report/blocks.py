@@ -10,7 +10,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from retain.report.columns import ACCURACY_LIKE, COLUMNS, METRIC_COLUMNS, fmt, score_name
+from retain.report.columns import (
+    ACCURACY_LIKE,
+    METRIC_COLUMNS,
+    Column,
+    columns_for,
+    fmt,
+    rate,
+    score_name,
+)
 from retain.report.curriculum import curriculum_blocks
 from retain.report.record import Record, RunRecord, TaskTiming, Timing
 from retain.report.suites import guard_blocks, suite_blocks
@@ -113,9 +121,9 @@ LOWER_NOTE = (
 # --------------------------------------------------------------------------- document
 
 
-def _metrics_row(label: str, run: RunRecord) -> list[str]:
+def _metrics_row(label: str, run: RunRecord, columns: tuple[Column, ...]) -> list[str]:
     cells = [label + ("" if run.complete else " (incomplete)")]
-    return cells + [c.cell(run) for c in COLUMNS]
+    return cells + [c.cell(run) for c in columns]
 
 
 def _matrix_table(run: RunRecord, key: str) -> Block:
@@ -385,25 +393,30 @@ def _per_class_blocks(record: Record, runs: dict[str, RunRecord]) -> list[Block]
     return blocks
 
 
-def _timing_cells(t: TaskTiming | Timing) -> list[str]:
-    return [
+def _timing_cells(t: TaskTiming | Timing, tokens: bool) -> list[str]:
+    cells = [
         f"{t.train_seconds:.2f}",
         f"{t.hook_seconds:.2f}",
         f"{t.eval_seconds:.3f}",
-        f"{t.samples_per_s:,.0f}",
+        rate(t.samples_per_s),
     ]
+    if tokens:
+        cells.append("–" if t.tokens_per_s is None else rate(t.tokens_per_s))
+    return cells
 
 
 def _timing_blocks(runs: dict[str, RunRecord]) -> list[Block]:
     rows = []
+    tokens = any(r.timing.tokens_per_s is not None for r in runs.values())
     for label, run in runs.items():
         for t in run.timing.per_task:
             steps = "–" if t.steps is None else str(t.steps)
             samples = "–" if t.samples is None else str(t.samples)
-            rows.append([label, t.task, steps, samples, *_timing_cells(t)])
+            rows.append([label, t.task, steps, samples, *_timing_cells(t, tokens)])
         if run.timing.per_task:
-            rows.append([label, "total", "", "", *_timing_cells(run.timing)])
-    return [("h", 2, "Training time"), ("table", TIMING_HEAD, rows, None)] if rows else []
+            rows.append([label, "total", "", "", *_timing_cells(run.timing, tokens)])
+    head = (*TIMING_HEAD, "tokens/s") if tokens else TIMING_HEAD
+    return [("h", 2, "Training time"), ("table", head, rows, None)] if rows else []
 
 
 def _state_cell(value: Any) -> str:
@@ -501,8 +514,9 @@ def build_blocks(record: Record) -> list[Block]:
     runs, score = record.runs, record.score
     blocks = _head_blocks(record, runs) + _data_blocks(runs)
     blocks += [("h", 2, "Summary"), ("ul", summary_lines(record))]
-    head = ["strategy", *(c.header.format(score=score_name(score)) for c in COLUMNS)]
-    rows = [_metrics_row(label, r) for label, r in runs.items()]
+    columns = columns_for(list(runs.values()))
+    head = ["strategy", *(c.header.format(score=score_name(score)) for c in columns)]
+    rows = [_metrics_row(label, r, columns) for label, r in runs.items()]
     best = best_strategy(record)
     blocks += [
         ("h", 2, "Metrics"),

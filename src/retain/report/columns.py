@@ -78,6 +78,7 @@ class Column:
         direction: which way is better.
         meaning: a plain-words definition; ``brief`` is the terminal caption's shorter one.
         formula, denominator: the definition over R (metrics only).
+        optional: shown only where some run of the record has a value.
     """
 
     key: str
@@ -90,6 +91,7 @@ class Column:
     brief: str = ""
     formula: str = ""
     denominator: str = ""
+    optional: bool = False  # shown only when some run has a value (tokens/s: language models)
 
     def higher_is_better(self, score_higher: bool = True) -> bool:
         return score_higher if self.direction == "score" else self.direction == "higher"
@@ -105,7 +107,23 @@ class Column:
             return "–"
         if self.kind == "seconds":
             return f"{v:.1f} s" if terminal else f"{v:.2f}"
-        return f"{v:,.0f}" if self.kind == "rate" else f"{v:.0f}"
+        return rate(v) if self.kind == "rate" else f"{v:.0f}"
+
+
+def rate(v: float) -> str:
+    """A throughput: whole numbers from 100 up, else 3 significant digits (a slow step's 0.4
+    samples/s is not 0).
+
+    Examples:
+        >>> rate(12345.6), rate(0.4123), rate(57.25)
+        ('12,346', '0.412', '57.2')
+    """
+    return f"{v:,.0f}" if v >= 100 else f"{v:.3g}"
+
+
+def columns_for(runs: list[RunRecord]) -> tuple[Column, ...]:
+    """The columns of a table of ``runs``: every column, less optional ones no run has."""
+    return tuple(c for c in COLUMNS if not c.optional or any(c.value(r) is not None for r in runs))
 
     def std(self, run: RunRecord) -> float | None:
         """The standard deviation over seeds of a run over several seeds, else ``None``."""
@@ -217,6 +235,16 @@ COLUMNS: tuple[Column, ...] = (
         "rate",
         "higher",
         "training samples per second",
+    ),
+    Column(
+        "tokens_per_s",
+        "tokens/s",
+        None,
+        lambda r: r.timing.tokens_per_s,
+        "rate",
+        "higher",
+        "training tokens per second (attended tokens; language models)",
+        optional=True,
     ),
     Column(
         "peak_rss_mb",

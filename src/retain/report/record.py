@@ -141,6 +141,9 @@ class TaskTiming(_Part):
     samples_per_s: float = 0.0
     # Strategies' work between tasks (Fisher passes, buffer selection, generator training).
     hook_seconds: float = 0.0
+    tokens_per_s: float | None = None  # language models
+
+    _OMIT: ClassVar[frozenset[str]] = frozenset({"tokens_per_s"})
 
 
 @dataclass
@@ -150,6 +153,9 @@ class Timing(_Part):
     hook_seconds: float = 0.0
     eval_seconds: float = 0.0
     samples_per_s: float = 0.0
+    tokens_per_s: float | None = None  # language models
+
+    _OMIT: ClassVar[frozenset[str]] = frozenset({"tokens_per_s"})
 
 
 @dataclass
@@ -234,12 +240,13 @@ class Spread(_Part):
 
 @dataclass
 class RunRecord(_Part):
-    """One strategy's run: ``matrix`` is R (row 0 the untrained model, row i after task i,
-    column j task j; a joint run has two rows), ``metrics`` is ``None`` until the run completes.
+    """One strategy's run: ``matrix`` is R (row 0 the model before training, ``initial``:
+    "pretrained", or None for an untrained one; row i after task i, column j task j; a joint run has two rows),
+    ``metrics`` is ``None`` until the run completes.
     """
 
     _OMIT: ClassVar[frozenset[str]] = frozenset(
-        {"per_class", "data", "out_dir", "spread", "curriculum", "suites", "guard"}
+        {"per_class", "data", "out_dir", "spread", "curriculum", "suites", "guard", "initial"}
     )
     _FIXED: ClassVar[frozenset[str]] = frozenset({"schema_version", "kind"})
     kind: ClassVar[str] = "run"
@@ -248,6 +255,7 @@ class RunRecord(_Part):
     strategy: str = "run"
     strategies: list[dict[str, Any]] = field(default_factory=list)
     joint: bool = False
+    initial: str | None = None  # None: "untrained"
     stream: StreamInfo = field(default_factory=StreamInfo)
     tasks: list[str] = field(default_factory=list)
     task_classes: list[list[int] | None] = field(default_factory=list)

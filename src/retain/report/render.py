@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from retain.report.blocks import build_blocks
-from retain.report.columns import COLUMNS
+from retain.report.columns import columns_for
 from retain.report.record import Record
 from retain.report.summary import as_record, report_title, summary_lines
 from retain.utils.files import write_atomic
@@ -149,13 +149,14 @@ def _cell(value: Any) -> Any:
 
 def metrics_rows(record: Record) -> list[list[Any]]:
     """metrics.csv: a header and one row per strategy at full precision; empty cell for None."""
-    rows: list[list[Any]] = [["strategy", "score", *(c.key for c in COLUMNS)]]
+    columns = columns_for(list(record.runs.values()))
+    rows: list[list[Any]] = [["strategy", "score", *(c.key for c in columns)]]
     # Runs over several seeds: the values are means; the seeds and each metric's std follow.
-    seeded = [c for c in COLUMNS if any(c.std(r) is not None for r in record.runs.values())]
+    seeded = [c for c in columns if any(c.std(r) is not None for r in record.runs.values())]
     if seeded:
         rows[0] += ["seeds", *(f"{c.key}_std" for c in seeded)]
     for label, run in record.runs.items():
-        row = [label, run.score, *(_cell(c.value(run)) for c in COLUMNS)]
+        row = [label, run.score, *(_cell(c.value(run)) for c in columns)]
         if seeded:
             seeds = " ".join(map(str, run.spread.seeds)) if run.spread else ""
             row += [seeds, *(_cell(c.std(run)) for c in seeded)]

@@ -95,16 +95,19 @@ def timing_of(fits: list[dict[str, Any]]) -> Timing:
             eval_seconds=f["eval_seconds"],
             samples_per_s=f["samples_per_s"],
             hook_seconds=f.get("hook_seconds", 0.0),
+            tokens_per_s=f.get("tokens_per_s"),
         )  # older checkpoints lack it
         for f in fits
     ]
     train_s = sum(t.train_seconds for t in per_task)
+    tokens = [f.get("tokens") for f in fits]
     return Timing(
         per_task=per_task,
         train_seconds=train_s,
         hook_seconds=sum(t.hook_seconds for t in per_task),
         eval_seconds=sum(t.eval_seconds for t in per_task),
         samples_per_s=sum(f["samples"] for f in fits) / train_s if train_s > 0 else 0.0,
+        tokens_per_s=sum(tokens) / train_s if train_s > 0 and None not in tokens else None,
     )
 
 
@@ -121,6 +124,7 @@ class RunFacts:
     warnings: list[str] = field(default_factory=list)
     device: str = "cpu"
     num_processes: int = 1
+    initial: str = "untrained"  # the model R's row 0 scores: "untrained" or "pretrained"
 
 
 def build_record(
@@ -139,6 +143,7 @@ def build_record(
         strategy=label(facts.strategies),
         strategies=[s.spec() for s in facts.strategies],
         joint=facts.joint,
+        initial=facts.initial if facts.initial != "untrained" else None,
         stream=stream_info(stream),
         tasks=stream.task_names,
         task_classes=[list(t.classes) if t.classes is not None else None for t in stream.tasks],

@@ -48,9 +48,10 @@ def as_record(record: Record | dict[str, Any]) -> Record:
 
 
 def row_labels(run: RunRecord) -> list[str]:
-    """Labels of the rows of a run's matrix: "untrained", "after t1", ... (joint: "after joint")."""
+    """Labels of the rows of a run's matrix: "untrained" (or "pretrained"), "after t1", ...
+    (joint: "after joint")."""
     after = ["joint"] if run.joint else list(run.tasks)
-    return (["untrained"] + [f"after {t}" for t in after])[: len(run.matrix)]
+    return ([run.initial or "untrained"] + [f"after {t}" for t in after])[: len(run.matrix)]
 
 
 def report_title(record: Record) -> str:

@@ -22,6 +22,10 @@ class Growing(Strategy):
 
     unit: ClassVar[str] = "unit"  # its name in stats(): "column", "stage"
     net_type: ClassVar[type]
+    unsupported: ClassVar[dict[str, str]] = {
+        "causal_lm": "it grows a copy of a stack of Linear layers per task, and a transformer is "
+        "not one; use freeze (train only the last blocks), ewc, or replay"
+    }
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -83,6 +83,9 @@ class TaskContext:
         sgd_lr: the learning rate when the optimizer is plain SGD (no momentum), else None: the
             one case in which a quadratic penalty's stability can be checked in advance.
         task_known: whether task-aware models get the task ids (the ``task_il`` setting).
+        n_tasks: how many tasks the run trains (one for ``joint``); None: the stream's count.
+            ``is_last_task`` reads it: work whose only use is protecting the task just trained
+            from later ones (EWC's Fisher pass) is skipped after the last.
         class_mask: task-IL logit mask, one row per task (None outside task_il).
         model: the model being trained, as prepared for the task (None before that: in
             ``setup``, ``before_task`` and ``param_groups`` the model is the hook's argument).
@@ -107,6 +110,7 @@ class TaskContext:
     grads_are_scaled: bool = False
     sgd_lr: float | None = None
     task_known: bool = False
+    n_tasks: int | None = None
     class_mask: torch.Tensor | None = None
     model: nn.Module | None = None
     autocast: Callable[[], contextlib.AbstractContextManager] = field(
@@ -120,6 +124,12 @@ class TaskContext:
     def seen_tasks(self) -> tuple[Task, ...]:
         """Tasks up to and including the current one."""
         return self.stream.tasks[: self.task_index + 1]
+
+    @property
+    def is_last_task(self) -> bool:
+        """Whether no task follows this one in the run."""
+        n = self.n_tasks if self.n_tasks is not None else len(self.stream.tasks)
+        return self.task_index >= n - 1
 
     def make_loader(
         self,

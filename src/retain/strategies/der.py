@@ -44,6 +44,12 @@ class DER(Strategy):
             DER; mammoth's tuned values are 0.5-1.0.
         batch_size: Memory samples per draw (each of the one or two draws per step); default:
             the training batch size (mammoth's ``minibatch_size``). Per process.
+        top_k: Causal language models: per token, only the ``top_k`` largest logits are stored
+            (with their token ids), and the current model's logits for those tokens are matched
+            to them. Every logit of every token would take ``size x block x vocabulary`` floats:
+            25 GB for 500 blocks of 128 tokens over a 49k vocabulary; with ``top_k=32`` it is
+            25 MB. The tokens the model found likely carry nearly all of its distribution. Not
+            used for other objectives, whose logits are stored whole.
 
     Reference: Buzzega et al., "Dark Experience for General Continual Learning: a Strong,
     Simple Baseline", NeurIPS 2020; mammoth's ``models/der.py`` and ``models/derpp.py``.
@@ -53,6 +59,7 @@ class DER(Strategy):
     alpha: float = field(default=0.5, metadata={"ge": 0})
     beta: float = field(default=0.0, metadata={"ge": 0})
     batch_size: int | None = field(default=None, metadata={"ge": 1})
+    top_k: int = field(default=32, metadata={"ge": 1})
 
     rehearsal: ClassVar[bool] = True
 
@@ -81,16 +88,37 @@ class DER(Strategy):
             b = self._draw(ctx, device) if self.beta > 0 else None  # independent (DER++)
             if b is not None and self._fuse and ctx.objective.name != "causal_lm":
                 both = ctx.logits(ctx.forward(ctx.model, {k: torch.cat([a[k], b[k]]) for k in a}))
-                out_a, out_b = both.split([len(a["logits"]), len(b["logits"])])
+                out_a, out_b = both.split([len(a["task"]), len(b["task"])])
             else:
                 out_a = ctx.forward(ctx.model, a)
                 out_b = ctx.forward(ctx.model, b) if b is not None else None
-            loss = loss + self.alpha * F.mse_loss(ctx.logits(out_a).float(), a["logits"].float())
+            loss = loss + self.alpha * self._match(ctx.logits(out_a), a)
             if b is not None:
                 loss = loss + self.beta * ctx.task_loss(out_b, b)
         # Store raw logits (no task-IL mask) of the incoming samples only, as trained on now.
-        self.buffer_.offer(batch, ctx, logits=logits.detach())
+        self.buffer_.offer(batch, ctx, **self._stored(logits.detach()))
         return loss
+
+    def _stored(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        if logits.dim() < 3:  # one row of outputs per sample: kept whole
+            return {"logits": logits}
+        k = min(self.top_k, logits.shape[-1])
+        values, index = logits.topk(k, dim=-1)  # per token (see top_k)
+        return {"logit_values": values, "logit_index": index.to(torch.int32)}
+
+    @staticmethod
+    def _match(logits: torch.Tensor, stored: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean squared distance to the stored logits; per token over the stored top-k, and only
+        on attended tokens, for sequences."""
+        if "logits" in stored:
+            return F.mse_loss(logits.float(), stored["logits"].float())
+        now = logits.gather(-1, stored["logit_index"].long()).float()
+        err = (now - stored["logit_values"].float()).square().mean(-1)
+        mask = stored.get("attention_mask")
+        if mask is None:
+            return err.mean()
+        mask = mask.float()
+        return (err * mask).sum() / mask.sum().clamp_min(1.0)
 
     def stats(self) -> dict[str, Any]:
         return self.buffer_.stats()

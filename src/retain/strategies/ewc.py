@@ -44,6 +44,36 @@ def sample_labels(
     return {**batch, "labels": labels}
 
 
+@torch.no_grad()
+def _sum_into(
+    total: dict[str, torch.Tensor],
+    center: dict[str, torch.Tensor],
+    fisher: dict[str, torch.Tensor],
+    anchor: dict[str, torch.Tensor],
+) -> float:
+    """Add ``F (theta - a)^2`` to ``A (theta - m)^2`` in place, as one quadratic; returns the
+    constant the sum leaves.
+
+    ``A (theta - m)^2 + F (theta - a)^2 = A' (theta - m')^2 + A (m - m')^2 + F (a - m')^2`` with
+    ``A' = A + F`` and ``m' = m + F (a - m) / A'``: the paper's one penalty per task, held as one
+    F and one theta* (a copy of the model each) whatever the number of tasks. Computed in float32
+    one parameter at a time, written into ``total`` and ``center`` in place.
+    """
+    const = 0.0
+    for n, f in fisher.items():
+        if n not in total:
+            total[n], center[n] = f, anchor[n].clone()
+            continue
+        a_old, m_old = total[n].float(), center[n].float()
+        f32, a = f.float().to(a_old.device), anchor[n].float().to(a_old.device)
+        a_new = a_old + f32
+        shift = torch.where(a_new > 0, f32 * (a - m_old) / a_new.clamp_min(1e-30), a - m_old)
+        const += float((a_old * shift**2 + f32 * (a - m_old - shift) ** 2).sum())
+        center[n].add_(shift.to(center[n].dtype))
+        total[n].add_(f32.to(total[n].dtype))
+    return const
+
+
 @register("ewc", reference_url="https://arxiv.org/abs/1612.00796")
 @dataclass(repr=False)  # keep Strategy.__repr__: only non-default fields
 class EWC(Penalized):
@@ -54,9 +84,11 @@ class EWC(Penalized):
     Training later tasks adds ``lam * sum_i F_i (theta_i - theta*_i)^2``, pulling the weights
     that mattered back towards their values theta* at the end of the earlier task. The penalty has
     no 1/2 (as mammoth's), so mammoth's ``e_lambda`` values carry over as ``lam``. Only trainable
-    parameters are covered (with LoRA: the adapters, so F stays small). State: F and theta*, one
-    copy each per task (``separate``) or one in all (``online``); ``stats()`` reports the bytes
-    and the penalty's value at the end of each task. On one process or DDP the penalty's
+    parameters are covered (with LoRA: the adapters, so F stays small), in each parameter's
+    dtype. State: one F and one theta* (in ``separate`` mode the per-task penalties are summed
+    into one quadratic, exactly: their summed F, its F-weighted mean theta* and a constant); no
+    Fisher is computed after the run's last task, which no later task would
+    use. ``stats()`` reports the bytes and the penalty's value at the end of each task. On one process or DDP the penalty's
     gradient is added after backward rather than through the loss (a quarter of the cost), so
     the logged training loss is the task loss alone.
 
@@ -65,7 +97,7 @@ class EWC(Penalized):
             mean over samples; with SGD keep ``2 * lr * lam * max(F)`` below 2 or training
             diverges. mammoth: 0.7 on P-MNIST (lr 0.1), 90 on Seq-MNIST (lr 0.03).
         mode: ``separate``: one penalty per earlier task, each with its own F and theta* (the
-            paper; memory grows with tasks). ``online``: one running F, decayed by ``gamma`` and
+            paper; held summed, so memory does not grow with tasks). ``online``: one running F, decayed by ``gamma`` and
             added to after each task, anchored at the latest weights (online EWC, mammoth's oEWC).
         gamma: Online mode: F <- gamma * F + F_new after each task; below 1 old tasks fade.
         fisher: Labels in the per-sample gradients. ``auto`` (default): ``sampled`` where the
@@ -102,8 +134,9 @@ class EWC(Penalized):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.fisher_: list[dict[str, torch.Tensor]] = []  # one per task (separate) or one (online)
+        self.fisher_: list[dict[str, torch.Tensor]] = []  # one (older checkpoints: one per task)
         self.anchor_: list[dict[str, torch.Tensor]] = []  # theta* matching each F
+        self.const_ = 0.0  # separate mode: the constant of the summed quadratic (_sum_into)
         self._last: dict[str, Any] = {}
 
     def fisher_for(self, objective: str) -> str:
@@ -158,22 +191,38 @@ class EWC(Penalized):
         return fisher
 
     def after_task(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
-        base = ctx.unwrap(model)
-        fisher = self.fisher_diagonal(base, ctx)
-        if self.mode == "online" and self.fisher_:
-            merged = {
-                n: self.gamma * f.to(fisher[n].device) if n in fisher else self.gamma * f
-                for n, f in self.fisher_[0].items()
-            }
-            for n, f in fisher.items():
-                merged[n] = merged[n] + f if n in merged else f
-            self.fisher_ = [merged]
-        else:
-            self.fisher_.append(fisher)
-        weights = dict(base.named_parameters())
-        anchor = {n: weights[n].detach().clone() for n in self.fisher_[-1] if n in weights}
-        self.anchor_ = [anchor] if self.mode == "online" else [*self.anchor_, anchor]
+        # The penalty's value at the weights reached is recorded and its memory freed before the
+        # Fisher pass; the state below is then updated in place (a copy of the model less each).
         self.invalidate()
+        if ctx.is_last_task:  # no later task would be penalised with it
+            self._last = {}
+            return model
+        base = ctx.unwrap(model)
+        weights = {n: p.detach() for n, p in base.named_parameters()}
+        # Stored in each parameter's dtype: a bf16 model's Fisher takes what its weights take.
+        fisher = {n: f.to(weights[n].dtype) for n, f in self.fisher_diagonal(base, ctx).items()}
+        if not self.fisher_:
+            self.fisher_ = [fisher]
+            self.anchor_ = [{n: weights[n].clone() for n in fisher}]
+        elif self.mode == "online":  # F <- gamma F + F_new, anchored at the weights reached
+            old, anchor = self.fisher_[0], self.anchor_[0]
+            for f in old.values():
+                f.mul_(self.gamma)
+            for n, f in fisher.items():
+                if n in old:
+                    old[n].add_(f.to(old[n].device))
+                else:
+                    old[n] = f
+            for n in old:
+                if n in anchor and n in weights:
+                    anchor[n].copy_(weights[n])
+                elif n in weights:
+                    anchor[n] = weights[n].clone()
+        elif len(self.fisher_) == 1:  # separate: summed into one quadratic (see _sum_into)
+            self.const_ += _sum_into(self.fisher_[0], self.anchor_[0], fisher, weights)
+        else:  # a checkpoint that kept one F per task
+            self.fisher_.append(fisher)
+            self.anchor_.append({n: weights[n].clone() for n in fisher})
         return model
 
     def build_penalty(self, ctx: TaskContext) -> QuadraticPenalty | None:
@@ -185,16 +234,17 @@ class EWC(Penalized):
         params = trainable(ctx.unwrap(ctx.model))
         kept, totals, centers, const = [], [], [], 0.0
         for n, p in params.items():
-            fs = [f[n].to(p.device).float() for f in self.fisher_ if n in f]
+            # One task's F and theta* are used as they are (no copy: a large model's penalty
+            # refers to them, see QuadraticPenalty.lean); several are combined in float32.
+            fs = [f[n].to(p.device) for f in self.fisher_ if n in f]
             if not fs:
                 continue
-            anchors = [
-                a[n].to(p.device).float() for f, a in zip(self.fisher_, self.anchor_) if n in f
-            ]
-            total = torch.stack(fs).sum(0)
+            anchors = [a[n].to(p.device) for f, a in zip(self.fisher_, self.anchor_) if n in f]
             if len(fs) == 1:
-                center = anchors[0]
+                total, center = fs[0], anchors[0]
             else:
+                fs, anchors = [f.float() for f in fs], [a.float() for a in anchors]
+                total = torch.stack(fs).sum(0)
                 weighted = torch.stack([f * a for f, a in zip(fs, anchors)]).sum(0)
                 center = torch.where(total > 0, weighted / total.clamp_min(1e-30), anchors[-1])
                 const += float(sum((f * (a - center) ** 2).sum() for f, a in zip(fs, anchors)))
@@ -202,6 +252,7 @@ class EWC(Penalized):
             totals.append(total)
             centers.append(center)
         check_sgd_stable("ewc", "lam", self.lam, totals, ctx)
+        const += self.const_
         return QuadraticPenalty(kept, totals, centers, self.lam, const=self.lam * const)
 
     def stats(self) -> dict[str, Any]:

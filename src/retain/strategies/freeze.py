@@ -3,24 +3,55 @@
 from __future__ import annotations
 
 import fnmatch
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from torch import nn
 
 from retain.errors import Unsupported
 from retain.strategies import register
 from retain.strategies.base import Strategy
 
 if TYPE_CHECKING:
-    from torch import nn
-
     from retain.strategies.context import TaskContext
+
+
+def transformer_blocks(model: nn.Module) -> tuple[str, int] | None:
+    """``(name, count)`` of a transformers model's list of blocks (``model.layers``,
+    ``encoder.layer``, ``transformer.h``): its largest ``ModuleList`` of modules of one class.
+    None for other models, whose layers are the modules that own parameters."""
+    if not type(model).__module__.startswith("transformers"):
+        return None
+    best: tuple[int, str, int] | None = None
+    for name, m in model.named_modules():
+        if isinstance(m, nn.ModuleList) and len(m) > 1 and len({type(c) for c in m}) == 1:
+            size = sum(p.numel() for p in m.parameters())
+            if best is None or size > best[0]:
+                best = (size, name, len(m))
+    return (best[1], best[2]) if best else None
 
 
 def layer_depths(model: nn.Module) -> dict[str, int]:
     """Parameter name -> depth of its layer counted from the output (the last layer is 0).
 
     A layer is a module that owns parameters itself, in registration order (the forward order
-    of an ``nn.Sequential``, and of most models)."""
+    of an ``nn.Sequential``, and of most models). In a transformers model a layer is a
+    transformer block: the last block and what follows it (the final norm, an untied output
+    head) are at depth 0, the embeddings before the first block at the number of blocks. Tied
+    output embeddings are the input embeddings' parameter, so they count as input embeddings.
+    """
+    blocks = transformer_blocks(model)
+    if blocks is not None:
+        prefix, count = blocks
+        depths, seen_blocks = {}, False
+        for name, _ in model.named_parameters():
+            if name.startswith(prefix + "."):
+                seen_blocks = True
+                depths[name] = count - 1 - int(name[len(prefix) + 1 :].split(".")[0])
+            else:  # before the blocks: the embeddings; after them: with the last block
+                depths[name] = 0 if seen_blocks else count
+        return depths
     layers = [
         (name, [pn for pn, _ in m.named_parameters(recurse=False)])
         for name, m in model.named_modules()
@@ -31,6 +62,38 @@ def layer_depths(model: nn.Module) -> dict[str, int]:
         for d, (name, pns) in enumerate(layers)
         for pn in pns
     }
+
+
+def _expand(pattern: str) -> list[str]:
+    """``model.layers.0-2`` -> ``model.layers.0``, ``model.layers.1``, ``model.layers.2``: a
+    dot-separated part ``a-b`` stands for every integer from a to b."""
+    parts = pattern.split(".")
+    for i, part in enumerate(parts):
+        m = re.fullmatch(r"(\d+)-(\d+)", part)
+        if m:
+            lo, hi = int(m.group(1)), int(m.group(2))
+            return [
+                q
+                for k in range(lo, hi + 1)
+                for q in _expand(".".join([*parts[:i], str(k), *parts[i + 1 :]]))
+            ]
+    return [pattern]
+
+
+def matching(model: nn.Module, names: list[str], pattern: str) -> list[str]:
+    """Parameter names chosen by ``pattern``: shell-style (fnmatch) on the full name, or a module
+    name (``model.layers.3`` covers its parameters), with ``a-b`` ranges of block numbers;
+    ``embeddings`` names the input embeddings (and tied output embeddings)."""
+    if pattern == "embeddings":
+        get = getattr(model, "get_input_embeddings", None)
+        modules = [get()] if callable(get) and get() is not None else []
+        modules = modules or [m for m in model.modules() if isinstance(m, nn.Embedding)]
+        ids = {id(p) for m in modules for p in m.parameters()}
+        return [n for n, p in model.named_parameters() if id(p) in ids]
+    hits: list[str] = []
+    for pat in _expand(pattern):
+        hits += [n for n in names if fnmatch.fnmatchcase(n, pat) or n.startswith(pat + ".")]
+    return hits
 
 
 @register("freeze", reference_url="https://arxiv.org/abs/1801.06146")
@@ -54,12 +117,17 @@ class Freeze(Strategy):
     Args:
         last_k: Train only the last ``k`` layers, counted from the output. A layer is a module
             that owns parameters (a Linear, a convolution, a norm layer), so in an MLP
-            ``last_k=1`` trains only the output layer. None: every layer stays trainable (to use
+            ``last_k=1`` trains only the output layer. In a transformers model a layer is a
+            transformer block: ``last_k=1`` trains the last block and what follows it (the final
+            norm, an output head that is not tied to the input embeddings); the embeddings stay
+            frozen unless a pattern names them. None: every layer stays trainable (to use
             ``lr_decay`` alone).
-        trainable: Parameter-name patterns (shell-style, matched with fnmatch against names as
-            ``model.named_parameters()`` gives them, e.g. ``["net.4.*"]``); matching parameters
-            are trained too (in addition to the last ``last_k`` layers; set ``last_k=0`` to
-            choose by pattern only). A pattern that matches nothing is an error.
+        trainable: Parameter-name patterns, matched against names as
+            ``model.named_parameters()`` gives them: shell-style (``["net.4.*"]``), or a module's
+            name for all its parameters (``model.layers.3``), with ranges of block numbers
+            (``model.layers.0-9``); ``embeddings`` names the input embeddings. Matching
+            parameters are trained too (in addition to the last ``last_k`` layers; set
+            ``last_k=0`` to choose by pattern only). A pattern that matches nothing is an error.
         from_task: Index of the first task the freezing applies to. 1 (default): the first
             task trains the whole network, later tasks only the chosen layers. 0 also freezes
             during the first task (a pretrained model used as a fixed feature extractor).
@@ -101,7 +169,7 @@ class Freeze(Strategy):
             return set(depths)
         names = {n for n, d in depths.items() if d < self.last_k}
         for pattern in self.trainable:
-            hits = fnmatch.filter(depths, pattern)
+            hits = matching(model, list(depths), pattern)
             if not hits:
                 few = ", ".join(list(depths)[:6])
                 raise Unsupported(

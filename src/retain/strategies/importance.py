@@ -285,6 +285,11 @@ def _mean_over_processes(
     acc: dict[str, torch.Tensor], count: torch.Tensor, ctx: TaskContext
 ) -> dict[str, torch.Tensor]:
     """The sums over every process's samples divided by their count, in one all-reduce."""
+    if ctx.world_size == 1:  # in place: the flat copy below would be two more copies of the model
+        n = max(float(count), 1.0)
+        for t in acc.values():
+            t.div_(n)
+        return acc
     flat = torch.cat([count.view(1)] + [t.view(-1) for t in acc.values()])
     flat = ctx.all_reduce(flat, op="sum")
     flat = flat[1:] / flat[0].clamp_min(1.0)

@@ -42,7 +42,8 @@ class MAS(Penalized):
     from the task would do (here: the task's training inputs). Importances are summed over tasks
     (as online EWC with gamma 1 and as SI; the MAS code's running average only rescales ``lam``
     by the number of tasks). Later tasks add ``lam * sum_i Omega_i (theta_i - theta*_i)^2`` with
-    theta* the weights at the end of the last task. ``stats()`` reports the memory held.
+    theta* the weights at the end of the last task. Importances are kept in each parameter's
+    dtype and not computed after the run's last task. ``stats()`` reports the memory held.
 
     Args:
         lam: Penalty strength. Larger keeps old tasks better and learns new ones worse; its scale
@@ -87,6 +88,10 @@ class MAS(Penalized):
         return omega
 
     def after_task(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
+        self.invalidate()  # the penalty's value recorded and its memory freed before the pass
+        if ctx.is_last_task:  # no later task would be penalised with it
+            self._last = {}
+            return model
         base = ctx.unwrap(model)
         self.consolidate(self.importance(base, ctx), base)
         return model

@@ -102,7 +102,15 @@ class QuadraticPenalty:
     it (see ``Penalized``): ``add_to_grad()`` after backward (three kernels into a persistent
     buffer, nothing allocated) or ``__call__()`` for a differentiable value to add to the loss.
     Memory: three float32 copies of the covered parameters, four with the buffer.
+
+    Past ``LEAN_NUMEL`` covered weights (language models) those copies would cost more than the
+    kernels they save: the penalty then holds references to ``weights`` and ``centers`` (the
+    strategy's importance and anchor, in the parameters' dtype) and works one parameter at a
+    time, so it adds no copy of the model beyond one parameter's temporary.
     """
+
+    #: Covered weights beyond which the penalty is kept ``lean`` (16.8 M: 64 MB per float32 copy).
+    LEAN_NUMEL = 2**24
 
     def __init__(
         self,
@@ -115,6 +123,10 @@ class QuadraticPenalty:
         self.params = params
         self.const = const  # added to the value (EWC's separate-mode remainder)
         self.via_grad = False  # how the owning strategy applies it (set by Penalized)
+        self.lean = sum(p.numel() for p in params) > self.LEAN_NUMEL
+        if self.lean:
+            self.weights, self.centers, self.scale = weights, centers, scale
+            return
         self.roots = [w.float().clamp_min(0.0).sqrt().mul_(math.sqrt(scale)) for w in weights]
         neg_rc = torch._foreach_mul(self.roots, [c.float() for c in centers])
         torch._foreach_neg_(neg_rc)
@@ -131,7 +143,13 @@ class QuadraticPenalty:
         self.neg_rc = neg_rc
 
     def __call__(self) -> torch.Tensor:
-        value = _Quadratic.apply(self, *self.params)
+        if self.lean:
+            value = self.scale * sum(
+                (w * (p.float() - c).square()).sum()
+                for p, w, c in zip(self.params, self.weights, self.centers)
+            )
+        else:
+            value = _Quadratic.apply(self, *self.params)
         return value + self.const if self.const else value
 
     @torch.no_grad()
@@ -139,6 +157,14 @@ class QuadraticPenalty:
         """Add the gradient ``2 r (r theta - r c)`` into each parameter's ``.grad`` (created where
         None), outside autograd: a quarter of the cost of ``__call__`` + backward on a
         784-100-100-10 MLP step."""
+        if self.lean:
+            for p, w, c in zip(self.params, self.weights, self.centers):
+                d = (p.float() - c).mul_(w).mul_(2.0 * self.scale)  # one parameter's temporary
+                if p.grad is None:
+                    p.grad = d.to(p.dtype)
+                else:
+                    p.grad.add_(d)
+            return
         rdiff = self._rdiff()
         torch._foreach_mul_(rdiff, self.roots)
         grads = [p.grad for p in self.params]
@@ -154,6 +180,8 @@ class QuadraticPenalty:
     @torch.no_grad()
     def value(self) -> float:
         """The penalty's current value, without a graph."""
+        if self.lean:
+            return float(self()) if self.params else self.const
         rdiff = self._rdiff()
         return float(torch.stack(torch._foreach_norm(rdiff)).square().sum()) + self.const
 
@@ -193,14 +221,30 @@ class Penalized(Strategy):
     strength: ClassVar[str] = ""
 
     def consolidate(self, new: dict[str, torch.Tensor], model: nn.Module) -> None:
-        """After a task: ``importance_ += new``, the anchor becomes the current weights."""
-        for n, v in new.items():
-            old = self.importance_.get(n)
-            self.importance_[n] = v if old is None else old.to(v.device) + v
-        self.anchor_ = {
-            n: p.detach().clone() for n, p in model.named_parameters() if n in self.importance_
-        }
+        """After a task: ``importance_ += new``, the anchor becomes the current weights. Both are
+        kept in each parameter's dtype (a bf16 model's importance takes what its weights take)
+        and updated in place, so no second copy of either exists at any time (the cached
+        penalty, which refers to them on a large model, is dropped first)."""
         self.invalidate()
+        params = {n: p.detach() for n, p in model.named_parameters()}
+        with torch.no_grad():
+            for n, v in new.items():
+                v = v.to(params[n].dtype) if n in params else v
+                old = self.importance_.get(n)
+                if old is None:
+                    self.importance_[n] = v
+                else:
+                    old.add_(v.to(old.device))
+            anchor = self.anchor_
+            self.anchor_ = {}
+            for n in self.importance_:
+                if n not in params:
+                    continue
+                kept = anchor.get(n)
+                if kept is not None and kept.shape == params[n].shape:
+                    self.anchor_[n] = kept.copy_(params[n])
+                else:
+                    self.anchor_[n] = params[n].clone()
 
     def build_penalty(self, ctx: TaskContext) -> QuadraticPenalty | None:
         """The penalty for the current state, or None when there is nothing to protect yet."""

@@ -39,6 +39,7 @@ class FitStats:
 
     steps: int = 0
     samples: int = 0
+    tokens: int | None = None  # language models: attended tokens trained on
     seconds: float = 0.0
     losses: list[tuple[int, float]] = field(default_factory=list)  # (step, mean loss since last)
     lrs: list[tuple[int, float]] = field(default_factory=list)  # (step, learning-rate factor)
@@ -49,6 +50,12 @@ class FitStats:
     @property
     def samples_per_s(self) -> float:
         return self.samples / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        if self.tokens is None:
+            return None
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
 
 
 @dataclass(frozen=True)
@@ -160,10 +167,15 @@ def fit_task(
     progress.task(f"train {ctx.task.name}", loop.total)
     model.train()
     optimizer.zero_grad(set_to_none=True)
+    # Summed on the device and read once at the end: reading it per step would synchronise.
+    tokens = torch.zeros((), dtype=torch.long, device=ctx.device) if "input_ids" in data else None
     start = time.perf_counter()
     while loop.step < loop.total:
         for batch in loader:
             stats.samples += len(batch["task"])
+            if tokens is not None:
+                mask = batch.get("attention_mask")
+                tokens += mask.sum() if mask is not None else batch["input_ids"].numel()
             loss = stepper.forward_backward(batch)
             if not loop.micro_batch(loss.detach()):
                 continue  # accumulate the next micro-batch's gradients
@@ -184,6 +196,7 @@ def fit_task(
     if loop.last_logged < loop.step:
         progress.advance(loop.step - loop.last_logged, None)
     stats.steps, stats.seconds = loop.step, time.perf_counter() - start
+    stats.tokens = int(tokens) if tokens is not None else None
     progress.done()
     return stats
 

@@ -29,7 +29,18 @@ def make_accelerator(train: TrainConfig) -> Any:
     # multi-process launch (torchrun, accelerate launch) would otherwise run N unrelated copies.
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
     cpu = train.cpu or (launched and not torch.cuda.is_available())
+    _forget_mixed_precision(train.mixed_precision)
     return Accelerator(cpu=cpu, mixed_precision=train.mixed_precision)
+
+
+def _forget_mixed_precision(wanted: str) -> None:
+    """Accelerate keeps one mixed-precision setting per process and refuses another: a second run
+    in the same process (the Python API, a notebook) with other settings would fail. The
+    distributed state (``PartialState``) is kept; only the precision is set again."""
+    from accelerate.state import AcceleratorState
+
+    if AcceleratorState._shared_state and str(AcceleratorState().mixed_precision) != wanted:
+        AcceleratorState._reset_state()
 
 
 def needs_wrappers(acc: Any) -> bool:
@@ -71,6 +82,7 @@ def task_context(
     seed: int,
     generator: torch.Generator,
     class_mask: torch.Tensor | None = None,
+    n_tasks: int | None = None,
 ) -> TaskContext:
     """The context of task ``task_index`` (``model`` unset: the loop sets it after prepare)."""
     plain_sgd = train.optimizer == "sgd" and train.momentum == 0
@@ -89,6 +101,7 @@ def task_context(
         grads_are_scaled=acc.scaler is not None,
         sgd_lr=train.lr if plain_sgd else None,
         task_known=task_known(stream.setting),
+        n_tasks=n_tasks,
         class_mask=class_mask,
         autocast=acc.autocast if acc.mixed_precision != "no" else contextlib.nullcontext,
         gather=acc.gather,
