@@ -96,6 +96,11 @@ class Column:
     def higher_is_better(self, score_higher: bool = True) -> bool:
         return score_higher if self.direction == "score" else self.direction == "higher"
 
+    def std(self, run: RunRecord) -> float | None:
+        """The standard deviation over seeds of a run over several seeds, else ``None``."""
+        spread = run.spread
+        return None if spread is None else spread.metrics_std.get(self.key)
+
     def cell(self, run: RunRecord, terminal: bool = False) -> str:
         """The column's text for ``run``: "–" where there is no value."""
         v = self.value(run)
@@ -124,11 +129,6 @@ def rate(v: float) -> str:
 def columns_for(runs: list[RunRecord]) -> tuple[Column, ...]:
     """The columns of a table of ``runs``: every column, less optional ones no run has."""
     return tuple(c for c in COLUMNS if not c.optional or any(c.value(r) is not None for r in runs))
-
-    def std(self, run: RunRecord) -> float | None:
-        """The standard deviation over seeds of a run over several seeds, else ``None``."""
-        spread = run.spread
-        return None if spread is None else spread.metrics_std.get(self.key)
 
 
 def _metric(key: str) -> Callable[[RunRecord], float | None]:
