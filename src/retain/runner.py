@@ -9,6 +9,7 @@ own sub-directory with its own checkpoints), then writes one ``result.json`` hol
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import re
@@ -51,13 +52,53 @@ def prepare_stream(cfg: RunConfig) -> tuple[Any, dict[str, Any]]:
     )
 
 
+# While a comparison (or a run over seeds) is running: the last pretrained model it loaded, as a
+# copy, with the random generators' states right after loading (see _model).
+_LOADED: list[dict[str, tuple[Any, tuple[Any, Any, Any]]]] = []
+
+
+@contextmanager
+def _reusing_loaded_models() -> Iterator[None]:
+    """Within the block, a pretrained model is loaded from disk once and copied for each run: a
+    135M-parameter GGUF model takes a minute to load and de-quantise on a small CPU."""
+    _LOADED.append(_LOADED[-1] if _LOADED else {})
+    try:
+        yield
+    finally:
+        _LOADED.pop()
+
+
 def _model(cfg: RunConfig, stream: Any) -> Any:
+    """The run's initial model. The same seed gives every strategy of a comparison the same
+    initial weights; a reused pretrained model also leaves the random generators exactly as
+    loading it would, so a run's result does not depend on whether its model was reused."""
+    import random
+
+    import numpy as np
+    import torch
+
     from retain.models import build_model
     from retain.utils.seed import seed_everything
 
-    # The same seed gives every strategy of a comparison the same initial weights.
+    cache = _LOADED[-1] if _LOADED and cfg.model.name == "hf" and cfg.model.pretrained else None
+    key = json.dumps(
+        [dataclasses.asdict(cfg.model), cfg.seed, stream.objective, stream.n_outputs],
+        sort_keys=True,
+        default=str,
+    )
+    if cache is not None and key in cache:
+        model, (py, np_state, torch_state) = cache[key]
+        random.setstate(py)
+        np.random.set_state(np_state)
+        torch.set_rng_state(torch_state)
+        return copy.deepcopy(model)
     seed_everything(cfg.seed)
-    return build_model(cfg.model, stream)
+    model = build_model(cfg.model, stream)
+    if cache is not None:
+        cache.clear()  # one model at a time: they are large
+        states = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+        cache[key] = (copy.deepcopy(model), states)
+    return model
 
 
 def run_config(
@@ -140,7 +181,7 @@ def run_seeds(
     check_settings(cfg, first[0])
     check_out(out)
     records, folders = [], []
-    with _removed_on_failure(out):
+    with _removed_on_failure(out), _reusing_loaded_models():
         RunDir(out).ensure_new_or_resumable(resume)
         if is_main_process():
             write_atomic(out / "config.resolved.yaml", cfg.to_yaml())
@@ -295,7 +336,7 @@ def compare_config(
     position (1-based) among ``count``, and the optimizer steps planned for it and the ones after
     it (for an ETA over the whole comparison)."""
     out = _out_dir(cfg, out, "compare")
-    with _removed_on_failure(out):
+    with _removed_on_failure(out), _reusing_loaded_models():
         return _compare_config(cfg, labels, out, resume, progress, warn, announce)
 
 

@@ -519,3 +519,44 @@ def test_limits_take_blocks_from_the_whole_text_and_cut_the_suites(tok, tmp_path
     docs = set().union(*_word_ids(tok, cut.tasks[0].train))
     all_docs = set().union(*_word_ids(tok, full.tasks[0].train))
     assert max(docs) > sorted(all_docs)[len(all_docs) // 2]  # reaches the second half
+
+
+def test_compare_loads_a_pretrained_model_once_and_runs_as_alone(tok, tmp_path, monkeypatch):
+    """A comparison loads the pretrained model once and gives each run a copy, which trains
+    exactly as the model loaded on its own (the random generators are restored too)."""
+    import transformers
+
+    import retain.models
+    from retain.cli import main
+
+    config = transformers.LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=len(tok),
+        max_position_embeddings=64,
+    )
+    transformers.LlamaForCausalLM(config).save_pretrained(str(tmp_path / "m"))
+    tok.save_pretrained(str(tmp_path / "m"))
+    (tmp_path / "es.txt").write_text("\n\n".join(_docs(12, start=60)))
+    (tmp_path / "fr.txt").write_text("\n\n".join(_docs(12, start=120)))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "stream: {scenario: text, block_size: 16, cache_dir: cache,\n"
+        "  sources: {spanish: es.txt, french: fr.txt}}\n"
+        "model: {name: hf, pretrained: m}\n"
+        "train: {steps: 3, batch_size: 4, optimizer: adamw, lr: 0.003}\n"
+        "output: {plots: false, checkpoints: false, save_model: false}\n"
+    )
+    calls = []
+    build = retain.models.build_model
+    monkeypatch.setattr(retain.models, "build_model", lambda *a: calls.append(1) or build(*a))
+    out = tmp_path / "cmp"
+    assert main(["compare", str(cfg), "--strategies", "finetune,ewc", "--out", str(out), "-q"]) == 0
+    assert len(calls) == 1  # the model check and both runs share one load
+    alone = tmp_path / "alone"
+    assert main(["run", str(cfg), "--out", str(alone), "-q", "strategies.0.name=ewc"]) == 0
+    compared = json.loads((out / "result.json").read_text())["runs"]["ewc"]["matrix"]
+    assert compared == json.loads((alone / "result.json").read_text())["matrix"]
