@@ -105,3 +105,46 @@ def test_ewc_holds_one_fisher_and_one_anchor(tiny_llama_config, monkeypatch):
     assert penalty.lean
     assert all(w is f for w, f in zip(penalty.weights, ewc.fisher_[0].values()))
     assert all(c is a for c, a in zip(penalty.centers, ewc.anchor_[0].values()))
+
+
+def test_ewc_source_anchors_the_pretrained_weights_during_the_first_task(tiny_llama_config):
+    """With ``source``, F is estimated on a stream source before the first task and the initial
+    weights are anchored: a strong penalty keeps them close where plain EWC (nothing to protect
+    yet) moves them as finetune does."""
+    import transformers
+
+    pool = _lm_task("general", 0, n=16).train
+    stream = Stream(
+        (_lm_task("new", 32, seed=1),),
+        objective="causal_lm",
+        setting="domain_il",
+        sources={"general": pool},
+    )
+    drift, stats = {}, {}
+    for label, spec in {
+        "plain": {"name": "ewc", "fisher_samples": 4},
+        "source": {"name": "ewc", "fisher_samples": 4, "source": "general", "lam": 1e6},
+    }.items():
+        torch.manual_seed(0)
+        model = transformers.LlamaForCausalLM(tiny_llama_config)
+        start = {n: p.detach().clone() for n, p in model.named_parameters()}
+        r = run(model, stream, [spec], CFG)
+        drift[label] = sum(
+            float((p.detach() - start[n]).pow(2).sum()) for n, p in model.named_parameters()
+        )
+        stats[label] = r.record.strategy_stats[0]["ewc"]
+    assert drift["source"] < 0.5 * drift["plain"]
+    assert stats["source"]["fisher_source"] == "general"
+    assert "fisher_source" not in stats["plain"]
+
+
+def test_ewc_source_must_be_a_stream_source(lm_stream, tiny_causal_lm, tmp_path):
+    with pytest.raises(Unsupported, match="source 'nope' is not one of the stream's sources"):
+        run(
+            tiny_causal_lm,
+            lm_stream,
+            [{"name": "ewc", "source": "nope"}],
+            CFG,
+            out_dir=tmp_path / "r",
+        )
+    assert not (tmp_path / "r").exists()

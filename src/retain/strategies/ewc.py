@@ -118,6 +118,11 @@ class EWC(Penalized):
             at 1.1-1.3x finetune's time instead of 1.5x; BENCHMARKS.md). Models that
             ``torch.func.vmap`` cannot trace (transformers) take one backward per sample, so set
             a few hundred there.
+        source: Also protect what the model knew before the first task: a stream source
+            (``Stream.sources``, e.g. general English for a pretrained language model trained on
+            Spanish) on which F is estimated before the first task, anchored at the initial
+            (pretrained) weights. Without it the first task trains unpenalised: EWC on a single
+            task is finetuning.
 
     Reference: Kirkpatrick et al., "Overcoming catastrophic forgetting in neural networks" (PNAS
     2017); Schwarz et al., "Progress & Compress" (ICML 2018) for online EWC; mammoth's
@@ -129,6 +134,7 @@ class EWC(Penalized):
     gamma: float = field(default=1.0, metadata={"ge": 0, "le": 1})
     fisher: Literal["auto", "sampled", "empirical", "empirical_weighted"] = "auto"
     fisher_samples: int | None = field(default=5000, metadata={"ge": 1})
+    source: str | None = None
 
     known_failures: ClassVar[dict[str, str]] = {"class_il": FAILS_IN_CLASS_IL}
 
@@ -147,6 +153,12 @@ class EWC(Penalized):
 
     def check(self, stream: Stream) -> None:
         super().check(stream)
+        if self.source is not None and self.source not in stream.sources:
+            known = ", ".join(stream.sources) or "none"
+            raise Unsupported(
+                f"strategy 'ewc': source '{self.source}' is not one of the stream's sources "
+                f"({known}); name one of them, or leave source unset"
+            )
         if stream.objective == "regression" and self.fisher_for(stream.objective) != "empirical":
             raise Unsupported(
                 f"strategy 'ewc' with fisher '{self.fisher}' needs class probabilities, and this "
@@ -158,10 +170,23 @@ class EWC(Penalized):
         self.check(ctx.stream)
         return model
 
+    def before_task(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
+        if self.source is None or ctx.task_index != 0 or self.fisher_:
+            return model  # (a resumed run has its F already)
+        self.invalidate()
+        base = ctx.unwrap(model)
+        weights = {n: p.detach() for n, p in base.named_parameters()}
+        data = ctx.stream.sources[self.source]
+        fisher = self.fisher_diagonal(base, ctx, data=data)
+        self.fisher_ = [{n: f.to(weights[n].dtype) for n, f in fisher.items()}]
+        self.anchor_ = [{n: weights[n].clone() for n in fisher}]
+        return model
+
     def fisher_diagonal(
-        self, model: nn.Module, ctx: TaskContext, method: str = "auto"
+        self, model: nn.Module, ctx: TaskContext, method: str = "auto", data: Any = None
     ) -> dict[str, torch.Tensor]:
-        """F on ``fisher_samples`` of the current task's training data (float32, all-reduced)."""
+        """F on ``fisher_samples`` of ``data`` (default: the current task's training data),
+        float32, all-reduced."""
 
         mode = self.fisher_for(ctx.objective.name)
 
@@ -172,7 +197,7 @@ class EWC(Penalized):
                 return batch, torch.exp(-ctx.task_loss(out, batch, reduction="none").float())
             return batch, None
 
-        data = subset(ctx.task.train, self.fisher_samples, ctx.generator)
+        data = subset(ctx.task.train if data is None else data, self.fisher_samples, ctx.generator)
         t0 = time.perf_counter()
         fisher, used = per_sample_importance(
             model,
@@ -258,6 +283,7 @@ class EWC(Penalized):
     def stats(self) -> dict[str, Any]:
         return {
             "fisher_bytes": nbytes(self.fisher_) + nbytes(self.anchor_),
+            **({"fisher_source": self.source} if self.source else {}),
             **self._last,
             **self.penalty_stats(),
         }
