@@ -328,3 +328,37 @@ def test_the_shipped_example_builds_its_stream(tmp_path, monkeypatch):
     assert [t.name for t in stream.tasks] == ["d1", "d2", "d3"]
     assert stream.n_outputs == 6 and all(len(t.classes) == 2 for t in stream.tasks)
     assert stream.tasks[0].train.get("input_ids").shape[1] == 64
+
+
+def test_retain_run_trains_an_encoder_with_a_classification_head(tok, tmp_path):
+    """End to end from a config: a tiny BERT saved as a folder gets a sequence-classification
+    head with one output per class, and R is an accuracy matrix over the domains."""
+    from retain.cli import main
+
+    config = transformers.BertConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    transformers.BertModel(config).save_pretrained(str(tmp_path / "bert"))
+    tok.save_pretrained(str(tmp_path / "bert"))
+    _csv(tmp_path / "topics.csv", _rows(per_topic=10))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "stream: {scenario: text, block_size: 12, cache_dir: cache,\n"
+        "  sources: {f: {path: topics.csv, label: topic, by_column: domain}}}\n"
+        "model: {name: hf, pretrained: bert}\n"
+        "train: {epochs: 15, batch_size: 8, optimizer: adamw, lr: 0.003}\n"
+        "output: {plots: false, checkpoints: false}\n"
+    )
+    out = tmp_path / "run"
+    assert main(["run", str(cfg), "--out", str(out), "-q"]) == 0
+    rec = json.loads((out / "result.json").read_text())
+    assert rec["score"] == "accuracy" and rec["tasks"] == ["d1", "d2", "d3"]
+    assert rec["stream"]["class_names"] == CLASSES
+    assert rec["matrix"][1][0] > 0.5  # the first domain's two topics were learnt
+    saved = transformers.AutoModelForSequenceClassification.from_pretrained(str(out / "model"))
+    assert saved.config.num_labels == len(CLASSES)
