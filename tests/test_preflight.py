@@ -19,7 +19,7 @@ from retain.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "regression_two_domains.yaml"
-REGRESSION = SimpleNamespace(objective="regression", setting="domain_il", tasks=())
+REGRESSION = SimpleNamespace(objective="regression", setting="domain_il", tasks=("a", "b"))
 
 
 def _example_command() -> list[str]:
@@ -194,5 +194,5 @@ def test_the_python_api_checks_the_model_before_training(tmp_path):
     stream = Stream((Task("a", data, data),), n_outputs=2)
     model = torch.nn.Sequential(torch.nn.Linear(3, 2))
     with pytest.raises(Unsupported, match="matches no parameter"):
-        run(model, stream, [Freeze(trainable=["x*"])], RunConfig(), out_dir=tmp_path / "r")
+        run(model, stream, [Freeze(trainable=["x*"], from_task=0)], RunConfig(), out_dir=tmp_path / "r")
     assert not (tmp_path / "r").exists()

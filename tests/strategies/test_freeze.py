@@ -214,3 +214,19 @@ def test_a_range_that_matches_no_block_is_refused():
 
     with pytest.raises(Unsupported, match="model.layers.7-9"):
         Freeze(last_k=0, trainable=["model.layers.7-9"]).chosen(_tied_llama())
+
+
+def test_freeze_that_would_start_after_the_last_task_is_refused():
+    """On a one-task stream (a pretrained model trained on new data) the default from_task=1
+    froze nothing, silently: the run was finetuning under another name."""
+    import torch
+
+    from retain.data.stream import Stream, Task, TensorData
+    from retain.errors import Unsupported
+    from retain.strategies.freeze import Freeze
+
+    data = TensorData(x=torch.randn(8, 3), y=torch.randint(0, 2, (8,)))
+    stream = Stream((Task("only", data, data),), n_outputs=2)
+    with pytest.raises(Unsupported, match="set from_task=0"):
+        Freeze().check(stream)
+    Freeze(from_task=0).check(stream)

@@ -14,6 +14,7 @@ from retain.strategies import register
 from retain.strategies.base import Strategy
 
 if TYPE_CHECKING:
+    from retain.data.stream import Stream
     from retain.strategies.context import TaskContext
 
 
@@ -160,6 +161,15 @@ class Freeze(Strategy):
             raise ValueError(
                 "last_k=0 with no trainable patterns would freeze every parameter; "
                 "give last_k >= 1 or trainable patterns"
+            )
+
+    def check(self, stream: Stream) -> None:
+        super().check(stream)
+        if self.from_task >= len(stream.tasks):
+            raise Unsupported(
+                f"strategy 'freeze' applies from task {self.from_task} (0-based), but the stream "
+                f"has {len(stream.tasks)} task(s), so it would change nothing; set "
+                "from_task=0 to freeze from the first task (e.g. a pretrained model's layers)"
             )
 
     def chosen(self, model: nn.Module) -> set[str]:
