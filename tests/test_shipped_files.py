@@ -3,11 +3,13 @@ and docs/strategies.md is what ``retain strategies --markdown`` prints."""
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import pytest
 
 from retain.config import load_config
+from retain.labels import parse_labels
 from retain.strategies import build_all
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,3 +45,25 @@ def test_config_doc_is_generated(capsys):
     assert doc.read_text(encoding="utf-8") == capsys.readouterr().out, (
         "docs/config.md is out of date: retain config --markdown > docs/config.md"
     )
+
+
+def _compare_commands(path):
+    lines = [ln.lstrip("# ").strip() for ln in path.read_text().splitlines() if ln.startswith("#")]
+    return [shlex.split(ln) for ln in lines if ln.startswith("retain compare")]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [p for p in CONFIGS if _compare_commands(p)],
+    ids=lambda p: f"{p.parent.name}/{p.name}",
+)
+def test_the_compare_commands_in_an_examples_comments_bind(path):
+    """Every label of the `retain compare` commands a config's comments give binds: a
+    hyperparameter the strategy lacks or a misspelt name would fail here, not after a download
+    and twenty minutes of training."""
+    from retain.runner import plan_labels
+
+    cfg = load_config(path)
+    for argv in _compare_commands(path):
+        labels = parse_labels(argv[argv.index("--strategies") + 1])
+        assert plan_labels(labels, cfg)
