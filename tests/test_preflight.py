@@ -194,5 +194,11 @@ def test_the_python_api_checks_the_model_before_training(tmp_path):
     stream = Stream((Task("a", data, data),), n_outputs=2)
     model = torch.nn.Sequential(torch.nn.Linear(3, 2))
     with pytest.raises(Unsupported, match="matches no parameter"):
-        run(model, stream, [Freeze(trainable=["x*"], from_task=0)], RunConfig(), out_dir=tmp_path / "r")
+        run(
+            model,
+            stream,
+            [Freeze(trainable=["x*"], from_task=0)],
+            RunConfig(),
+            out_dir=tmp_path / "r",
+        )
     assert not (tmp_path / "r").exists()

@@ -218,7 +218,11 @@ def text_stream(
     for suite, value in suites.items():
         if value in specs:
             suite_data[suite] = spread(held_out[value], limit_test)
-            suite_facts[suite] = {"source": value, "split": "test", "blocks": len(suite_data[suite])}
+            suite_facts[suite] = {
+                "source": value,
+                "split": "test",
+                "blocks": len(suite_data[suite]),
+            }
             continue
         spec = TextSource.parse(f"(suite {suite})", value)
         docs = load_documents(spec, tokenizer, **opts)
@@ -340,4 +344,3 @@ def _groups(name: str, spec: TextSource, docs: Documents) -> list[tuple[str, lis
             f"source '{name}': {spec.by_column} has no value {missing[0]!r}; values: {', '.join(present)}"
         )
     return [(v, [i for i, g in enumerate(docs.groups) if g == v]) for v in values]
-
