@@ -81,10 +81,14 @@ def _model(cfg: RunConfig, stream: Any) -> Any:
     from retain.utils.seed import seed_everything
 
     cache = _LOADED[-1] if _LOADED and cfg.model.name == "hf" and cfg.model.pretrained else None
-    key = json.dumps(
-        [dataclasses.asdict(cfg.model), cfg.seed, stream.objective, stream.n_outputs],
-        sort_keys=True,
-        default=str,
+    key = (
+        json.dumps(
+            [dataclasses.asdict(cfg.model), cfg.seed, stream.objective, stream.n_outputs],
+            sort_keys=True,
+            default=str,
+        )
+        if cache is not None
+        else ""
     )
     if cache is not None and key in cache:
         model, (py, np_state, torch_state) = cache[key]
@@ -153,6 +157,15 @@ def _out_dir(cfg: RunConfig, out: str | Path | None, kind: str = "") -> Path:
     return Path(cfg.output.dir) if cfg.output.dir else default_out(cfg, kind)
 
 
+def _finished(sub: Path) -> RunRecord | None:
+    """The record of a sub-run (a seed, a compared strategy) that completed, else ``None``."""
+    path = sub / "result.json"
+    if not path.is_file():
+        return None
+    rec = load_record(path)
+    return rec if isinstance(rec, RunRecord) and rec.complete else None
+
+
 def run_seeds(
     cfg: RunConfig,
     out: Path,
@@ -187,13 +200,12 @@ def run_seeds(
             write_atomic(out / "config.resolved.yaml", cfg.to_yaml())
         for i, seed in enumerate(seeds):
             folder = f"seed-{seed}"
-            sub, done = out / folder, out / folder / "result.json"
+            sub = out / folder
             folders.append(folder)
-            if resume and done.is_file():
-                rec = load_record(done)
-                if isinstance(rec, RunRecord) and rec.complete:
-                    records.append(rec)
-                    continue
+            done = _finished(sub) if resume else None
+            if done is not None:
+                records.append(done)
+                continue
             sub_cfg = copy.deepcopy(cfg)
             sub_cfg.seed, sub_cfg.seeds = seed, None
             records.append(
@@ -376,12 +388,10 @@ def _compare_config(
     runs: dict[str, RunRecord] = {}
     for plan in plans:
         sub = out / plan.folder
-        done = sub / "result.json"
-        if resume and done.is_file():
-            rec = load_record(done)
-            if isinstance(rec, RunRecord) and rec.complete:
-                runs[plan.name] = rec
-                continue
+        done = _finished(sub) if resume else None
+        if done is not None:
+            runs[plan.name] = done
+            continue
         if announce:
             announce(
                 plan.name, *_position(cfg, prepared[0], {p.name: p.specs for p in plans}, plan.name)

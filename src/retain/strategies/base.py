@@ -210,3 +210,18 @@ def _stateful(value: Any) -> bool:
 def overrides(strategy: Strategy, hook: str) -> bool:
     """Whether ``strategy`` implements ``hook`` (the loop skips hooks nobody implements)."""
     return getattr(type(strategy), hook) is not getattr(Strategy, hook)
+
+
+def check_source(who: str, name: str, stream: Stream) -> None:
+    """Strategy ``who``'s ``source`` names one of the stream's sources (``Stream.sources``) whose
+    samples fit the tasks' batches (the same fields, shapes and dtypes); one line if not."""
+    from retain.data.mixing import check_fits
+
+    if name not in stream.sources:
+        known = ", ".join(stream.sources) or "none"
+        raise Unsupported(
+            f"strategy '{who}': source '{name}' is not one of the stream's sources ({known}); "
+            "name one of them, or leave source unset"
+        )
+    task = stream.tasks[0]
+    check_fits(task.train, stream.sources[name], f"strategy '{who}': source '{name}'", task.name)

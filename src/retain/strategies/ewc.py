@@ -10,6 +10,7 @@ import torch
 
 from retain.errors import Unsupported
 from retain.strategies import register
+from retain.strategies.base import check_source
 from retain.strategies.importance import nbytes, per_sample_importance, subset
 from retain.strategies.penalty import (
     FAILS_IN_CLASS_IL,
@@ -153,12 +154,8 @@ class EWC(Penalized):
 
     def check(self, stream: Stream) -> None:
         super().check(stream)
-        if self.source is not None and self.source not in stream.sources:
-            known = ", ".join(stream.sources) or "none"
-            raise Unsupported(
-                f"strategy 'ewc': source '{self.source}' is not one of the stream's sources "
-                f"({known}); name one of them, or leave source unset"
-            )
+        if self.source is not None:
+            check_source("ewc", self.source, stream)
         if stream.objective == "regression" and self.fisher_for(stream.objective) != "empirical":
             raise Unsupported(
                 f"strategy 'ewc' with fisher '{self.fisher}' needs class probabilities, and this "

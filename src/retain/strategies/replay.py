@@ -7,11 +7,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from retain.data.mixing import check_fits
 from retain.errors import Unsupported
 from retain.strategies import register
 from retain.strategies._buffer import POLICIES, Buffer
-from retain.strategies.base import Strategy
+from retain.strategies.base import Strategy, check_source
 
 if TYPE_CHECKING:
     from torch import nn
@@ -75,7 +74,7 @@ class Replay(Strategy):
                 f"stream's objective is {stream.objective}; use policy=reservoir (the default)"
             )
         if self.source is not None:
-            check_source(self.source, stream)
+            check_source("replay", self.source, stream)
 
     def setup(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
         self.check(ctx.stream)
@@ -126,15 +125,3 @@ class Replay(Strategy):
 
     def stats(self) -> dict[str, Any]:
         return self.buffer_.stats()
-
-
-def check_source(name: str, stream: Stream) -> None:
-    """A fixed replay source exists and holds samples of the tasks' kind (one line if not)."""
-    if name not in stream.sources:
-        known = ", ".join(stream.sources) or "none"
-        raise Unsupported(
-            f"strategy 'replay': source '{name}' is not one of the stream's sources ({known}); "
-            "name one of them, or leave source unset to replay the tasks' own data"
-        )
-    task = stream.tasks[0]
-    check_fits(task.train, stream.sources[name], f"strategy 'replay': source '{name}'", task.name)
