@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from retain.report import tradeoff
 from retain.report.columns import (
     ACCURACY_LIKE,
     METRIC_COLUMNS,
@@ -543,7 +544,7 @@ def build_blocks(record: Record) -> list[Block]:
             ("img", f"curves-{label}", f"{label}: score on each task over the sequence"),
         ]
     blocks += _extra_score_blocks(record, runs)
-    blocks += suite_blocks(runs, row_labels) + guard_blocks(runs)
+    blocks += suite_blocks(runs, row_labels) + tradeoff.blocks(record) + guard_blocks(runs)
     blocks += _per_class_blocks(record, runs)
     blocks += _state_blocks(runs)
     blocks += _timing_blocks(runs)

@@ -271,9 +271,12 @@ def slug(label: str) -> str:
 def plot_all(record: Record, folder: Path) -> dict[str, Path]:
     """Draw every plot of a record into ``folder``; return ``{plot key: path}``.
 
-    Keys: ``compare-bars`` and ``compare-curves`` for a comparison, ``heatmap-<label>`` for every
+    Keys: ``compare-bars`` and ``compare-curves`` for a comparison (and ``compare-tradeoff``
+    when its runs have evaluation suites), ``heatmap-<label>`` for every
     run with rows and ``curves-<label>`` for every sequential run with at least one trained task.
     """
+    from retain.report import tradeoff
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     out: dict[str, Path] = {}
@@ -283,6 +286,8 @@ def plot_all(record: Record, folder: Path) -> dict[str, Path]:
             out["compare-bars"] = compare_bars(record, folder / "compare-bars.png")
         if any(len(r.matrix) > 1 for r in runs.values()):
             out["compare-curves"] = compare_curves(record, folder / "compare-curves.png")
+        if tradeoff.drawable(record):
+            out[tradeoff.KEY] = tradeoff.plot(record, folder / f"{tradeoff.KEY}.png")
     for label, run in runs.items():
         rows = len(run.matrix)
         if rows:
