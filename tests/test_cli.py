@@ -219,6 +219,32 @@ def test_debug_shows_the_traceback(tmp_path):
         main(["run", str(_cfg(tmp_path, BASE + "trian: {}\n")), "--debug"])
 
 
+def test_flags_before_the_command_take_effect(tmp_path):
+    """``retain --debug run`` and ``retain -q run`` were accepted and ignored: the command's own
+    parser reset both flags to False."""
+    from retain.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        main(["--debug", "run", str(_cfg(tmp_path, BASE + "trian: {}\n"))])
+    from retain.cli import build_parser
+
+    for argv in (["-q", "run", "x.yaml"], ["run", "-q", "x.yaml"], ["--quiet", "report", "d"]):
+        assert build_parser().parse_known_args(argv)[0].quiet, argv
+    assert not build_parser().parse_known_args(["run", "x.yaml"])[0].quiet
+
+
+@pytest.mark.parametrize("seed", ["99999999999999999999999", "-1", "4294967296", "[1,99999999999]"])
+def test_seeds_out_of_range(tmp_path, capsys, seed):
+    """A seed past 2^63 ended in an OverflowError traceback; seeds are 32-bit (the per-task
+    generators use the low 32 bits, so larger seeds could alias)."""
+    key = "seeds" if seed.startswith("[") else "seed"
+    _fails(
+        capsys,
+        ["run", str(_cfg(tmp_path, BASE)), "-q", f"{key}={seed}"],
+        f"{key} must be in [0, 4294967295]",
+    )
+
+
 def test_compare_report_and_strategies(tmp_path, capsys):
     cfg = _cfg(tmp_path, BASE)
     out = tmp_path / "cmp"

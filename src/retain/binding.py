@@ -213,9 +213,15 @@ def bounds_text(meta: Any) -> str:
     hi = next(((k, meta[k]) for k in ("le", "lt") if k in meta), None)
     if lo and hi:
         return (
-            f"in {'[' if lo[0] == 'ge' else '('}{lo[1]:g}, {hi[1]:g}{']' if hi[0] == 'le' else ')'}"
+            f"in {'[' if lo[0] == 'ge' else '('}{_num(lo[1])}, {_num(hi[1])}"
+            f"{']' if hi[0] == 'le' else ')'}"
         )
-    return " and ".join(f"{BOUNDS[b[0]][0]} {b[1]:g}" for b in (lo, hi) if b)
+    return " and ".join(f"{BOUNDS[b[0]][0]} {_num(b[1])}" for b in (lo, hi) if b)
+
+
+def _num(bound: float) -> str:
+    """An integer bound in full (a seed's 4294967295, not 4.29497e+09), others as ``:g``."""
+    return str(bound) if isinstance(bound, int) else f"{bound:g}"
 
 
 def _numbers(value: Any) -> list[float | int]:

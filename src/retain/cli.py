@@ -159,14 +159,25 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _flags(default: Any) -> argparse.ArgumentParser:
+    """The flags every command takes, before or after its name (``retain -q run`` and
+    ``retain run -q``). A subcommand's parser fills its namespace with its own defaults, which
+    would overwrite a flag given before the command, so the subcommands' copies default to
+    SUPPRESS (unset unless given) and only the top-level parser sets ``False``."""
+    flags = argparse.ArgumentParser(add_help=False)
+    flags.add_argument("--debug", action="store_true", default=default, help="show tracebacks")
+    flags.add_argument(
+        "-q", "--quiet", action="store_true", default=default, help="no progress bars"
+    )
+    return flags
+
+
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", help="show tracebacks")
-    common.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    common = _flags(argparse.SUPPRESS)
 
     p = argparse.ArgumentParser(
         prog="retain",
-        parents=[common],
+        parents=[_flags(False)],
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train on new data without losing what the model knows, and measure what was lost.",

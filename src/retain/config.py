@@ -309,17 +309,28 @@ class OutputConfig:
         check_fields(self, "output")
 
 
+MAX_SEED = 2**32 - 1
+
+
 @dataclass
 class RunConfig:
     """Everything a run needs. ``config.resolved.yaml`` in a run directory is this, in full."""
 
     name: str | None = help_field("run name (default: the config file's name)", default=None)
-    seed: int = help_field("seed for data order, model init and every random choice", default=0)
+    # Seeds are 32-bit: the per-task generators are derived from the seed's low 32 bits, so two
+    # larger seeds could silently give the same run.
+    seed: int = help_field(
+        "seed for data order, model init and every random choice",
+        default=0,
+        ge=0,
+        le=MAX_SEED,
+    )
     seeds: list[int] | None = help_field(
         "run once per seed (each in its own seed-<s> folder) and report mean ± std over them, "
         "e.g. [0, 1, 2]; replaces seed",
         default=None,
         ge=0,
+        le=MAX_SEED,
     )
     stream: StreamConfig = field(default_factory=StreamConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
