@@ -245,6 +245,23 @@ def test_seeds_out_of_range(tmp_path, capsys, seed):
     )
 
 
+def test_duplicate_key_and_bad_encoding(tmp_path, capsys):
+    """A key given twice was last-one-wins in silence; a config that is not UTF-8 ended in a
+    UnicodeDecodeError traceback."""
+    twice = BASE.replace("lr: 0.001}", "lr: 0.001, lr: 0.1}")
+    _fails(capsys, ["run", str(_cfg(tmp_path, twice)), "-q"], "key 'lr' is given twice", "keep one")
+    lines = BASE + "seed: 3\n"
+    _fails(
+        capsys,
+        ["run", str(_cfg(tmp_path, lines)), "-q"],
+        "key 'seed' is given twice (lines 1 and 6)",
+    )
+    bad = tmp_path / "latin1.yaml"
+    bad.write_bytes(BASE.encode() + "name: caf\xe9\n".encode("latin-1"))
+    _fails(capsys, ["run", str(bad), "-q"], "is not UTF-8 text", "save it as UTF-8")
+    assert not (tmp_path / "runs").exists()
+
+
 def test_compare_report_and_strategies(tmp_path, capsys):
     cfg = _cfg(tmp_path, BASE)
     out = tmp_path / "cmp"

@@ -42,6 +42,7 @@ from retain.stream_config import (
     scenario,
     scenario_options,
 )
+from retain.utils.yamlfile import DuplicateKeyError, load_unique
 
 __all__ = [
     "SCENARIOS",
@@ -433,7 +434,16 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
             "to a YAML file (see examples/, or write one with retain init)"
         )
     try:
-        data = yaml.safe_load(p.read_text())
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"config file '{p}' is not UTF-8 text (byte {e.start} cannot be decoded); "
+            "save it as UTF-8"
+        ) from None
+    try:
+        data = load_unique(text)
+    except DuplicateKeyError as e:
+        raise ConfigError(f"config file '{p}': {e.problem}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
