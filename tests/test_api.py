@@ -86,6 +86,17 @@ def test_a_diverging_loss_is_reported(tiny_stream):
         )
 
 
+def test_an_exploding_loss_is_reported_like_a_nan(digits):
+    """Adam at lr 1e6 drives the loss to about 1e13 without a NaN: the run used to finish and
+    report numbers from a diverged model."""
+    s = split(digits, n_tasks=1, classes=[0, 1, 2, 3])
+    cfg = TrainConfig(epochs=1, batch_size=64, optimizer="adam", lr=1e6)
+    with pytest.raises(
+        RetainError, match=r"loss became .*e\+\d+ \(from .* at the task's first step"
+    ):
+        run(_mlp(4), s, ["finetune"], RunConfig(train=cfg))
+
+
 @pytest.mark.parametrize("policy", ["keep", "reset"])
 def test_hot_start_keeps_optimizer_state(tiny_stream, tmp_path, policy):
     from retain.utils.checkpoint import RunDir

@@ -11,6 +11,7 @@ loss) lives here, in ``_Loop``; strategies see only the frozen ``TaskContext``.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -91,6 +92,7 @@ class _Loop:
     last_logged: int = 0
     best: tuple[float, dict[str, torch.Tensor]] | None = None
     bad_evals: int = 0
+    first_loss: float | None = None  # the task's first micro-batch loss (read once)
 
     @classmethod
     def for_task(cls, batches: int, cfg: TrainConfig, early: bool, device: Any) -> _Loop:
@@ -106,6 +108,8 @@ class _Loop:
         self.loss_sum += loss
         self.loss_count += 1
         self.micro += 1
+        if self.first_loss is None:
+            self.first_loss = float(loss)
         epoch_end = self.micro >= self.batches_per_epoch * (self.epoch + 1)
         return self.micro % self.grad_accum == 0 or epoch_end
 
@@ -255,11 +259,20 @@ class _Stepper:
         return factor
 
 
+# A logged mean loss this many times the task's first loss (or 1e-2, whichever is larger) has
+# diverged as surely as a NaN: a learning rate of 1e6 drives cross-entropy to 1e13 and on, and
+# every later number of the run would be meaningless.
+EXPLODED = 1e6
+
+
 def _log(loop: _Loop, stats: FitStats, factor: float, progress: Any, task: str) -> None:
     mean = float(loop.loss_sum) / max(loop.loss_count, 1)
-    if mean != mean or mean in (float("inf"), float("-inf")):
+    first = loop.first_loss if loop.first_loss is not None else mean
+    exploded = math.isfinite(first) and mean > EXPLODED * max(abs(first), 1e-2)
+    if not math.isfinite(mean) or exploded:
+        since = f" (from {first:.3g} at the task's first step)" if exploded else ""
         raise RetainError(
-            f"the training loss became {mean} on task '{task}' by step {loop.step}; "
+            f"the training loss became {mean:.3g}{since} on task '{task}' by step {loop.step}; "
             "lower train.lr or set train.grad_clip"
         )
     stats.losses.append((loop.step, mean))
