@@ -262,6 +262,36 @@ def test_duplicate_key_and_bad_encoding(tmp_path, capsys):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow  # a subprocess that imports torch and starts training
+def test_sigterm_is_handled_like_ctrl_c(tmp_path):
+    """SIGTERM (a scheduler's time limit) killed the process mid-run with no word; now it stops
+    like Ctrl-C: one line, exit 143, and the folder is left for --resume."""
+    import signal
+    import time
+
+    long = BASE.replace("epochs: 1", "epochs: 100000")
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "retain", "run", str(_cfg(tmp_path, long)), "-q", "--out", str(out)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    started = out / "config.resolved.yaml"  # written when training is about to start
+    deadline = time.monotonic() + 120
+    while not started.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    assert proc.poll() is None, "the run ended before it was sent SIGTERM"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines() == [
+        "retain: terminated (SIGTERM); the last finished task's checkpoint is kept: "
+        "rerun with --resume"
+    ], err
+    assert started.is_file()
+
+
 def test_compare_report_and_strategies(tmp_path, capsys):
     cfg = _cfg(tmp_path, BASE)
     out = tmp_path / "cmp"

@@ -7,7 +7,10 @@ interrupted. Nothing heavy is imported before a subcommand runs, so ``retain --h
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -322,15 +325,39 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return int(args.func(args))
+        with _sigterm_as_interrupt():
+            return int(args.func(args))
     except RetainError as e:
         if args.debug:
             raise
         print(f"retain: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        how = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
         print(
-            "retain: interrupted; the last finished task's checkpoint is kept: rerun with --resume",
+            f"retain: {how}; the last finished task's checkpoint is kept: rerun with --resume",
             file=sys.stderr,
         )
-        return 130
+        return 143 if isinstance(e, Terminated) else 130
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a scheduler's time limit, ``docker stop``), raised where Python is
+    when it arrives, so it unwinds like Ctrl-C: checkpoint and result writes are atomic (written
+    aside, then renamed), so what is on disk stays whole."""
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals to the caller
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
