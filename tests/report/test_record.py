@@ -93,6 +93,27 @@ def test_a_malformed_record_is_one_line(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "not a retain run record" in err
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "where"),
+    [
+        ("matrix", "x", "matrix: expected a list, got str"),
+        ("matrix", [[0.1, "a"]], "matrix[0][1]: expected a number, got str"),
+        ("tasks", [1, 2], "tasks[0]: expected a str, got int"),
+        ("timing", {"per_task": 3}, "per_task: expected a list, got int"),
+    ],
+)
+def test_a_value_of_the_wrong_kind_is_one_line(tmp_path, capsys, key, value, where):
+    """A hand-edited or damaged result.json (R's rows as a string) ended in an IndexError or
+    TypeError traceback inside the renderer."""
+    data = _old("v1-run")
+    data[key] = value
+    (tmp_path / "result.json").write_text(json.dumps(data))
+    assert main(["report", str(tmp_path), "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not a retain run record" in err and where in err, err
+    assert not (tmp_path / "report.md").exists()
+
+
 def test_unknown_keys_survive_a_rewrite():
     data = {**_old("v1-run"), "added_later": {"a": 1}}
     assert record_from_dict(data).to_dict()["added_later"] == {"a": 1}

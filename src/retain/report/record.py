@@ -29,30 +29,49 @@ SCHEMA_VERSION = 1
 Matrix = list[list[float]]
 
 
-def _convert(tp: Any, value: Any) -> Any:
-    """``value`` (parsed JSON) as type ``tp``: dataclasses are built, containers walked."""
+def _convert(tp: Any, value: Any, where: str = "") -> Any:
+    """``value`` (parsed JSON) as type ``tp``: dataclasses are built, containers walked, and a
+    value of the wrong kind (a string where R's rows should be) is a TypeError naming where it
+    is, so a damaged or hand-edited file is refused in one line rather than failing later."""
     if value is None:
         return None
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
         inner = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _convert(inner[0], value) if len(inner) == 1 else value
+        return _convert(inner[0], value, where) if len(inner) == 1 else value
     if dataclasses.is_dataclass(tp):
+        _expect(isinstance(value, dict), "an object", value, where)
         return tp.from_dict(value)
     if origin is list:
+        _expect(isinstance(value, list), "a list", value, where)
         (item,) = typing.get_args(tp)
-        return [_convert(item, v) for v in value]
+        return [_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
+        _expect(isinstance(value, dict), "an object", value, where)
         _, item = typing.get_args(tp)
-        return {k: _convert(item, v) for k, v in value.items()}
+        return {k: _convert(item, v, f"{where}.{k}") for k, v in value.items()}
+    if tp is float:
+        _expect(
+            isinstance(value, (int, float)) and not isinstance(value, bool),
+            "a number",
+            value,
+            where,
+        )
+    elif tp in (int, str, bool):
+        _expect(type(value) is tp, f"{'an' if tp is int else 'a'} {tp.__name__}", value, where)
     return value
+
+
+def _expect(ok: bool, what: str, value: Any, where: str) -> None:
+    if not ok:
+        raise TypeError(f"{where or 'the record'}: expected {what}, got {type(value).__name__}")
 
 
 def _from_dict(cls: Any, data: dict[str, Any]) -> Any:
     """Build dataclass ``cls`` from a JSON object; missing keys take the field defaults."""
     hints = typing.get_type_hints(cls)
     known = {f.name: f for f in dataclasses.fields(cls) if f.init and f.name != "extra"}
-    kwargs = {name: _convert(hints[name], data[name]) for name in known if name in data}
+    kwargs = {name: _convert(hints[name], data[name], name) for name in known if name in data}
     if "extra" in {f.name for f in dataclasses.fields(cls)}:
         kwargs["extra"] = {k: v for k, v in data.items() if k not in known and k not in cls._FIXED}
     return cls(**kwargs)
