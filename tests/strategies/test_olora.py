@@ -199,8 +199,12 @@ def test_adapters_load_with_plain_peft_and_the_model_with_plain_transformers(
         assert torch.allclose(merged(input_ids=ids).logits, expected, atol=1e-5)
 
 
-def test_target_modules():
-    from retain.strategies._olora_peft import resolve_targets
+def test_target_modules_and_adapter_names():
+    from retain.strategies._olora_peft import resolve_targets, safe_name
+
+    assert safe_name("es/2024", 1, []) == "es_2024"
+    # Names a module dict or PEFT's "lora_" prefix would confuse, and repeats, get task<i>.
+    assert [safe_name(n, 2, ["b"]) for n in ("train", "a", "b", "")] == ["task2"] * 4
 
     transformers = pytest.importorskip("transformers")
     bert = transformers.BertForSequenceClassification(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 
@@ -18,7 +18,7 @@ from retain.strategies._olora_peft import (
     safe_name,
     save_adapters,
 )
-from retain.strategies.base import Strategy
+from retain.strategies.base import Strategy, fails_in_class_il
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -95,6 +95,10 @@ class OLoRA(Strategy):
         Wang et al., "Orthogonal Subspace Learning for Language Model Continual Learning"
         (Findings of EMNLP 2023). Not PEFT's ``init_lora_weights="olora"``, an initialisation.
     """
+
+    known_failures: ClassVar[dict[str, str]] = {
+        "class_il": fails_in_class_il("keeping adapters orthogonal")
+    }
 
     rank: int = field(default=8, metadata={"ge": 1})
     alpha: float = field(default=32.0, metadata={"gt": 0})
@@ -200,7 +204,7 @@ class OLoRA(Strategy):
     ) -> torch.Tensor:
         if not self.lam2 and (not self.lam1 or len(self.adapters_) < 2):
             return loss
-        return loss + self.penalty(ctx.unwrap(ctx.model)).to(loss.dtype)
+        return loss + self.penalty(ctx.unwrap(ctx.model))
 
     def after_task(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
         layers = self._collect(ctx.unwrap(model))
