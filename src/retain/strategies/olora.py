@@ -173,14 +173,17 @@ class OLoRA(Strategy):
     # ------------------------------------------------------------------ penalty
 
     def _collect(self, model: nn.Module) -> list[tuple[Any, list[torch.Tensor], list[Any]]]:
-        """Per adapted layer: the current ``A_t`` parameter, the earlier ``A_i`` (frozen, so
-        read once per task) and the current adapter's parameters for the L2 term."""
+        """Per adapted layer: the current ``A_t`` parameter, the earlier ``A_i`` stacked (the
+        sum of their terms is the term of the stack) and the current adapter's parameters."""
         if self._layers is None:
             newest, earlier = self.adapters_[-1], self.adapters_[:-1]
             self._layers = [
                 (
                     layer.lora_A[newest].weight,
-                    [layer.lora_A[a].weight.detach() for a in earlier],
+                    # frozen: stacked once per task, [sum_i r_i, in] (one product per step)
+                    [torch.cat([layer.lora_A[a].weight.detach().flatten(1) for a in earlier])]
+                    if earlier
+                    else [],
                     [layer.lora_A[newest].weight, layer.lora_B[newest].weight],
                 )
                 for _, layer in lora_layers(model)
