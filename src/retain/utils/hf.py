@@ -193,14 +193,40 @@ def save_model(model: nn.Module, folder: Path, tokenizer: Any = None) -> bool:
     """``save_pretrained`` (safetensors) plus the tokenizer into ``folder``, loadable by plain
     transformers (``AutoModelForCausalLM.from_pretrained(folder)``). False for a model that is
     not a transformers model (those are in the run's checkpoints)."""
+    state = None
+    if callable(getattr(model, "get_base_model", None)) and hasattr(model, "peft_config"):
+        # A model with PEFT adapters: saved as its base with every active adapter added to
+        # the weights, which plain transformers loads (the strategy that added the adapters
+        # saves them on their own).
+        state, model = merged_state_dict(model), model.get_base_model()
     if not callable(getattr(model, "save_pretrained", None)):
         return False
     if getattr(model, "hf_quantizer", None) is not None:
         model = plain(model)
-    model.save_pretrained(folder, safe_serialization=True)
+    model.save_pretrained(folder, safe_serialization=True, state_dict=state)
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
     return True
+
+
+def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict of a ``PeftModel``'s base with its active LoRA adapters merged
+    (``W + sum_a scale_a B_a A_a``) and the adapters' own entries left out, in the base model's
+    own names. The model is not changed (unlike ``merge_and_unload``)."""
+    from peft.tuners.lora import LoraLayer
+
+    base = model.get_base_model()
+    state = {}
+    for k, v in base.state_dict().items():
+        if ".lora_" not in k:
+            state[k.replace(".base_layer.", ".")] = v
+    with torch.no_grad():
+        for name, layer in base.named_modules():
+            if isinstance(layer, LoraLayer) and layer.active_adapters:
+                w = state[f"{name}.weight"]
+                delta = sum(layer.get_delta_weight(a) for a in layer.active_adapters)
+                state[f"{name}.weight"] = w + delta.to(w.dtype)
+    return state
 
 
 def enable_gradient_checkpointing(model: nn.Module) -> None:
