@@ -22,6 +22,7 @@ from retain.report.columns import (
 from retain.report.curriculum import curriculum_blocks
 from retain.report.record import Record, RunRecord, TaskTiming, Timing
 from retain.report.suites import guard_blocks, suite_blocks
+from retain.report.vocab import vocab_blocks
 from retain.report.summary import (
     best_strategy,
     class_accuracy,
@@ -543,7 +544,7 @@ def build_blocks(record: Record) -> list[Block]:
             ("img", f"curves-{label}", f"{label}: score on each task over the sequence"),
         ]
     blocks += _extra_score_blocks(record, runs)
-    blocks += suite_blocks(runs, row_labels) + guard_blocks(runs)
+    blocks += suite_blocks(runs, row_labels) + guard_blocks(runs) + vocab_blocks(runs)
     blocks += _per_class_blocks(record, runs)
     blocks += _state_blocks(runs)
     blocks += _timing_blocks(runs)
