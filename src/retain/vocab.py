@@ -209,9 +209,18 @@ def extend(cfg: RunConfig, tokenizer: Any, seed: int) -> Extension | None:
     return Extension(ext, tokenizer, added, skipped, found)
 
 
-def _tokens_per_char(base: Any, ext: Any, texts: list[str]) -> dict[str, Any]:
-    chars = sum(map(len, texts))
-    before, after = sum(n_tokens(base, texts)), sum(n_tokens(ext, texts))
+def _tokens_per_char(cfg: RunConfig, e: Extension, spec: Any) -> dict[str, Any]:
+    """The characters of a source's text and the tokens the stream holds for it (one EOS per
+    document included: it is scored too), with the old and the new tokenizer. The tokens come
+    from the token cache where it holds them (the new ones always: the stream was just built)."""
+    from retain.data.text import load_documents
+
+    o = cfg.stream.options
+    opts = {"text_field": o.text_field, "documents": o.documents, "cache_dir": o.cache_dir}
+    kw = {**opts, "cache": o.cache, "max_length": o.block_size if spec.label else None}
+    chars = sum(map(len, _source_texts(cfg, spec)))
+    before = sum(len(x) for x in load_documents(spec, e.base, **kw).ids)
+    after = sum(len(x) for x in load_documents(spec, e.tokenizer, **kw).ids)
     return {
         "characters": chars,
         "tokens_before": before,
@@ -228,16 +237,14 @@ def facts(cfg: RunConfig, e: Extension) -> dict[str, Any]:
 
     v = cfg.model.vocab
     specs = _specs(cfg)
-    sources = {
-        n: _tokens_per_char(e.base, e.tokenizer, _source_texts(cfg, s)) for n, s in specs.items()
-    }
+    sources = {n: _tokens_per_char(cfg, e, s) for n, s in specs.items()}
     suites: dict[str, Any] = {}
     for name, value in (cfg.stream.suites or {}).items():
         if value in sources:
             suites[name] = {"source": value, **sources[value]}
         else:
             spec = TextSource.parse(f"(suite {name})", value)
-            suites[name] = _tokens_per_char(e.base, e.tokenizer, _source_texts(cfg, spec))
+            suites[name] = _tokens_per_char(cfg, e, spec)
     return {
         "tokens": list(e.added),
         "ids": list(e.added.values()),
