@@ -358,3 +358,21 @@ def test_smollm2_tokenizer_cuts_fewer_spanish_tokens_after_extension():
     assert n_tokens(ext, [ENGLISH]) == n_tokens(tok, [ENGLISH])
     ids = ext(SPANISH, add_special_tokens=False)["input_ids"]
     assert ext.decode(ids) == SPANISH
+
+
+def test_lr_scale_zero_keeps_the_new_rows_through_a_run(tok, tmp_path):
+    from retain.cli import main
+    from retain.config import load_config
+    from retain.runner import _model, prepare_stream
+
+    path = _write(tmp_path, tok, "{from_task: es, count: 4, lr_scale: 0}")
+    out = tmp_path / "run"
+    assert main(["run", str(path), "--out", str(out), "-q"]) == 0
+    cfg = load_config(path)
+    stream, _ = prepare_stream(cfg)
+    start = _model(cfg, stream).get_input_embeddings().weight.detach()
+    trained = transformers.AutoModelForCausalLM.from_pretrained(str(out / "model"))
+    end = trained.get_input_embeddings().weight.detach()
+    rows = list(stream.vocab.values())
+    assert torch.equal(end[rows], start[rows])  # the loop scaled their every step by 0
+    assert not torch.equal(end[: len(tok)], start[: len(tok)])  # the others trained

@@ -22,7 +22,6 @@ from retain.report.columns import (
 from retain.report.curriculum import curriculum_blocks
 from retain.report.record import Record, RunRecord, TaskTiming, Timing
 from retain.report.suites import guard_blocks, suite_blocks
-from retain.report.vocab import vocab_blocks
 from retain.report.summary import (
     best_strategy,
     class_accuracy,
@@ -38,6 +37,7 @@ from retain.report.summary import (
     test_sizes,
     vanished_classes,
 )
+from retain.report.vocab import vocab_blocks
 
 # One report element: ("h", level, text), ("p", text), ("note", text), ("ul", [items]),
 # ("table", header, rows, row_classes[, table class]) or ("img", plot key, caption). A table of
