@@ -192,7 +192,7 @@ def extend(cfg: RunConfig, tokenizer: Any, seed: int) -> Extension | None:
             )
         found = {
             "source": v.from_task,
-            "documents_chars": sum(map(len, texts)),
+            "characters": sum(map(len, texts)),
             "words": len(picked),
         }
         tokens += [t for t in picked if t not in tokens]
@@ -283,6 +283,8 @@ def bits_per_char(data: dict[str, Any], record: Any) -> dict[str, Any] | None:
     text (the per-token loss times the text's tokens per character, over ln 2); comparable
     across tokenizers, unlike per-token perplexity. None when the run has no per-token loss."""
     v = (data or {}).get("vocab")
+    if (data or {}).get("objective") != "causal_lm":
+        return None  # a classifier's loss is per example, not per token
     losses = (record.matrices or {}).get("loss") or (
         record.matrix if record.score == "loss" else None
     )
