@@ -376,3 +376,19 @@ def test_lr_scale_zero_keeps_the_new_rows_through_a_run(tok, tmp_path):
     rows = list(stream.vocab.values())
     assert torch.equal(end[rows], start[rows])  # the loop scaled their every step by 0
     assert not torch.equal(end[: len(tok)], start[: len(tok)])  # the others trained
+
+
+def test_a_model_without_a_tokenizer_is_one_line(tmp_path, capsys):
+    from retain.cli import main
+
+    (tmp_path / "es.txt").write_text("\n\n".join([SPANISH] * 4))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "stream: {scenario: text, block_size: 16, cache: false, sources: {es: es.txt}}\n"
+        "model: {name: hf, hf_config: {hidden_size: 8, num_attention_heads: 2,"
+        " num_hidden_layers: 1, intermediate_size: 8}, vocab: {from_task: es}}\n"
+    )
+    assert main(["run", str(cfg), "--out", str(tmp_path / "r"), "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "tokenizer" in err[0]
+    assert not (tmp_path / "r").exists()

@@ -155,7 +155,8 @@ def run_config(
     if info.get("vocab"):
         from retain.vocab import bits_per_char
 
-        record.data = {**info, "vocab": {**info["vocab"], "bits_per_char": bits_per_char(info, record)}}
+        bpc = bits_per_char(info, record)
+        record.data = {**info, "vocab": {**info["vocab"], "bits_per_char": bpc}}
     if name:
         record.strategy = name
     record.out_dir = str(out)
@@ -344,7 +345,8 @@ def _removed_on_failure(out: Path) -> Iterator[None]:
     try:
         yield
     except Exception:
-        only_config = out.is_dir() and {p.name for p in out.iterdir()} <= {"config.resolved.yaml", "vocab.json"}
+        before_training = {"config.resolved.yaml", "vocab.json"}  # what a run writes first
+        only_config = out.is_dir() and {p.name for p in out.iterdir()} <= before_training
         if not existed and is_main_process() and only_config:
             shutil.rmtree(out)
         raise
