@@ -41,7 +41,9 @@ ALLOWED: dict[str, set[str]] = {
         "train",
         "utils",
     },
-    "checkpointing": {"report", "run_state", "utils"},  # restore, checkpoint, finish
+    "checkpointing": {"report", "run_state", "utils", "vocab"},  # restore, checkpoint, finish
+    # vocabulary extension: the tokenizer, the model's new rows and their learning rate
+    "vocab": {"errors", "config", "data", "strategies", "utils"},
     "api": {
         "errors",
         "config",
@@ -55,6 +57,7 @@ ALLOWED: dict[str, set[str]] = {
         "utils",
         "run_state",
         "checkpointing",
+        "vocab",
     },
     "runner": {
         "errors",
@@ -69,6 +72,7 @@ ALLOWED: dict[str, set[str]] = {
         "api",
         "run_state",  # the training plan of each label, for the ETA of a comparison
         "utils",
+        "vocab",
     },
     "init": {"errors", "data"},  # `retain init`: a config for the user's files
     "reference": {"binding", "config"},  # `retain config`: every config key, from the dataclasses

@@ -63,7 +63,14 @@ def test_the_compare_commands_in_an_examples_comments_bind(path):
     and twenty minutes of training."""
     from retain.runner import plan_labels
 
-    cfg = load_config(path)
     for argv in _compare_commands(path):
-        labels = parse_labels(argv[argv.index("--strategies") + 1])
+        at = argv.index("--strategies") + 1
+        # KEY=VALUE overrides after the config file bind too (the value of an option is not one)
+        overrides = [
+            a
+            for i, a in enumerate(argv[3:], 3)
+            if "=" in a and not a.startswith("-") and not argv[i - 1].startswith("--")
+        ]
+        cfg = load_config(path, overrides)
+        labels = parse_labels(argv[at])
         assert plan_labels(labels, cfg)

@@ -46,6 +46,7 @@ from retain.train.optim import (
 )
 from retain.train.runtime import needs_wrappers
 from retain.utils.seed import derive_seed, seed_everything
+from retain.vocab import record_tokens, row_steps
 
 __all__ = ["Plan", "run"]  # Plan: what a run trains on, also planned ahead by compare
 
@@ -90,6 +91,8 @@ def run(
 
         enable_gradient_checkpointing(model)  # refused before the run directory is made
     r = start(stream, strategies, config, out_dir, resume, progress, warn, model)
+    if r.run_dir is not None and stream.vocab:  # before saved weights of another size load
+        record_tokens(r.run_dir.path, stream.vocab, resume)
     r.initial = "pretrained" if _pretrained(model) else "untrained"
     model, history = restore(r, model)
     if not history.rows:  # a fresh run: row 0 of R is the model before training
@@ -178,7 +181,7 @@ def train_task(
         model,
         data,
         ctx,
-        r.strategies,
+        [*r.strategies, *row_steps(r.cfg.model.vocab, r.stream.vocab)],
         optimizer,
         schedule,
         train,

@@ -84,6 +84,10 @@ def save_trained(r: RunState, model: nn.Module) -> None:
     m = r.cfg.model
     has_tokenizer = m.tokenizer or m.pretrained or m.gguf_file
     tokenizer = load_tokenizer(m) if m.name == "hf" and has_tokenizer else None
+    if tokenizer is not None and r.stream.vocab:  # the tokenizer the run's text was made with
+        from retain.vocab import extend_tokenizer
+
+        tokenizer = extend_tokenizer(tokenizer, list(r.stream.vocab))[0]
     save_model(model, r.run_dir.path / "model", tokenizer)
 
 

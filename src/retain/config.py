@@ -62,6 +62,7 @@ __all__ = [
     "TextScenario",
     "TextSource",
     "TrainConfig",
+    "VocabConfig",
     "apply_overrides",
     "config_diff",
     "from_dict",
@@ -71,6 +72,54 @@ __all__ = [
     "scenario",
     "scenario_options",
 ]
+
+
+@dataclass
+class VocabConfig:
+    """Vocabulary extension for a new language (model.name hf, scenario text): tokens added to
+    the tokenizer, with new embedding rows. Off unless tokens or from_task is set; see
+    docs/vocab.md.
+    """
+
+    tokens: list[str] = help_field(
+        "tokens to add, as they appear in the text (a word-initial token of a byte-level BPE "
+        "tokenizer carries its space: ' corazón')",
+        default_factory=list,
+    )
+    from_task: str | None = help_field(
+        "a source of stream.sources whose training text gives the tokens: its most frequent "
+        "words that the tokenizer cuts into at least min_pieces pieces",
+        default=None,
+    )
+    count: int = help_field("from_task: how many words to add at most", default=1000, ge=1)
+    min_pieces: int = help_field(
+        "from_task: add a word only if the tokenizer cuts it into at least this many pieces",
+        default=3,
+        ge=2,
+    )
+    min_count: int = help_field(
+        "from_task: add a word only if it occurs at least this many times", default=2, ge=1
+    )
+    init: Literal["mean", "mean_all"] = help_field(
+        "a new row's initial value: mean (of the rows of the pieces the token replaces) or "
+        "mean_all (of all rows of the old vocabulary)",
+        default="mean",
+    )
+    lr_scale: float = help_field(
+        "the new rows' learning rate as a multiple of train.lr (their step is scaled after each "
+        "optimizer step; exact for sgd, adam and adamw); 0 keeps them at their initial value",
+        default=1.0,
+        ge=0,
+    )
+
+    def __post_init__(self) -> None:
+        check_fields(self, "model.vocab")
+        if any(not isinstance(t, str) or not t for t in self.tokens):
+            raise ConfigError("model.vocab.tokens must be non-empty strings")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.tokens) or self.from_task is not None
 
 
 @dataclass
@@ -122,6 +171,7 @@ class ModelConfig:
         "state)",
         default="float32",
     )
+    vocab: VocabConfig = field(default_factory=VocabConfig)
 
     def __post_init__(self) -> None:
         check_fields(self, "model")
@@ -364,6 +414,11 @@ class RunConfig:
             raise ConfigError(
                 "stream.scenario text trains a language model: set model.name: hf (with "
                 "model.pretrained, or model.hf_config and model.tokenizer)"
+            )
+        if self.model.vocab.enabled and self.stream.scenario != "text":
+            raise ConfigError(
+                "model.vocab extends a tokenizer's vocabulary, and this stream holds no text "
+                f"(scenario {self.stream.scenario}): use stream.scenario text, or remove model.vocab"
             )
 
     def to_dict(self) -> dict[str, Any]:

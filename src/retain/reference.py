@@ -93,6 +93,11 @@ def sections() -> list[tuple[str, str, list[Key]]]:
         if not dataclasses.is_dataclass(cls):
             continue
         out.append((f"`{f.name}`", _summary(cls), keys(cls, f"{f.name}.", skip=("options",))))
+        inner = field_hints(cls)
+        for g in dataclasses.fields(cls):  # a section inside a section (model.vocab)
+            if g.name != "options" and dataclasses.is_dataclass(inner[g.name]):
+                name = f"{f.name}.{g.name}"
+                out.append((f"`{name}`", _summary(inner[g.name]), keys(inner[g.name], name + ".")))
         if f.name == "stream":
             for name, opts in SCENARIOS.items():
                 text = (

@@ -44,12 +44,21 @@ def prepare_stream(cfg: RunConfig) -> tuple[Any, dict[str, Any]]:
     seed_everything(seed)
     if cfg.stream.scenario != "text":
         return build_stream(cfg.stream, seed)
+    from retain import vocab as extension
     from retain.utils.hf import load_tokenizer, model_limits
 
     context, vocab = model_limits(cfg.model)
-    return build_stream(
-        cfg.stream, seed, tokenizer=load_tokenizer(cfg.model), context=context, vocab_size=vocab
+    tokenizer = load_tokenizer(cfg.model)
+    ext = extension.extend(cfg, tokenizer, seed)  # model.vocab: before anything is tokenised
+    if ext is not None:
+        tokenizer, vocab = ext.tokenizer, max(vocab or 0, len(ext.tokenizer))
+    stream, info = build_stream(
+        cfg.stream, seed, tokenizer=tokenizer, context=context, vocab_size=vocab
     )
+    if ext is not None:
+        stream = dataclasses.replace(stream, vocab=ext.added)
+        info["vocab"] = extension.facts(cfg, ext)
+    return stream, info
 
 
 # While a comparison (or a run over seeds) is running: the last pretrained model it loaded, as a
@@ -98,6 +107,10 @@ def _model(cfg: RunConfig, stream: Any) -> Any:
         return copy.deepcopy(model)
     seed_everything(cfg.seed)
     model = build_model(cfg.model, stream)
+    if stream.vocab:  # the stream was tokenised with an extended tokenizer (model.vocab)
+        from retain.vocab import extend_model
+
+        extend_model(model, cfg.model, stream.vocab)
     if cache is not None:
         cache.clear()  # one model at a time: they are large
         states = (random.getstate(), np.random.get_state(), torch.get_rng_state())
@@ -139,6 +152,11 @@ def run_config(
         )
     record = result.record
     record.data = info
+    if info.get("vocab"):
+        from retain.vocab import bits_per_char
+
+        bpc = bits_per_char(info, record)
+        record.data = {**info, "vocab": {**info["vocab"], "bits_per_char": bpc}}
     if name:
         record.strategy = name
     record.out_dir = str(out)
@@ -327,7 +345,8 @@ def _removed_on_failure(out: Path) -> Iterator[None]:
     try:
         yield
     except Exception:
-        only_config = out.is_dir() and {p.name for p in out.iterdir()} <= {"config.resolved.yaml"}
+        before_training = {"config.resolved.yaml", "vocab.json"}  # what a run writes first
+        only_config = out.is_dir() and {p.name for p in out.iterdir()} <= before_training
         if not existed and is_main_process() and only_config:
             shutil.rmtree(out)
         raise

@@ -128,6 +128,8 @@ class Stream:
             schedule over training, or a cycle), e.g. ``{"spanish": {"spanish": 0.7,
             "english": 0.3}}``; pools are task names and source names (see
             :mod:`retain.data.mixing`).
+        vocab: tokens added to the tokenizer that made the stream's token ids (vocabulary
+            extension, :mod:`retain.vocab`), each with its id: the model needs a row for each.
     """
 
     tasks: tuple[Task, ...]
@@ -139,6 +141,7 @@ class Stream:
     suites: dict[str, TensorData] = field(default_factory=dict)
     sources: dict[str, TensorData] = field(default_factory=dict)
     mix: dict[str, Mix] = field(default_factory=dict)
+    vocab: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tasks", tuple(self.tasks))

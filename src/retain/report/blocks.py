@@ -38,6 +38,7 @@ from retain.report.summary import (
     test_sizes,
     vanished_classes,
 )
+from retain.report.vocab import vocab_blocks
 
 # One report element: ("h", level, text), ("p", text), ("note", text), ("ul", [items]),
 # ("table", header, rows, row_classes[, table class]) or ("img", plot key, caption). A table of
@@ -545,6 +546,7 @@ def build_blocks(record: Record) -> list[Block]:
         ]
     blocks += _extra_score_blocks(record, runs)
     blocks += suite_blocks(runs, row_labels) + tradeoff.blocks(record) + guard_blocks(runs)
+    blocks += vocab_blocks(runs)
     blocks += _per_class_blocks(record, runs)
     blocks += _state_blocks(runs)
     blocks += _timing_blocks(runs)

@@ -331,6 +331,12 @@ def _stable(name: str) -> int:
     return int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)
 
 
+def split_generator(seed: int, name: str, group: int = 0) -> torch.Generator:
+    """The generator that draws the train/test split of source ``name`` (its ``group``-th
+    by_column group): what :func:`_source` uses, for code that must draw the same split."""
+    return generator(seed, _stable(name), group)
+
+
 def _groups(name: str, spec: TextSource, docs: Documents) -> list[tuple[str, list[int]]]:
     """``[(value, document indices)]``: one group per by_column value, else the whole source."""
     if not spec.by_column:
