@@ -23,6 +23,8 @@ import typing
 from collections.abc import Callable
 from typing import Any, Literal, Union
 
+import yaml
+
 from retain.errors import ConfigError, did_you_mean
 
 __all__ = [
@@ -274,3 +276,38 @@ def check_fields(obj: Any, where: str = "", error: type[Exception] = ConfigError
             ]
             if failed:
                 raise error(f"{name} must be {bounds_text(f.metadata)}, got {value!r}")
+
+
+# Reading YAML strictly: PyYAML keeps the last of two equal keys without a word, so a config that
+# sets lr twice (one edit forgotten above another) would train with whichever comes last.
+
+
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A mapping holds the same key twice."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                repeated = key in seen
+            except TypeError:  # an unhashable key: SafeLoader reports it below
+                continue
+            if repeated:
+                where = f"lines {seen[key]} and {line}" if seen[key] != line else f"line {line}"
+                raise DuplicateKeyError(
+                    None,
+                    None,
+                    f"key '{key}' is given twice ({where}); keep one",
+                    key_node.start_mark,
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_unique(text: str) -> Any:
+    """``yaml.safe_load`` that refuses a key repeated within one mapping."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506  (a SafeLoader subclass)

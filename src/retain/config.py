@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import yaml
 
-from retain.binding import check_fields, from_dict, help_field
+from retain.binding import DuplicateKeyError, check_fields, from_dict, help_field, load_unique
 from retain.errors import ConfigError
 from retain.stream_config import (
     SCENARIOS,
@@ -42,7 +42,6 @@ from retain.stream_config import (
     scenario,
     scenario_options,
 )
-from retain.utils.yamlfile import DuplicateKeyError, load_unique
 
 __all__ = [
     "SCENARIOS",

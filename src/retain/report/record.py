@@ -43,7 +43,7 @@ def _convert(tp: Any, value: Any, where: str = "") -> Any:
         _expect(isinstance(value, dict), "an object", value, where)
         return tp.from_dict(value)
     if origin is list:
-        _expect(isinstance(value, list), "a list", value, where)
+        _expect(isinstance(value, (list, tuple)), "a list", value, where)
         (item,) = typing.get_args(tp)
         return [_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
