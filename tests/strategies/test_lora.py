@@ -280,5 +280,6 @@ def test_sequence_classifier_gets_a_head_per_adapter_and_loads_with_plain_peft(t
     plain = peft.PeftModel.from_pretrained(base, str(lib / "task_1")).eval()
     ids = tasks[1].test.tensors["input_ids"]
     with torch.no_grad():
-        ours = r.model.eval()(input_ids=ids, attention_mask=torch.ones_like(ids))
+        task = torch.ones(len(ids), dtype=torch.long)
+        ours = r.model.eval()(input_ids=ids, attention_mask=torch.ones_like(ids), task=task)
         assert torch.allclose(plain(input_ids=ids).logits, ours.logits, atol=1e-5)
