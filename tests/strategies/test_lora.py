@@ -134,6 +134,12 @@ def test_prototypes_route_an_easy_stream_correctly():
     routing = r.record.strategy_stats[-1]["lora"]["routing_accuracy"]
     assert len(routing) == 3 and min(routing) >= 0.95, routing
     assert r.model.prototypes.shape == (3, 16)
+    # ... and the report shows it, one row per task trained
+    from retain.report.render import render_markdown
+
+    md = render_markdown(r.record)
+    assert "## Adapter routing" in md
+    assert "| d2 | " + " | ".join(f"{v:.3f}" for v in routing) + " |" in md
 
 
 def test_known_task_uses_its_own_adapter_and_mixed_batches_match():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from retain.report.adapters import routing_blocks
 from retain.report.columns import (
     ACCURACY_LIKE,
     METRIC_COLUMNS,
@@ -544,6 +545,7 @@ def build_blocks(record: Record) -> list[Block]:
         ]
     blocks += _extra_score_blocks(record, runs)
     blocks += suite_blocks(runs, row_labels) + guard_blocks(runs)
+    blocks += routing_blocks(runs)
     blocks += _per_class_blocks(record, runs)
     blocks += _state_blocks(runs)
     blocks += _timing_blocks(runs)

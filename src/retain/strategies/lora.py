@@ -52,6 +52,9 @@ class LoRA(Strategy):
         route: How an input without a task id picks its adapter: ``prototype`` (the task whose
             mean base-model feature is nearest, one extra base forward), ``entropy`` (the adapter
             most confident about the input, one forward per adapter), ``newest`` (no routing).
+        lr_scale: Multiplies ``train.lr`` for the adapters' parameters. LoRA usually wants a
+            learning rate about ten times that of full fine-tuning, so a comparison with
+            finetune at one ``train.lr`` can give lora ``lr_scale=10``.
 
     Reference:
         Hu et al., "LoRA: Low-Rank Adaptation of Large Language Models" (2021); routing by task
@@ -64,6 +67,7 @@ class LoRA(Strategy):
     target_modules: str | list[str] = "auto"
     per_task: bool = True
     route: Literal["prototype", "entropy", "newest"] = "prototype"
+    lr_scale: float = field(default=1.0, metadata={"gt": 0})
 
     unsupported: ClassVar[dict[str, str]] = {}
 
@@ -128,6 +132,11 @@ class LoRA(Strategy):
             )
         self._activate(net, self._name(ctx.task_index))
         return net
+
+    def param_groups(
+        self, groups: list[dict[str, Any]], model: nn.Module, ctx: TaskContext
+    ) -> list[dict[str, Any]]:
+        return [{**g, "lr_scale": g.get("lr_scale", 1.0) * self.lr_scale} for g in groups]
 
     def after_task(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
         net = ctx.unwrap(model)
