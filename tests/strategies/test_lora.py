@@ -282,6 +282,7 @@ def test_sequence_classifier_gets_a_head_per_adapter_and_loads_with_plain_peft(t
     assert len(routing) == 2 and sum(routing) / 2 > 0.6  # a random encoder: above chance
     # The saved base (trained from scratch here) and one adapter, with plain transformers + PEFT.
     lib = tmp_path / "r" / "adapters"
+    assert not (tmp_path / "r" / "model").exists()  # the unchanged base is not written again
     base = transformers.BertForSequenceClassification.from_pretrained(str(lib / "base"))
     plain = peft.PeftModel.from_pretrained(base, str(lib / "task_1")).eval()
     ids = tasks[1].test.tensors["input_ids"]
@@ -289,3 +290,22 @@ def test_sequence_classifier_gets_a_head_per_adapter_and_loads_with_plain_peft(t
         task = torch.ones(len(ids), dtype=torch.long)
         ours = r.model.eval()(input_ids=ids, attention_mask=torch.ones_like(ids), task=task)
         assert torch.allclose(plain(input_ids=ids).logits, ours.logits, atol=1e-5)
+
+
+def test_target_modules_resolve_per_model(tiny_causal_lm, monkeypatch):
+    from retain.errors import ConfigError, Unsupported
+    from retain.models import SmallCNN
+    from retain.utils.adapters import resolve_targets
+
+    mlp = MLP(8, 2, [16, 16])
+    assert resolve_targets(mlp, "auto") == ["net.1", "net.3", "net.5"]  # output layer included
+    assert resolve_targets(mlp, "all-linear") == ["net.1", "net.3", "net.5"]
+    assert resolve_targets(mlp, ["net.3"]) == ["net.3"]
+    assert resolve_targets(SmallCNN((1, 8, 8), 2, [4]), "auto") == ["features.0", "head"]
+    assert resolve_targets(tiny_causal_lm, "auto") == ["q_proj", "v_proj"]
+    assert resolve_targets(tiny_causal_lm, ["k_proj", "down_proj"]) == ["k_proj", "down_proj"]
+    with pytest.raises(Unsupported, match="target module 'qproj' matches no layer"):
+        resolve_targets(tiny_causal_lm, ["q_proj", "qproj"])
+    monkeypatch.setitem(__import__("sys").modules, "peft", None)  # peft not installed
+    with pytest.raises(ConfigError, match=r'need peft: pip install -e "\.\[hf\]"'):
+        LoRA().check_model(mlp)

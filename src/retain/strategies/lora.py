@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
@@ -68,8 +68,6 @@ class LoRA(Strategy):
     per_task: bool = True
     route: Literal["prototype", "entropy", "newest"] = "prototype"
     lr_scale: float = field(default=1.0, metadata={"gt": 0})
-
-    unsupported: ClassVar[dict[str, str]] = {}
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -217,15 +217,15 @@ def save_library(model: nn.Module, folder: str | Path) -> bool:
         peft_model = model
     if peft_model is None:
         return False
+    names = list(peft_model.peft_config)
+    if "default" in names:  # peft writes an adapter called "default" at the top level
+        raise ValueError("name adapters other than 'default' to keep one folder per adapter")
     folder = Path(folder)
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    names = list(peft_model.peft_config)
     peft_model.save_pretrained(str(tmp), selected_adapters=names, safe_serialization=True)
-    if "default" in names:  # peft writes an adapter called "default" at the top level
-        raise ValueError("name adapters other than 'default' to keep one folder per adapter")
     base = folder / "base"
     if base.is_dir():
         os.replace(base, tmp / "base")
