@@ -86,9 +86,12 @@ class AdapterModel(nn.Module):
             return self._lowest_entropy(args, inputs)[1]
         if self.route == "newest" or self.prototypes is None or len(self.prototypes) == 0:
             return [newest] * n
-        feats = F.normalize(self.features(args, inputs).float(), dim=-1)
-        protos = self.prototypes.to(feats.device)
-        return torch.cdist(feats, protos).argmin(-1).tolist()
+        return self.nearest(self.features(args, inputs)).tolist()
+
+    def nearest(self, feats: torch.Tensor) -> torch.Tensor:
+        """The index of the nearest prototype to each row of base features ``feats``."""
+        feats = F.normalize(feats.float(), dim=-1)
+        return torch.cdist(feats, self.prototypes.to(feats.device)).argmin(-1)
 
     def features(self, args: tuple, inputs: dict[str, Any]) -> torch.Tensor:
         """The base model's features of a batch, adapters disabled: the mean-pooled last hidden

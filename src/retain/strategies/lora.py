@@ -75,6 +75,7 @@ class LoRA(Strategy):
         self.prototypes_: torch.Tensor | None = None
         self.routing_: list[list[float]] = []
         self.adapter_params_: list[int] = []
+        self._test_features: dict[int, torch.Tensor] = {}
 
     def check(self, stream: Stream) -> None:
         super().check(stream)
@@ -165,13 +166,25 @@ class LoRA(Strategy):
         return total / max(n, 1)
 
     def _routing_accuracy(self, net: AdapterModel, ctx: TaskContext) -> list[float]:
-        """Per seen task, the fraction of its test samples routed to its own adapter."""
+        """Per seen task, the fraction of its test samples routed to its own adapter. The base
+        never changes, so with prototype routing each test set's base features are computed
+        once and kept (not saved: a resumed run computes them again)."""
         out = []
         for j, task in enumerate(ctx.seen_tasks):
+            if self.route == "prototype":
+                if j not in self._test_features:
+                    self._test_features[j] = torch.cat(
+                        [
+                            net.features(*_model_inputs(b)).float().cpu()
+                            for b in ctx.make_loader(task.test, shard=False)
+                        ]
+                    )
+                which = net.nearest(self._test_features[j])
+                out.append(float((which == j).float().mean()))
+                continue
             hits, n = 0, 0
             for batch in ctx.make_loader(task.test, shard=False):
-                args, inputs = _model_inputs(batch)
-                hits += sum(int(k == j) for k in net.choose(args, inputs))
+                hits += sum(int(k == j) for k in net.choose(*_model_inputs(batch)))
                 n += len(batch["task"])
             out.append(hits / max(n, 1))
         return out
