@@ -64,7 +64,9 @@ class AdapterModel(nn.Module):
         """The transformers config of the base (evaluation reads its vocabulary size)."""
         return getattr(self.peft_model.get_base_model(), "config", None)
 
-    def forward(self, x: torch.Tensor | None = None, task: torch.Tensor | None = None, **inputs):
+    def forward(
+        self, x: torch.Tensor | None = None, task: torch.Tensor | None = None, **inputs: Any
+    ) -> Any:
         args = () if x is None else (x,)
         if self.training or len(self.names) == 1:
             return self.peft_model(*args, **inputs)
