@@ -177,6 +177,8 @@ def test_entropy_routing_runs_and_regression_refuses_it():
     )
     with pytest.raises(Unsupported, match="route=entropy"):
         LoRA(route="entropy").check(reg)
+    routed = run(_small().net[:-1].append(torch.nn.Linear(16, 1)), reg, [LoRA(rank=2)], cfg)
+    assert routed.record.strategy_stats[-1]["lora"]["routing_accuracy"] == [1.0]
 
 
 def test_adapter_library_loads_with_plain_peft(tiny_stream, tmp_path):
