@@ -308,6 +308,13 @@ def test_target_modules_resolve_per_model(tiny_causal_lm, monkeypatch):
     assert resolve_targets(tiny_causal_lm, ["k_proj", "down_proj"]) == ["k_proj", "down_proj"]
     with pytest.raises(Unsupported, match="target module 'qproj' matches no layer"):
         resolve_targets(tiny_causal_lm, ["q_proj", "qproj"])
+    from retain.utils.adapters import lora_config
+
+    assert lora_config(mlp, ["net.1"], 2, 4.0, 0.0).modules_to_save is None
+    assert lora_config(mlp, ["net.1"], 2, 4.0, 0.0, head_per_adapter=True).modules_to_save == [
+        "net.5"
+    ]
+    assert lora_config(tiny_causal_lm, "all-linear", 2, 4.0, 0.0).task_type == "CAUSAL_LM"
     monkeypatch.setitem(__import__("sys").modules, "peft", None)  # peft not installed
     with pytest.raises(ConfigError, match=r'need peft: pip install -e "\.\[hf\]"'):
         LoRA().check_model(mlp)
