@@ -17,6 +17,7 @@ from retain.report.history import History
 from retain.report.record import RunRecord
 from retain.report.result import RunResult, build_record
 from retain.run_state import RunState
+from retain.utils.adapters import save_library
 from retain.utils.checkpoint import load_weights, optimizer_state
 from retain.utils.state import rng_state, set_rng_state, write_json
 
@@ -48,6 +49,7 @@ def checkpoint(r: RunState, model: nn.Module, optimizer: Any, history: History) 
     if r.run_dir is None or not r.acc.is_main_process:
         return
     out = r.cfg.output
+    save_library(r.acc.unwrap_model(model), r.run_dir.path / "adapters")
     if out.checkpoints:
         kept = optimizer_state(optimizer) if r.cfg.train.optimizer_state == "keep" else None
         r.run_dir.save_checkpoint(
@@ -76,8 +78,14 @@ def finish(r: RunState, model: nn.Module, history: History) -> RunResult:
 
 def save_trained(r: RunState, model: nn.Module) -> None:
     """A transformers model and its tokenizer in ``RUN/model`` (``save_pretrained``), loadable
-    by plain transformers; other models are in the checkpoints."""
-    if not callable(getattr(model, "save_pretrained", None)):
+    by plain transformers; other models are in the checkpoints.
+
+    A model with PEFT adapters (the ``lora`` strategy) is not written again in full: its base is
+    unchanged (``model.pretrained``, or ``RUN/adapters/base`` for a base trained from scratch),
+    so ``RUN/adapters`` (the adapter library, rewritten after every task) gets the tokenizer and
+    nothing goes to ``RUN/model``."""
+    adapters = getattr(model, "peft_model", None) is not None
+    if not adapters and not callable(getattr(model, "save_pretrained", None)):
         return
     from retain.utils.hf import load_tokenizer, save_model
 
@@ -88,6 +96,11 @@ def save_trained(r: RunState, model: nn.Module) -> None:
         from retain.vocab import extend_tokenizer
 
         tokenizer = extend_tokenizer(tokenizer, list(r.stream.vocab))[0]
+    if adapters:
+        save_library(model, r.run_dir.path / "adapters")
+        if tokenizer is not None:
+            tokenizer.save_pretrained(r.run_dir.path / "adapters")
+        return
     save_model(model, r.run_dir.path / "model", tokenizer)
 
 

@@ -351,7 +351,8 @@ class OutputConfig:
     plots: bool = help_field("write PNG plots", default=True)
     save_model: bool = help_field(
         "transformers models: write the trained model (save_pretrained, safetensors) and its "
-        "tokenizer to RUN/model at the end of the run, loadable without retain",
+        "tokenizer to RUN/model at the end of the run, loadable without retain (with the lora "
+        "strategy, whose base is unchanged: the adapters and tokenizer to RUN/adapters only)",
         default=True,
     )
 

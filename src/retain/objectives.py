@@ -48,6 +48,14 @@ def _task_aware(model: nn.Module) -> bool:
     return bool(getattr(model, "task_aware", False) or getattr(inner, "task_aware", False))
 
 
+def _task_kwarg(model: nn.Module, batch: dict[str, torch.Tensor], known: bool) -> dict[str, Any]:
+    """``{"task": ids}`` (None where the task is not known) for a task-aware model given
+    keyword inputs (tokenised text); nothing for other models, whose signature lacks it."""
+    if not _task_aware(model):
+        return {}
+    return {"task": batch.get("task") if known else None}
+
+
 def logits_of(out: Any) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else out.logits
 
@@ -92,7 +100,8 @@ class Classification:
         self, model: nn.Module, batch: dict[str, torch.Tensor], task_known: bool = True
     ) -> Any:
         if "input_ids" in batch:  # tokenised text: a transformers sequence classifier
-            return model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"))
+            kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch.get("attention_mask")}
+            return model(**kwargs, **_task_kwarg(model, batch, task_known))
         if _task_aware(model):
             return model(batch["x"], task=batch["task"] if task_known else None)
         return model(batch["x"])
@@ -207,7 +216,7 @@ class CausalLM:
         self, model: nn.Module, batch: dict[str, torch.Tensor], task_known: bool = True
     ) -> Any:
         kwargs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels") if k in batch}
-        return model(**kwargs)
+        return model(**kwargs, **_task_kwarg(model, batch, task_known))
 
     def loss(
         self,

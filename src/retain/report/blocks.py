@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from retain.report import tradeoff
+from retain.report.adapters import routing_blocks
 from retain.report.columns import (
     ACCURACY_LIKE,
     METRIC_COLUMNS,
@@ -546,7 +547,7 @@ def build_blocks(record: Record) -> list[Block]:
         ]
     blocks += _extra_score_blocks(record, runs)
     blocks += suite_blocks(runs, row_labels) + tradeoff.blocks(record) + guard_blocks(runs)
-    blocks += vocab_blocks(runs)
+    blocks += vocab_blocks(runs) + routing_blocks(runs)
     blocks += _per_class_blocks(record, runs)
     blocks += _state_blocks(runs)
     blocks += _timing_blocks(runs)
