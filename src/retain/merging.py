@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -53,7 +54,7 @@ USES_BASE = ("task_arithmetic", "ties", "dare_linear", "dare_ties")
 #: Above this ``|cos|`` SLERP falls back to linear interpolation (mergekit's threshold).
 DOT_THRESHOLD = 0.9995
 
-__all__ = ["DOT_THRESHOLD", "METHODS", "check_method", "merge", "merge_tensor"]
+__all__ = ["DOT_THRESHOLD", "METHODS", "check_method", "merge", "merge_folders", "merge_tensor"]
 
 
 def check_method(method: str, n_models: int, n_weights: int, density: float) -> None:
@@ -193,7 +194,79 @@ def merge(
     out = {}
     for key in models[0]:
         b = base[key] if base is not None else None
-        out[key] = merge_tensor(
-            b, [m[key] for m in models], weights, method, density, generator
+        out[key] = merge_tensor(b, [m[key] for m in models], weights, method, density, generator)
+    return out
+
+
+def merge_folders(
+    base: str | Path,
+    models: Sequence[str | Path],
+    out: str | Path,
+    method: str,
+    weights: Sequence[float] | None = None,
+    density: float = 0.5,
+    seed: int = 0,
+) -> Path:
+    """``retain merge``: merge model folders into ``out``; see :mod:`retain.utils.merge_io`.
+
+    ``weights`` default to equal ones summing to 1. Every check (method, weight count, folders,
+    ``out`` not existing, tensor names and shapes from the safetensors headers) runs before any
+    tensor is read. ``out`` gets ``model.safetensors`` (the base's dtype), the base folder's
+    other files byte for byte (config, tokenizer) and ``merge.json`` (what was merged, how).
+    """
+    from safetensors.torch import save_file
+
+    from retain.utils.merge_io import (
+        Reader,
+        check_compatible,
+        copy_companions,
+        find_source,
+        read_shapes,
+    )
+    from retain.utils.state import write_json
+
+    if not models:
+        raise ConfigError("give at least one model to merge into the base")
+    weights = list(weights) if weights is not None else [1.0 / len(models)] * len(models)
+    check_method(method, len(models), len(weights), density)
+    out = Path(out)
+    if out.exists():
+        raise ConfigError(
+            f"output folder '{out}' exists; choose a new --out (nothing is overwritten)"
         )
+    base_src = find_source(base)
+    if base_src.kind == "adapter":
+        raise ConfigError(f"the base '{base}' is an adapter; give the model it was trained on")
+    sources = [find_source(m) for m in models]
+    for src in (base_src, *sources):
+        read_shapes(src)
+    for src in sources:
+        check_compatible(base_src, src)
+
+    generator = torch.Generator().manual_seed(seed)
+    reader = Reader(base_src, sources)
+    merged = {}
+    try:
+        for name in base_src.shapes:
+            b = reader.base_tensor(name)
+            tensors = [reader.tensor(i, name, b) for i in range(len(sources))]
+            t = merge_tensor(b, tensors, weights, method, density, generator)
+            merged[name] = t.to(b.dtype).contiguous()
+    finally:
+        reader.close()
+    out.mkdir(parents=True)
+    save_file(merged, str(out / "model.safetensors"), metadata={"format": "pt"})
+    copied = copy_companions(base_src, out)
+    write_json(
+        out / "merge.json",
+        {
+            "method": method,
+            "weights": weights,
+            "density": density,
+            "seed": seed,
+            "base": {"path": str(base), "kind": base_src.describe},
+            "models": [{"path": str(m), "kind": s.describe} for m, s in zip(models, sources)],
+            "copied_from_base": copied,
+        },
+    )
     return out

@@ -150,9 +150,7 @@ class Merge(Strategy):
 
 def _snapshot(net: nn.Module) -> dict[str, torch.Tensor]:
     """A copy of the module's floating-point weights and buffers, by state-dict name."""
-    return {
-        k: v.detach().clone() for k, v in net.state_dict().items() if v.is_floating_point()
-    }
+    return {k: v.detach().clone() for k, v in net.state_dict().items() if v.is_floating_point()}
 
 
 class _Evaluator:
