@@ -20,6 +20,7 @@ from retain.report.columns import (
     score_name,
 )
 from retain.report.curriculum import curriculum_blocks
+from retain.report.merging import sweep_blocks
 from retain.report.record import Record, RunRecord, TaskTiming, Timing
 from retain.report.suites import guard_blocks, suite_blocks
 from retain.report.summary import (
@@ -440,6 +441,7 @@ def _state_blocks(runs: dict[str, RunRecord]) -> list[Block]:
                 f"{name}.{k}={_state_cell(v)}"
                 for name, stats in per_task.items()
                 for k, v in stats.items()
+                if not isinstance(v, dict)  # nested records (a merge sweep) have their own blocks
             ]
             if items or (params and len(set(params)) > 1):
                 rows.append(
@@ -543,7 +545,7 @@ def build_blocks(record: Record) -> list[Block]:
             ("img", f"curves-{label}", f"{label}: score on each task over the sequence"),
         ]
     blocks += _extra_score_blocks(record, runs)
-    blocks += suite_blocks(runs, row_labels) + guard_blocks(runs)
+    blocks += suite_blocks(runs, row_labels) + guard_blocks(runs) + sweep_blocks(runs)
     blocks += _per_class_blocks(record, runs)
     blocks += _state_blocks(runs)
     blocks += _timing_blocks(runs)
