@@ -54,7 +54,15 @@ USES_BASE = ("task_arithmetic", "ties", "dare_linear", "dare_ties")
 #: Above this ``|cos|`` SLERP falls back to linear interpolation (mergekit's threshold).
 DOT_THRESHOLD = 0.9995
 
-__all__ = ["DOT_THRESHOLD", "METHODS", "check_method", "merge", "merge_folders", "merge_tensor"]
+__all__ = [
+    "DOT_THRESHOLD",
+    "METHODS",
+    "check_method",
+    "merge",
+    "merge_folders",
+    "merge_tensor",
+    "require_peft",
+]
 
 
 def check_method(method: str, n_models: int, n_weights: int, density: float) -> None:
@@ -72,6 +80,13 @@ def check_method(method: str, n_models: int, n_weights: int, density: float) -> 
         raise ConfigError(f"slerp interpolates two models, got {n_models}; use average or ties")
     if not 0.0 < density <= 1.0:
         raise ConfigError(f"merge density must be in (0, 1], got {density}")
+
+
+def require_peft(method: str) -> None:
+    """One line now, not after the first task's training, when ``method`` needs peft and it is
+    not installed."""
+    if method in ("ties", "dare_ties"):
+        _merge_utils()
 
 
 def _merge_utils():
@@ -229,6 +244,7 @@ def merge_folders(
         raise ConfigError("give at least one model to merge into the base")
     weights = list(weights) if weights is not None else [1.0 / len(models)] * len(models)
     check_method(method, len(models), len(weights), density)
+    require_peft(method)
     out = Path(out)
     if out.exists():
         raise ConfigError(

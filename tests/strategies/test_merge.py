@@ -115,3 +115,19 @@ def test_merge_on_a_causal_lm_with_a_suite(tiny_causal_lm):
     assert all(math.isfinite(v) for row in r.matrix for v in row)
     point = r.record.strategy_stats[-1]["merge"]["sweep"]["points"][0]
     assert set(point["suites"]) == {"g"} and math.isfinite(point["suites"]["g"]["loss"])
+
+
+def test_a_cnn_with_batch_norm_merges_floats_and_keeps_its_integer_buffer(tiny_stream):
+    torch.manual_seed(0)
+    cnn = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3),
+        torch.nn.BatchNorm2d(4),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4 * 6 * 6, 6),
+    )
+    r = run(cnn, tiny_stream, [Merge(method="dare_linear", mode="all")], RunConfig(train=CFG))
+    assert all(math.isfinite(v) for row in r.matrix for v in row)
+    bn = r.model[1]
+    assert bn.num_batches_tracked.item() == 0  # an integer: the base's, never merged
+    assert not torch.equal(bn.running_mean, torch.zeros(4))  # a float buffer: merged

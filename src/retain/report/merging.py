@@ -14,14 +14,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from retain.report.columns import fmt, score_name
+from retain.report.columns import ACCURACY_LIKE, fmt, score_name
 from retain.report.record import Record, RunRecord
 
 SWEEP_NOTE = (
-    "The merge was scored at each weight of the new task's specialist (0: the model before the "
-    "task, 1: the specialist itself) on the {split} split of every task and on the evaluation "
-    "suites; the run itself went on with its configured weight. Earlier tasks: the mean over "
-    "the tasks trained before. Each point of the plot is one weight."
+    "The merge was scored at each weight of the new task's specialist (mode previous: 0 is the "
+    "model before the task, 1 the specialist; mode all: 0 leaves the new task out of the merge) "
+    "on the {split} split of every task and on the evaluation suites; the run itself went on "
+    "with its configured weight. Earlier tasks: the mean over the tasks trained before. Each "
+    "point of the plot is one weight."
 )
 
 
@@ -115,8 +116,12 @@ def sweep_plots(record: Record, folder: Path) -> dict[str, Path]:
         ax.set_xlabel(f"{name} on the new task")
         ax.set_ylabel(f"{name} retained (earlier tasks, suites)")
         _score_axis(ax, run.score)
+        if run.score in ACCURACY_LIKE:
+            ax.set_xlim(-0.03, 1.03)
         ax.legend(fontsize=7)
-        ax.set_title(f"{label}: merge weight sweep (labels: new-task weight)", fontsize=10)
+        ax.set_title(
+            f"{label}: merge weight sweep\n(point labels: the new task's weight)", fontsize=9
+        )
         fig.tight_layout()
         out[f"merge-sweep-{label}"] = _save(fig, Path(folder) / f"merge-sweep-{slug(label)}.png")
     return out

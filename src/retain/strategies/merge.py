@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 
 from retain.errors import Unsupported
-from retain.merging import USES_BASE, check_method, merge
+from retain.merging import USES_BASE, check_method, merge, require_peft
 from retain.strategies import register
 from retain.strategies.base import Strategy
 from retain.utils.seed import derive_seed
@@ -27,15 +27,18 @@ class Merge(Strategy):
     After a task trains, its weights are merged by ``method`` (definitions: docs/merging.md and
     :mod:`retain.merging`) and the merged weights are what is evaluated and kept. Task vectors
     are taken against the model as it was before the first task (the base, kept in memory: one
-    copy of the model). Floating-point weights and buffers are merged; integer buffers are left
-    as they are. Memory: the base and, in mode ``all``, one copy of the model per task.
+    copy of the model). Floating-point weights and buffers are merged; integer buffers (batch
+    norm's step counter) come from the base (mode previous without a base: from the model
+    before the task). Memory: the base and, in mode ``all``, one copy of the model per task; while
+    merging, two more copies for a moment (the specialist and the merge).
 
     Args:
         method: ``task_arithmetic``, ``ties``, ``dare_linear``, ``dare_ties``, ``slerp`` or
             ``average``.
-        weight: How much of the new task's specialist enters the merge, in [0, 1]: 0 keeps the
-            model as it was before the task, 1 takes the specialist (trimmed, for ties and dare).
-            A list gives one weight per task.
+        weight: How much of the new task's specialist enters the merge, in [0, 1] (mode
+            previous: 0 keeps the model as it was before the task, 1 takes the specialist,
+            trimmed for ties and dare; mode all: the task vector's weight). A list gives one
+            weight per task.
         density: Fraction of each task vector's entries kept by ties (the largest in magnitude)
             and dare (at random, the kept ones rescaled by 1/density); 1 keeps them all.
         mode: ``previous`` (default): merge the previous merged model (weight ``1 - w``) with the
@@ -86,6 +89,7 @@ class Merge(Strategy):
 
     def setup(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
         self.check(ctx.stream)
+        require_peft(self.method)
         if not self.base_ and (self.method in USES_BASE or self.mode == "all"):
             self.base_ = _snapshot(ctx.unwrap(model))
         return model
@@ -149,8 +153,9 @@ class Merge(Strategy):
 
 
 def _snapshot(net: nn.Module) -> dict[str, torch.Tensor]:
-    """A copy of the module's floating-point weights and buffers, by state-dict name."""
-    return {k: v.detach().clone() for k, v in net.state_dict().items() if v.is_floating_point()}
+    """A copy of the module's weights and buffers, by state-dict name (integer buffers too:
+    :func:`retain.merging.merge` takes them from the base, unmerged)."""
+    return {k: v.detach().clone() for k, v in net.state_dict().items()}
 
 
 class _Evaluator:

@@ -54,6 +54,8 @@ class Source:
 def find_source(path: str | Path) -> Source:
     """What ``path`` is; one line (``ConfigError``) when it is missing or none of the kinds."""
     p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"'{p}' is a file; give the folder of a run, a model or an adapter")
     if not p.is_dir():
         raise ConfigError(
             f"model folder '{p}' does not exist; give a run directory, a saved "
