@@ -131,3 +131,12 @@ def test_a_cnn_with_batch_norm_merges_floats_and_keeps_its_integer_buffer(tiny_s
     bn = r.model[1]
     assert bn.num_batches_tracked.item() == 0  # an integer: the base's, never merged
     assert not torch.equal(bn.running_mean, torch.zeros(4))  # a float buffer: merged
+
+
+def test_one_weight_per_task_or_a_one_line_refusal(tiny_stream):
+    from retain.errors import Unsupported
+
+    with pytest.raises(Unsupported, match="2 weights for 3 tasks") as e:
+        Merge(weight=[0.5, 0.5]).check(tiny_stream)
+    assert "\n" not in str(e.value)
+    Merge(weight=[0.2, 0.5, 1]).check(tiny_stream)
