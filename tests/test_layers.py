@@ -27,7 +27,20 @@ ALLOWED: dict[str, set[str]] = {
     "data": {"errors", "config", "utils"},
     "models": {"errors", "config", "data", "utils"},
     "eval": {"errors", "data", "objectives", "utils"},
-    "strategies": {"errors", "binding", "config", "data", "models", "objectives", "utils"},
+    # merge methods on state dicts; `retain merge` reads model folders through utils
+    "merging": {"errors", "utils"},
+    # eval: the merge strategy's weight sweep scores each merge as R does
+    "strategies": {
+        "errors",
+        "binding",
+        "config",
+        "data",
+        "eval",
+        "merging",
+        "models",
+        "objectives",
+        "utils",
+    },
     "train": {"errors", "config", "data", "objectives", "strategies", "utils"},
     "report": {"errors", "config", "data", "eval", "objectives", "strategies", "utils"},
     # what every step of a run shares, and `start`, which makes it
@@ -79,6 +92,7 @@ ALLOWED: dict[str, set[str]] = {
     "cli": {
         "retain",
         "errors",
+        "merging",
         "config",
         "init",
         "reference",

@@ -29,6 +29,7 @@ EPILOG = """examples:
   retain strategies
   retain config
   retain report runs/smnist
+  retain merge BASE_MODEL runs/a runs/b --method ties --weights 0.5,0.5 --out merged
 """
 
 
@@ -175,6 +176,25 @@ def _flags(default: Any) -> argparse.ArgumentParser:
     return flags
 
 
+def cmd_merge(args: argparse.Namespace) -> int:
+    from retain.errors import ConfigError
+    from retain.merging import merge_folders
+
+    weights = None
+    if args.weights is not None:
+        try:
+            weights = [float(w) for w in args.weights.split(",")]
+        except ValueError:
+            raise ConfigError(
+                f"--weights must be numbers separated by commas, got '{args.weights}'"
+            ) from None
+    out = merge_folders(
+        args.base, args.models, args.out, args.method, weights, args.density, args.seed
+    )
+    print(f"merged {len(args.models)} model(s) into {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _flags(argparse.SUPPRESS)
 
@@ -195,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
         _config_parser,
         _report_parser,
         _demo_parser,
+        _merge_parser,
     ):
         add(sub, common)
     return p
@@ -311,6 +332,37 @@ def _demo_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     _overrides(d)
     d.add_argument("--out")
     d.set_defaults(func=cmd_demo)
+
+
+def _merge_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    m = sub.add_parser(
+        "merge",
+        parents=[common],
+        help="merge fine-tuned models or LoRA adapters into one model (TIES, DARE, ...)",
+        description="Merge models fine-tuned from BASE: retain run directories, saved "
+        "transformers models or PEFT LoRA adapters (merged as the task vector of their delta). "
+        "The output holds model.safetensors, BASE's config and tokenizer files copied byte for "
+        "byte, and merge.json. Methods and their definitions: docs/merging.md.",
+    )
+    m.add_argument("base", help="the model the others were fine-tuned from")
+    m.add_argument("models", nargs="+", help="the models (or adapters) to merge")
+    m.add_argument(
+        "--method",
+        default="ties",
+        help="task_arithmetic, ties, dare_linear, dare_ties, slerp or average (default: ties)",
+    )
+    m.add_argument(
+        "--weights", help="one weight per model, comma-separated (default: equal, summing to 1)"
+    )
+    m.add_argument(
+        "--density",
+        type=float,
+        default=0.5,
+        help="fraction of each task vector kept by ties and dare (default: 0.5)",
+    )
+    m.add_argument("--seed", type=int, default=0, help="seed of DARE's random drop (default: 0)")
+    m.add_argument("--out", required=True, help="a new folder for the merged model")
+    m.set_defaults(func=cmd_merge)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,6 +22,7 @@ from retain.report.columns import (
     score_name,
 )
 from retain.report.curriculum import curriculum_blocks
+from retain.report.merging import sweep_blocks
 from retain.report.record import Record, RunRecord, TaskTiming, Timing
 from retain.report.suites import guard_blocks, suite_blocks
 from retain.report.summary import (
@@ -443,6 +444,7 @@ def _state_blocks(runs: dict[str, RunRecord]) -> list[Block]:
                 f"{name}.{k}={_state_cell(v)}"
                 for name, stats in per_task.items()
                 for k, v in stats.items()
+                if not isinstance(v, dict)  # nested records (a merge sweep) have their own blocks
             ]
             if items or (params and len(set(params)) > 1):
                 rows.append(
@@ -547,7 +549,7 @@ def build_blocks(record: Record) -> list[Block]:
         ]
     blocks += _extra_score_blocks(record, runs)
     blocks += suite_blocks(runs, row_labels) + tradeoff.blocks(record) + guard_blocks(runs)
-    blocks += vocab_blocks(runs) + routing_blocks(runs)
+    blocks += vocab_blocks(runs) + routing_blocks(runs) + sweep_blocks(runs)
     blocks += _per_class_blocks(record, runs)
     blocks += _state_blocks(runs)
     blocks += _timing_blocks(runs)

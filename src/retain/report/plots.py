@@ -297,4 +297,6 @@ def plot_all(record: Record, folder: Path) -> dict[str, Path]:
         inside = any(p.get("suites") for points in (run.curves.eval or []) for p in points)
         if (run.suites and inside) or run.guard:
             out[f"stability-{label}"] = stability(run, folder / f"stability-{slug(label)}.png")
-    return out
+    from retain.report.merging import sweep_plots  # the merge strategy's weight sweep
+
+    return out | sweep_plots(record, folder)
