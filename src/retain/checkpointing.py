@@ -70,8 +70,6 @@ def finish(r: RunState, model: nn.Module, history: History) -> RunResult:
     if r.run_dir is not None and r.acc.is_main_process:
         if r.cfg.output.save_model:
             save_trained(r, r.acc.unwrap_model(model))
-        for s in r.strategies:
-            s.export(r.acc.unwrap_model(model), r.run_dir.path)
         write_json(r.run_dir.path / "result.json", result)
     return RunResult(result, r.acc.unwrap_model(model))
 

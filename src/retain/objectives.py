@@ -100,7 +100,10 @@ class Classification:
         self, model: nn.Module, batch: dict[str, torch.Tensor], task_known: bool = True
     ) -> Any:
         if "input_ids" in batch:  # tokenised text: a transformers sequence classifier
-            kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch.get("attention_mask")}
+            kwargs = {
+                "input_ids": batch["input_ids"],
+                "attention_mask": batch.get("attention_mask"),
+            }
             return model(**kwargs, **_task_kwarg(model, batch, task_known))
         if _task_aware(model):
             return model(batch["x"], task=batch["task"] if task_known else None)

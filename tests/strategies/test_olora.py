@@ -200,7 +200,8 @@ def test_adapters_load_with_plain_peft_and_the_model_with_plain_transformers(
 
 
 def test_target_modules_and_adapter_names():
-    from retain.strategies._olora_peft import resolve_targets, safe_name
+    from retain.strategies.olora import OLoRA as _OLoRA
+    from retain.utils.adapters import safe_name
 
     assert safe_name("es/2024", 1, []) == "es_2024"
     # Names a module dict or PEFT's "lora_" prefix would confuse, and repeats, get task<i>.
@@ -212,14 +213,14 @@ def test_target_modules_and_adapter_names():
             hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37
         )
     )
-    assert resolve_targets(bert, "auto", "olora") == ["query", "value", "classifier"]
+    assert _OLoRA()._resolve(bert) == ["query", "value", "classifier"]
     mlp = MLP(64, 6, [32])
-    assert resolve_targets(mlp, "auto", "olora") == ["net.1", "net.3"]
-    assert resolve_targets(mlp, ["3"], "olora") == ["3"]
-    with pytest.raises(Unsupported, match="'q_proj' matches no module.*named 1, 3") as e:
+    assert _OLoRA()._resolve(mlp) == ["net.1", "net.3"]
+    assert _OLoRA(target_modules=["3"])._resolve(mlp) == ["3"]
+    with pytest.raises(Unsupported, match="'q_proj' matches no layer.*some are: net.1, net.3") as e:
         OLoRA(target_modules=["q_proj"]).check_model(mlp)
     assert "\n" not in str(e.value)
-    with pytest.raises(Unsupported, match="is a ReLU"):
+    with pytest.raises(Unsupported, match="'net.2' matches no layer"):  # a ReLU
         OLoRA(target_modules=["net.2"]).check_model(mlp)
 
 
@@ -234,7 +235,8 @@ def test_resume_rebuilds_the_adapters(digits, tmp_path, crash_and_resume):
     (strategy,), resumed = r.strategies, r.resumed
     assert resumed.matrix == r.full.matrix
     assert strategy.adapters_ == ["t1", "t2", "t3"]
-    assert sorted(p.name for p in (tmp_path / "run" / "adapters").iterdir()) == ["t1", "t2", "t3"]
+    library = {p.name for p in (tmp_path / "run" / "adapters").iterdir() if p.is_dir()}
+    assert library == {"t1", "t2", "t3", "base"}  # the base: an MLP trained from scratch
 
 
 def test_cli_refuses_a_missing_target_module(tmp_path, capsys):
@@ -248,5 +250,5 @@ def test_cli_refuses_a_missing_target_module(tmp_path, capsys):
     )
     assert main(["run", str(cfg), "-q", "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "target module 'q_proj' matches no module" in err
+    assert len(err.splitlines()) == 1 and "target module 'q_proj' matches no layer" in err
     assert not (tmp_path / "run").exists()

@@ -16,7 +16,6 @@ Order of calls for each task ``i`` (strategies are applied in list order at ever
         after_backward(model, ctx)                 gradient surgery on .grad (A-GEM)
         after_step(model, ctx)                     per-step bookkeeping (SI's path integral)
     after_task(model, ctx) -> model                Fisher, buffer update, merging
-    export(model, folder)                          once, at the end: files besides the weights
 
 Why ten hooks rather than six: A-GEM must see gradients before the step and SI must see the
 parameter change after it, and layer-wise learning rates must reach the optimizer. Each of those
@@ -37,8 +36,6 @@ from retain.binding import check_fields
 from retain.errors import Unsupported
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     import torch
     from torch import nn
 
@@ -145,12 +142,6 @@ class Strategy:
 
     def after_task(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
         return model
-
-    def export(self, model: nn.Module, folder: Path) -> None:
-        """Write what the method makes besides the model's weights into the run directory
-        ``folder`` (an adapter library in PEFT's format), once at the end of a run that has a
-        run directory, on the main process. The default writes nothing."""
-        return None
 
     def stats(self) -> dict[str, Any]:
         """Numbers worth reporting after each task (buffer memory, parameter growth, ...)."""

@@ -9,20 +9,11 @@ import torch
 
 from retain.errors import Unsupported
 from retain.strategies import register
-from retain.strategies._olora_peft import (
-    add_adapter,
-    is_peft,
-    lora_layers,
-    require_peft,
-    resolve_targets,
-    safe_name,
-    save_adapters,
-)
 from retain.strategies.base import Strategy, fails_in_class_il
+from retain.utils import adapters as peftutil
+from retain.utils.adapters import is_peft, lora_layers, safe_name
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from torch import nn
 
     from retain.strategies.context import TaskContext
@@ -82,7 +73,7 @@ class OLoRA(Strategy):
         target_modules: Layers that get adapters. ``auto``: the attention query and value
             projections of a transformers model (Llama ``q_proj, v_proj``, BERT
             ``query, value``; a sequence classifier's head too), every Linear layer of any
-            other model (retain's MLP; a CNN's Linear head). ``all-linear``: every Linear layer
+            other model (retain's MLP or CNN, Conv2d layers too). ``all-linear``: every Linear layer
             but a language model's output layer. Or a list of module names or their last
             parts (``[q_proj, k_proj, v_proj]``); a name that matches no Linear layer is an
             error before training.
@@ -116,37 +107,56 @@ class OLoRA(Strategy):
             )
         self.adapters_: list[str] = []  # one per task trained or being trained, oldest first
         self._layers: list[tuple[Any, list[torch.Tensor], list[Any]]] | None = None
-        self._targets: list[str] = []  # resolved in setup, on the model without adapters
+        self._targets: Any = []  # resolved in setup, on the model without adapters
         self._last: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ structure
 
     def check_model(self, model: nn.Module) -> None:
-        require_peft(self.name)
+        peftutil.peft_module()
         if is_peft(model):
             raise Unsupported(
                 f"strategy '{self.name}' adds its own adapters, and this model already has "
                 "PEFT adapters; give it the base model (and list one adapter strategy)"
             )
-        resolve_targets(model, self.target_modules, self.name)
+        self._resolve(model)
+
+    def _resolve(self, model: nn.Module) -> list[str]:
+        """The shared target resolution; with ``auto``, a transformers sequence classifier's
+        head is a target too. ``lora`` gives each adapter its own copy of the head instead
+        (PEFT's ``modules_to_save``), but such a copy answers for one adapter at a time, and
+        here every adapter is active at once; an adapter on the head sums like the others."""
+        targets = peftutil.resolve_targets(model, self.target_modules, self.name)
+        if not isinstance(targets, list):  # transformers' all-linear: PEFT resolves it
+            return targets
+        if self.target_modules == "auto" and type(model).__name__.endswith(
+            "ForSequenceClassification"
+        ):
+            heads = [
+                n for n, _ in model.named_modules() if n.split(".")[0] in ("classifier", "score")
+            ]
+            targets += [
+                n for n in heads if isinstance(dict(model.named_modules())[n], torch.nn.Linear)
+            ]
+        return targets
 
     def lora_config(self) -> Any:
         """A fresh ``LoraConfig`` (one per adapter: PEFT keeps and may change it)."""
-        peft = require_peft(self.name)
+        peft = peftutil.peft_module()
         return peft.LoraConfig(
             r=self.rank,
             lora_alpha=self.alpha,
             lora_dropout=self.dropout,
-            target_modules=list(self._targets),
+            target_modules=self._targets if isinstance(self._targets, str) else list(self._targets),
             bias="none",
         )
 
     def setup(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
         self.check_model(model)
         # Resolved once, on the model without adapters (whose Linear layers they wrap).
-        self._targets = resolve_targets(model, self.target_modules, self.name)
+        self._targets = self._resolve(model)
         for name in self.adapters_:  # resume: the same adapters, before their weights load
-            model = add_adapter(model, name, self.lora_config())
+            model = self._add(model, name)
         if self.adapters_:
             self._activate(model)
         return model
@@ -155,11 +165,18 @@ class OLoRA(Strategy):
         model = ctx.unwrap(model)
         if len(self.adapters_) <= ctx.task_index:
             name = safe_name(ctx.task.name, ctx.task_index, self.adapters_)
-            model = add_adapter(model, name, self.lora_config())
+            model = self._add(model, name)
             self.adapters_.append(name)
         self._activate(model)
         self._layers = None
         return model
+
+    def _add(self, model: nn.Module, name: str) -> nn.Module:
+        """``model`` with adapter ``name``: wrapped in a ``PeftModel`` on the first call."""
+        if is_peft(model):
+            peftutil.add_adapter(model, self.lora_config(), name)
+            return model
+        return peftutil.wrap(model, self.lora_config(), name)
 
     def _activate(self, model: nn.Module) -> None:
         """Every adapter active (the forward is base + all of them); only the newest trains."""
@@ -221,7 +238,3 @@ class OLoRA(Strategy):
 
     def stats(self) -> dict[str, Any]:
         return dict(self._last)
-
-    def export(self, model: nn.Module, folder: Path) -> None:
-        if is_peft(model):
-            save_adapters(model, folder / "adapters")

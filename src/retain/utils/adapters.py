@@ -15,6 +15,7 @@ the MLPs and CNNs retain trains and on transformers models:
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,33 @@ def peft_module() -> Any:
     except ImportError:
         raise ConfigError(f"LoRA adapters need peft: {INSTALL}") from None
     return peft
+
+
+def is_peft(model: nn.Module) -> bool:
+    """Whether ``model`` is a ``PeftModel`` (already carries adapters)."""
+    return hasattr(model, "peft_config") and callable(getattr(model, "get_base_model", None))
+
+
+def lora_layers(model: nn.Module) -> list[tuple[str, Any]]:
+    """``(module name, LoraLayer)`` for every layer that carries LoRA adapters; each has
+    ``lora_A[name].weight`` (``[r, in_features]``) and ``lora_B[name].weight`` (``[out, r]``)."""
+    from peft.tuners.lora import LoraLayer
+
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, LoraLayer)]
+
+
+def safe_name(task: str, index: int, taken: list[str]) -> str:
+    """An adapter name for task ``task`` (the ``index``-th): the task's name where it can be a
+    module key and a folder name, else ``task<index>``."""
+    from torch import nn as _nn
+
+    name = re.sub(r"[^A-Za-z0-9_-]", "_", task)
+    # PEFT finds an adapter's weights by name: one inside "lora_" (e.g. "a") confuses it, and
+    # "default" would be saved at the top of the library instead of in its own folder.
+    reserved = name in taken or name in "lora_" or name == "default"
+    if not name or reserved or hasattr(_nn.ModuleDict(), name):
+        name = f"task{index}"
+    return name
 
 
 def is_transformers(model: nn.Module) -> bool:
