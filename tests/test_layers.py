@@ -70,6 +70,25 @@ ALLOWED: dict[str, set[str]] = {
         "run_state",  # the training plan of each label, for the ETA of a comparison
         "utils",
     },
+    # model packages (retain train/package/update/gate): a run's state plus held-out data
+    "package": {"errors", "config", "data", "eval", "utils"},
+    "gate": {"errors", "data", "objectives"},
+    "update": {
+        "errors",
+        "config",
+        "data",
+        "eval",
+        "objectives",
+        "report",
+        "strategies",
+        "utils",
+        "api",
+        "run_state",
+        "checkpointing",
+        "runner",
+        "package",
+        "gate",
+    },
     "init": {"errors", "data"},  # `retain init`: a config for the user's files
     "reference": {"binding", "config"},  # `retain config`: every config key, from the dataclasses
     "cli": {
@@ -82,6 +101,7 @@ ALLOWED: dict[str, set[str]] = {
         "report",
         "runner",
         "strategies",
+        "update",
         "utils",
     },
     "__main__": {"cli"},
