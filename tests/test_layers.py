@@ -71,9 +71,8 @@ ALLOWED: dict[str, set[str]] = {
         "utils",
     },
     # model packages (retain train/package/update/gate): a run's state plus held-out data
-    "package": {"errors", "config", "data", "eval", "utils"},
-    "gate": {"errors", "data", "objectives"},
-    "update": {
+    "package": {"retain", "errors", "config", "data", "eval", "utils"},  # the format on disk
+    "packaging": {  # train and package: the steps of a run, one task at a time
         "errors",
         "config",
         "data",
@@ -87,7 +86,20 @@ ALLOWED: dict[str, set[str]] = {
         "checkpointing",
         "runner",
         "package",
+    },
+    "gate": {"errors", "data", "eval", "objectives", "package", "packaging"},
+    "update": {
+        "errors",
+        "config",
+        "data",
+        "eval",
+        "strategies",
+        "api",
+        "runner",
+        "package",
+        "packaging",
         "gate",
+        "utils",
     },
     "init": {"errors", "data"},  # `retain init`: a config for the user's files
     "reference": {"binding", "config"},  # `retain config`: every config key, from the dataclasses
@@ -101,6 +113,8 @@ ALLOWED: dict[str, set[str]] = {
         "report",
         "runner",
         "strategies",
+        "gate",
+        "packaging",
         "update",
         "utils",
     },

@@ -164,7 +164,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from retain.config import load_config
-    from retain.update import train_package
+    from retain.packaging import train_package
 
     cfg = load_config(args.config, args.overrides)
     progress = _progress(args)
@@ -178,7 +178,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_package(args: argparse.Namespace) -> int:
-    from retain.update import package_run
+    from retain.packaging import package_run
 
     pkg = package_run(args.run_dir, args.out, warn=_warn)
     print(f"package: {pkg.path} (tasks {', '.join(pkg.task_names)})")
@@ -208,7 +208,9 @@ def cmd_update(args: argparse.Namespace) -> int:
     for line in summary(verdict):
         print(line)
     if not verdict["gate"]["pass"]:
-        print(f"the update failed the gate: '{args.package}' is unchanged; the candidate is in {dest}")
+        print(
+            f"the update failed the gate: '{args.package}' is unchanged; the candidate is in {dest}"
+        )
         return 1
     print(f"package: {dest} (verdict: {dest / 'verdict.json'})")
     return 0
@@ -217,7 +219,7 @@ def cmd_update(args: argparse.Namespace) -> int:
 def cmd_gate(args: argparse.Namespace) -> int:
     import json
 
-    from retain.update import gate_packages
+    from retain.gate import gate_packages
 
     out = gate_packages(args.old, args.new, args.max_drop, args.max_nfr, args.suite)
     print(json.dumps(out, indent=1))

@@ -9,6 +9,7 @@ before the update is the old model's on data it never saw.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,6 +17,7 @@ import torch
 from retain.data.loader import TensorLoader
 from retain.errors import ConfigError, did_you_mean
 from retain.objectives import logits_of, masked, task_known
+from retain.package import Package
 
 
 def predictions(r: Any, model: Any) -> list[torch.Tensor] | None:
@@ -67,16 +69,38 @@ def judge(
         b, a = row["before"], row["after"]
         drop = None if a is None or b is None else (b - a if hib else a - b)
         f = flips.get(row["name"]) if kind == "task" else None
-        check = {"name": row["name"], "kind": kind, "before": b, "after": a, "drop": drop,
-                 "nfr": f["nfr"] if f else None, "pfr": f["pfr"] if f else None, "failed": []}
+        check = {
+            "name": row["name"],
+            "kind": kind,
+            "before": b,
+            "after": a,
+            "drop": drop,
+            "nfr": f["nfr"] if f else None,
+            "pfr": f["pfr"] if f else None,
+            "failed": [],
+        }
         if drop is not None and drop > max_drop:
             check["failed"].append("max_drop")
-            failed.append({"name": row["name"], "kind": kind, "threshold": "max_drop",
-                           "value": drop, "limit": max_drop})
+            failed.append(
+                {
+                    "name": row["name"],
+                    "kind": kind,
+                    "threshold": "max_drop",
+                    "value": drop,
+                    "limit": max_drop,
+                }
+            )
         if f and f["nfr"] > max_nfr:
             check["failed"].append("max_nfr")
-            failed.append({"name": row["name"], "kind": kind, "threshold": "max_nfr",
-                           "value": f["nfr"], "limit": max_nfr})
+            failed.append(
+                {
+                    "name": row["name"],
+                    "kind": kind,
+                    "threshold": "max_nfr",
+                    "value": f["nfr"],
+                    "limit": max_nfr,
+                }
+            )
         checks.append(check)
     return {
         "pass": not failed,
@@ -108,8 +132,11 @@ def summary(verdict: dict[str, Any]) -> list[str]:
     if verdict.get("new_classes"):
         lines.append(f"  new classes (class-IL): {verdict['new_classes']}")
     worst = [
-        (t, d["labels"]["total_variation"] if "labels" in d else None,
-         d["features"]["mmd_p_value"] if "features" in d else None)
+        (
+            t,
+            d["labels"]["total_variation"] if "labels" in d else None,
+            d["features"]["mmd_p_value"] if "features" in d else None,
+        )
         for t, d in verdict["drift"].items()
     ]
     for t, tv, p in worst:
@@ -118,6 +145,60 @@ def summary(verdict: dict[str, Any]) -> list[str]:
     if g["pass"]:
         lines.append("gate: pass")
     else:
-        bad = ", ".join(f"{f['name']} {f['threshold']} ({f['value']:.4f} > {f['limit']})" for f in g["failed"])
+        bad = ", ".join(
+            f"{f['name']} {f['threshold']} ({f['value']:.4f} > {f['limit']})" for f in g["failed"]
+        )
         lines.append(f"gate: FAIL: {bad}")
     return lines
+
+
+def gate_packages(
+    old_path: str | Path,
+    new_path: str | Path,
+    max_drop: float = 0.02,
+    max_nfr: float = 0.05,
+    names: list[str] | None = None,
+) -> dict[str, Any]:
+    """``retain gate OLD NEW``: NEW against OLD on OLD's tasks and suites. The scores are the
+    packages' own (R's last rows); the flips come from both models' predictions on OLD's
+    held-out data."""
+    old, new = Package.open(old_path), Package.open(new_path)
+    k = len(old.tasks)
+    if new.task_names[:k] != old.task_names:
+        raise ConfigError(
+            f"'{new.path}' is not an update of '{old.path}': its tasks {new.task_names} do not "
+            f"start with {old.task_names}"
+        )
+    if names:
+        check_rows(names, old.task_names, old.meta["suites"]["names"])
+    from retain.eval.flips import flips
+    from retain.packaging import _value, load_package_model
+
+    r_old, m_old = load_package_model(old)
+    r_new, m_new = load_package_model(new)
+    old_pred, new_pred = predictions(r_old, m_old), predictions(r_new, m_new)
+    before, after = old.last_row(), new.last_row()
+    sb, sa = old.last_suites(), new.last_suites()
+    metric = old.meta["metric"]
+    verdict: dict[str, Any] = {
+        "metric": metric,
+        "higher_is_better": old.meta["higher_is_better"],
+        "tasks": [
+            {"name": n, "before": before[j], "after": after[j]}
+            for j, n in enumerate(old.task_names)
+        ],
+        "suites": [
+            {"name": n, "before": _value(sb.get(n), metric), "after": _value(sa.get(n), metric)}
+            for n in old.meta["suites"]["names"]
+        ],
+        "flips": None,
+    }
+    if old_pred is not None and new_pred is not None:
+        split = r_old.cfg.eval.split
+        verdict["flips"] = {
+            t.name: flips(old_pred[j], new_pred[j], getattr(t, split).y).to_dict()
+            for j, t in enumerate(r_old.stream.tasks)
+        }
+    out = judge(verdict, max_drop, max_nfr, names)
+    out = {"old": str(old.path), "new": str(new.path), **out}
+    return out

@@ -75,7 +75,9 @@ class Package:
         except json.JSONDecodeError as e:
             raise ConfigError(f"'{meta_path}' is not valid JSON ({e})") from None
         if meta.get("format") != FORMAT:
-            raise ConfigError(f"'{p}' is not a retain model package (format {meta.get('format')!r})")
+            raise ConfigError(
+                f"'{p}' is not a retain model package (format {meta.get('format')!r})"
+            )
         version = meta.get("format_version")
         if not isinstance(version, int) or version > VERSION:
             raise ConfigError(
@@ -101,7 +103,9 @@ class Package:
         try:
             saved = RunDir(self.path).load_checkpoint()
         except (RunDirError, OSError, KeyError, ValueError) as e:
-            raise ConfigError(f"package '{self.path}': its checkpoint cannot be read ({e})") from None
+            raise ConfigError(
+                f"package '{self.path}': its checkpoint cannot be read ({e})"
+            ) from None
         if saved is None:
             raise ConfigError(f"package '{self.path}' has no checkpoint (checkpoints/LATEST.json)")
         return saved
@@ -171,6 +175,20 @@ def scaler_from(stats: dict[str, Any]) -> dict[str, torch.Tensor]:
         out["y_mean"] = torch.tensor(stats["y_mean"], dtype=torch.float32)
         out["y_std"] = torch.tensor(stats["y_std"], dtype=torch.float32)
     return out
+
+
+def source_of(path: str | Path) -> dict[str, Any]:
+    """Where a batch of data came from: a file with its size and SHA-256, or a folder."""
+    import hashlib
+
+    p = Path(path).expanduser().absolute()
+    if not p.is_file():
+        return {"folder": str(p)}
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return {"file": str(p), "bytes": p.stat().st_size, "sha256": h.hexdigest()}
 
 
 def _plain(d: TensorData) -> dict[str, torch.Tensor]:
@@ -244,7 +262,9 @@ def write(out: str | Path, meta: dict[str, Any], c: Contents) -> Path:
 
 def check_new(out: Path) -> None:
     if out.exists():
-        raise RunDirError(f"'{out}' already exists; choose another --out (a package is never overwritten)")
+        raise RunDirError(
+            f"'{out}' already exists; choose another --out (a package is never overwritten)"
+        )
 
 
 def new_meta(base: dict[str, Any] | None = None) -> dict[str, Any]:
