@@ -315,8 +315,8 @@ def test_bad_data_is_refused_in_one_line_and_the_package_is_untouched(table_pkg,
     before = _bytes(pkg)
     cases = {
         "extra.csv": ("a,b,c,d,e,y\n" + "1,2,3,4,5,1\n" * 20, "features"),
-        "classes.csv": ("a,b,c,d,y\n" + "1,2,3,4,7\n" * 20, "classes"),
-        "empty.csv": ("a,b,c,d,y\n", ""),
+        "classes.csv": ("a,b,c,d,y\n" + "1,2,3,4,7\n" * 20, "has classes up to 7"),
+        "empty.csv": ("a,b,c,d,y\n", "no rows"),
     }
     for name, (text, words) in cases.items():
         (table_pkg / name).write_text(text)
@@ -395,3 +395,95 @@ def test_strategies_that_need_earlier_training_data_are_refused(table_pkg, capsy
         "cumulative",
     ]
     _refused(capsys, args, "cumulative")
+
+
+def test_class_names_map_to_the_package_and_unknown_ones_are_refused(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+
+    def write(name: str, labels: list[str], n: int = 60) -> None:
+        x = rng.normal(size=(n, 2))
+        y = [labels[i % len(labels)] for i in range(n)]
+        rows = ["a,b,y"] + [f"{a:.4f},{b:.4f},{c}" for (a, b), c in zip(x, y)]
+        (tmp_path / name).write_text("\n".join(rows) + "\n")
+
+    write("d1.csv", ["cat", "dog"])
+    write("dogs.csv", ["dog"])
+    write("birds.csv", ["bird", "dog"])
+    assert (
+        main(["-q", "train", str(_config(tmp_path, ["d1.csv"])), "--out", str(tmp_path / "p1")])
+        == 0
+    )
+    args = [
+        "-q",
+        "update",
+        str(tmp_path / "p1"),
+        "--data",
+        str(tmp_path / "dogs.csv"),
+        "--out",
+        str(tmp_path / "p2"),
+        *LOOSE,
+    ]
+    assert main(args) == 0
+    held = load_file(tmp_path / "p2" / "heldout" / "task-001.safetensors")
+    assert set(held["test.y"].tolist()) == {1}  # "dog" is class 1 of the package, not 0 of the file
+    args = [
+        "-q",
+        "update",
+        str(tmp_path / "p1"),
+        "--data",
+        str(tmp_path / "birds.csv"),
+        "--out",
+        str(tmp_path / "p3"),
+    ]
+    _refused(capsys, args, "classes the package does not know: bird")
+
+
+def test_union_is_the_joint_run_over_the_same_files(tmp_path, capsys):
+    for t in range(2):
+        _table(tmp_path / f"d{t + 1}.csv", t, 0.5 * t)
+    assert (
+        main(["-q", "train", str(_config(tmp_path, ["d1.csv"])), "--out", str(tmp_path / "p1")])
+        == 0
+    )
+    both = _config(tmp_path, ["d1.csv", "d2.csv"], strategies="{name: joint}")
+    assert main(["-q", "run", str(both), "--out", str(tmp_path / "joint")]) == 0
+    args = [
+        "-q",
+        "update",
+        str(tmp_path / "p1"),
+        "--data",
+        str(tmp_path / "d2.csv"),
+        "--out",
+        str(tmp_path / "p2"),
+        "--union",
+        *LOOSE,
+    ]
+    assert main(args) == 0
+    assert "trained on the union" in capsys.readouterr().out
+    verdict = json.loads((tmp_path / "p2" / "verdict.json").read_text())
+    joint = json.loads((tmp_path / "joint" / "result.json").read_text())["matrix"][-1]
+    u = verdict["union"]
+    assert [t["score"] for t in u["tasks"]] == joint
+    after = [t["after"] for t in verdict["tasks"]]
+    assert u["gap"] == pytest.approx(sum(joint) / 2 - sum(after) / 2)
+
+
+def test_union_needs_the_files_as_they_were(tmp_path, capsys):
+    _table(tmp_path / "d1.csv", 0, 0.0)
+    _table(tmp_path / "d2.csv", 1, 0.5)
+    assert (
+        main(["-q", "train", str(_config(tmp_path, ["d1.csv"])), "--out", str(tmp_path / "p1")])
+        == 0
+    )
+    _table(tmp_path / "d1.csv", 5, 0.0)  # the first task's file changed since
+    args = [
+        "-q",
+        "update",
+        str(tmp_path / "p1"),
+        "--data",
+        str(tmp_path / "d2.csv"),
+        "--out",
+        str(tmp_path / "p2"),
+        "--union",
+    ]
+    _refused(capsys, args, "changed since")

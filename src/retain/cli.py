@@ -199,6 +199,7 @@ def cmd_update(args: argparse.Namespace) -> int:
             max_drop=args.max_drop,
             max_nfr=args.max_nfr,
             names=args.suite,
+            union=args.union,
             progress=progress,
             warn=_warn,
         )
@@ -437,6 +438,12 @@ def _update_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     u.add_argument(
         "--strategy",
         help="another strategy than the package's, e.g. replay or ewc:lam=100+replay",
+    )
+    u.add_argument(
+        "--union",
+        action="store_true",
+        help="also train a model from scratch on all the data (the earlier tasks' files and "
+        "--data) and report how far the update is from it",
     )
     _thresholds(u)
     u.set_defaults(func=cmd_update)

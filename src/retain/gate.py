@@ -141,6 +141,12 @@ def summary(verdict: dict[str, Any]) -> list[str]:
     ]
     for t, tv, p in worst:
         lines.append(f"  drift from '{t}': label TV {_fmt(tv)}, MMD p-value {_fmt(p)}")
+    u = verdict.get("union")
+    if u:
+        lines.append(
+            f"  trained on the union of all the data: average {_fmt(u['avg'])}; the update's "
+            f"{_fmt(u['avg_update'])} (gap {_fmt(u['gap'])})"
+        )
     g = verdict["gate"]
     if g["pass"]:
         lines.append("gate: pass")

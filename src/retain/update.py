@@ -24,7 +24,7 @@ import torch
 from retain.api import evaluate_all, evaluate_suites
 from retain.config import RunConfig
 from retain.data.stream import Stream, Task
-from retain.errors import DataError
+from retain.errors import ConfigError, DataError
 from retain.eval.drift import drift
 from retain.gate import check_rows, judge, predictions, summary
 from retain.package import Package, check_new, new_meta, now, scale, source_of, write
@@ -32,7 +32,6 @@ from retain.packaging import (
     _value,
     check_packable,
     contents,
-    matrix,
     package_stream,
     session,
     task_entry,
@@ -116,8 +115,8 @@ def _labels(
     width = s["n_outputs"]
     if ids and (ids[0] < 0 or ids[-1] >= width):
         raise DataError(
-            f"--data '{path}' has class ids {ids[-1]} and up; the package's model has {width} "
-            "outputs (growing the output layer is not supported)"
+            f"--data '{path}' has classes up to {ids[-1]} but the package's model has {width} "
+            f"outputs (classes 0 to {width - 1}); growing the output layer is not supported"
         )
     if new and s["setting"] != "class_il":
         raise DataError(
@@ -144,6 +143,7 @@ def update(
     max_drop: float = 0.02,
     max_nfr: float = 0.05,
     names: list[str] | None = None,
+    union: bool = False,
     progress: Any = None,
     warn: Callable[[str], None] | None = None,
 ) -> tuple[dict[str, Any], Path]:
@@ -171,6 +171,7 @@ def update(
     k = len(old.tasks)
     task, source, new_classes = new_task(old, cfg, data, k)
     stream = package_stream(old, task)
+    files = union_files(old, data) if union else None
     saved = old.checkpoint()
     same = [s.get("name") for s in cfg.strategies] == [
         s.get("name") for s in old.meta["strategies"]
@@ -196,13 +197,10 @@ def update(
     meta["tasks"] = [dict(t) for t in old.tasks] + [
         task_entry(task, source, f"update {len(old.meta['history'])}")
     ]
-    n = k + 1
-    m = matrix(history.rows[:-1], r.metric, n)
-    m[-1][k] = _value(
-        before[k], r.metric
-    )  # the old model on the new task: R's entry above the diagonal
-    m.append(matrix([after], r.metric, n)[0])
-    meta["scores"] = {"matrix": [row[:n] for row in _merge(old.meta["scores"]["matrix"], m)]}
+    R = [list(row) + [None] for row in old.meta["scores"]["matrix"]]
+    R[-1][k] = _value(before[k], r.metric)  # the old model on the new task, before training
+    R.append([_value(c, r.metric) for c in after])
+    meta["scores"] = {"matrix": R}
     meta["suites"] = {"names": list(stream.suites), "rows": history.suites}
     meta["strategies"] = [s.spec() for s in r.strategies]
     verdict = build_verdict(
@@ -220,6 +218,9 @@ def update(
         meta,
     )
     verdict["data"] = source
+    if files is not None:
+        joint = evaluate_all(r, union_model(cfg, files, progress, warn), "eval union")
+        verdict["union"] = union_report(joint, after, stream, r.metric, meta["higher_is_better"])
     verdict["gate"] = judge(verdict, max_drop, max_nfr, names)
     meta["history"].append(
         {
@@ -241,17 +242,59 @@ def update(
     return verdict, dest
 
 
-def _merge(
-    old: list[list[float | None]], new: list[list[float | None]]
-) -> list[list[float | None]]:
-    """The package's R so far (its entries above the diagonal kept) with this update's rows."""
-    out = [list(row) + [None] * (len(new[0]) - len(row)) for row in old]
-    for i, row in enumerate(new):
-        if i < len(out):
-            out[i] = [a if b is None else b for a, b in zip(out[i], row)]
-        else:
-            out.append(list(row))
-    return out
+def union_files(old: Package, data: str) -> list[str]:
+    """The files of every earlier task and ``data``, for ``--union``; refused (one line) when a
+    task has no file of its own, or its file is gone or changed since it was trained on."""
+    files = []
+    for t in old.tasks:
+        d = t.get("data") or {}
+        if old.config.stream.scenario != "files" or "file" not in d:
+            raise ConfigError(
+                f"--union trains on the earlier tasks' files, and task '{t['name']}' has none of "
+                "its own (only packages of a files stream have them)"
+            )
+        if not Path(d["file"]).is_file() or source_of(d["file"])["sha256"] != d["sha256"]:
+            raise DataError(
+                f"--union: '{d['file']}' (task '{t['name']}') is missing or changed since the "
+                "package was trained on it"
+            )
+        files.append(d["file"])
+    return [*files, str(Path(data).absolute())]
+
+
+def union_model(
+    cfg: RunConfig, files: list[str], progress: Any, warn: Callable[[str], None] | None
+) -> Any:
+    """A model trained from scratch on all ``files`` at once (the ``joint`` reference): the
+    same stream, splits and initial weights as ``retain run`` over those files with joint."""
+    from retain.api import run
+    from retain.config import from_dict
+    from retain.packaging import first_stream
+    from retain.runner import _model
+
+    d = cfg.to_dict()
+    d["stream"]["files"] = files
+    d["strategies"] = [{"name": "joint"}]
+    ucfg = from_dict(RunConfig, d)
+    stream, _, _ = first_stream(ucfg)
+    return run(_model(ucfg, stream), stream, None, ucfg, progress=progress, warn=warn).model
+
+
+def union_report(
+    joint: list[dict[str, Any]], after: list[dict[str, Any]], stream: Stream, metric: str, hib: bool
+) -> dict[str, Any]:
+    """The union model's score on every task's held-out data, and the gap: how far the updated
+    model's average is below it (positive: the update is worse than training on the union)."""
+    scores = [_value(c, metric) for c in joint]
+    mine = [_value(c, metric) for c in after]
+    avg_u = sum(v for v in scores if v is not None) / len(scores)
+    avg_m = sum(v for v in mine if v is not None) / len(mine)
+    return {
+        "tasks": [{"name": t.name, "score": v} for t, v in zip(stream.tasks, scores)],
+        "avg": avg_u,
+        "avg_update": avg_m,
+        "gap": (avg_u - avg_m) if hib else (avg_m - avg_u),
+    }
 
 
 def build_verdict(
