@@ -43,6 +43,8 @@ from retain.utils.seed import derive_seed, seed_everything
 from retain.utils.state import rng_state
 
 NEEDS_TRAINING_DATA = ("joint", "cumulative")
+# Strategies whose after_task does nothing on a run's last task (``ctx.is_last_task``).
+SKIP_LAST_TASK = ("ewc", "mas")
 
 
 def check_packable(cfg: RunConfig) -> None:
@@ -296,7 +298,14 @@ def package_run(
                 f"'{now_src.get('file')}' changed since the run; package needs the run's data"
             )
     r, model, history = session(stream, cfg, saved, None, warn, f"run '{run_dir}'")
-    pkg = _first_package(
+    skipped = [s.name for s in r.strategies if s.name in SKIP_LAST_TASK]
+    if skipped and warn:
+        warn(
+            f"the run ended with its last task, so {', '.join(skipped)} skipped its importance "
+            "for it: later updates will not protect that task with it (retain train makes a "
+            "package that keeps it)"
+        )
+    return _first_package(
         r,
         model,
         history,
@@ -309,7 +318,6 @@ def package_run(
         rng=saved.get("rng"),
         kept=saved.get("optimizer"),
     )
-    return pkg
 
 
 def package_stream(pkg: Package, extra: Task | None = None) -> Stream:
