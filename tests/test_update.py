@@ -487,3 +487,63 @@ def test_union_needs_the_files_as_they_were(tmp_path, capsys):
         "--union",
     ]
     _refused(capsys, args, "changed since")
+
+
+def test_suites_are_carried_scored_and_gated_by_name(tmp_path, capsys):
+    _table(tmp_path / "d1.csv", 0, 0.0)
+    _table(tmp_path / "d2.csv", 1, 0.3)
+    _table(tmp_path / "general.csv", 7, 0.0, n=50)
+    cfg = _config(tmp_path, ["d1.csv"])
+    cfg.write_text(
+        cfg.read_text().replace("target: y}", "target: y, suites: {general: general.csv}}")
+    )
+    assert main(["-q", "train", str(cfg), "--out", str(tmp_path / "p1")]) == 0
+    meta = json.loads((tmp_path / "p1" / "package.json").read_text())
+    assert meta["suites"]["names"] == ["general"] and len(meta["suites"]["rows"]) == 2
+    assert load_file(tmp_path / "p1" / "suites.safetensors")["general/x"].shape == (50, 4)
+    args = [
+        "-q",
+        "update",
+        str(tmp_path / "p1"),
+        "--data",
+        str(tmp_path / "d2.csv"),
+        "--out",
+        str(tmp_path / "p2"),
+        *LOOSE,
+    ]
+    assert main(args) == 0
+    verdict = json.loads((tmp_path / "p2" / "verdict.json").read_text())
+    (suite,) = verdict["suites"]
+    assert (
+        suite["name"] == "general"
+        and suite["before"] == meta["suites"]["rows"][-1]["general"]["accuracy"]
+    )
+    capsys.readouterr()
+    code = main(
+        [
+            "-q",
+            "gate",
+            str(tmp_path / "p1"),
+            str(tmp_path / "p2"),
+            "--suite",
+            "general",
+            "--max-drop",
+            "-1",
+        ]
+    )
+    gate = json.loads(capsys.readouterr().out)
+    assert code == 1 and [c["name"] for c in gate["checks"]] == ["general"]
+    assert gate["failed"] == [
+        {
+            "name": "general",
+            "kind": "suite",
+            "threshold": "max_drop",
+            "value": suite["before"] - suite["after"],
+            "limit": -1.0,
+        }
+    ]
+    _refused(
+        capsys,
+        ["-q", "gate", str(tmp_path / "p1"), str(tmp_path / "p2"), "--suite", "generl"],
+        "did you mean",
+    )
