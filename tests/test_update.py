@@ -131,7 +131,7 @@ def test_chained_updates_match_one_run(tmp_path, kind, strategies, train):
     assert set(verdict["drift"]) == {"d1", "d2"}
 
 
-def test_package_is_readable_without_retain_and_from_a_run(tmp_path):
+def test_package_is_readable_without_retain_and_from_a_run(tmp_path, capsys):
     names = []
     for t in range(2):
         names.append(f"d{t + 1}.csv")

@@ -23,6 +23,7 @@ tasks' training data (``joint``, ``cumulative``) or plan over the whole run
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -116,9 +117,22 @@ def session(
     try:
         model, history = restore(r, model)
     except (RunDirError, RuntimeError) as e:
-        first = str(e).splitlines()[0]
-        raise ConfigError(f"{where}: its weights do not match its config ({first})") from None
+        raise ConfigError(
+            f"{where}: its weights do not match its config ({_mismatch(e)}); use the config "
+            "they were trained with"
+        ) from None
     return r, model, history
+
+
+def _mismatch(e: Exception) -> str:
+    """The first useful line of a failed ``load_state_dict`` (a size mismatch, the missing and
+    unexpected names)."""
+    text = str(e)
+    found = re.search(r"\((missing .*?)\);", text)
+    if found:
+        return found.group(1)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return next((line for line in lines if "size mismatch" in line), lines[0] if lines else "?")
 
 
 def train_from(r: Any, model: Any, history: History, optimizer: Any = None) -> tuple[Any, Any]:
