@@ -212,9 +212,11 @@ class Contents:
     fingerprints: list[Fingerprint]
 
 
-def write(out: str | Path, meta: dict[str, Any], c: Contents) -> Path:
+def write(
+    out: str | Path, meta: dict[str, Any], c: Contents, extra: dict[str, Any] | None = None
+) -> Path:
     """Write a package to ``out`` (which must not exist): into a temporary folder beside it,
-    renamed at the end."""
+    renamed at the end. ``extra``: more JSON files (``verdict.json``), by name."""
     out = Path(out)
     check_new(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -252,6 +254,8 @@ def write(out: str | Path, meta: dict[str, Any], c: Contents) -> Path:
             from retain.utils.hf import save_model
 
             save_model(c.model, tmp / "model")
+        for name, obj in (extra or {}).items():
+            write_json(tmp / name, obj)
         write_json(tmp / "package.json", meta)
         os.replace(tmp, out)
     except BaseException:

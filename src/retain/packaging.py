@@ -117,6 +117,8 @@ def session(
     try:
         model, history = restore(r, model)
     except (RunDirError, RuntimeError) as e:
+        if isinstance(e, RuntimeError) and "state_dict" not in str(e):
+            raise  # not a weights mismatch: a real failure, with its traceback
         raise ConfigError(
             f"{where}: its weights do not match its config ({_mismatch(e)}); use the config "
             "they were trained with"

@@ -38,7 +38,7 @@ from retain.packaging import (
     task_fingerprint,
     train_from,
 )
-from retain.utils.state import write_json
+from retain.utils.state import rng_state
 
 
 def new_task(
@@ -75,6 +75,11 @@ def new_task(
     if s["objective"] == "classification":
         y, yt, new_classes = _labels(pkg, src, y, yt, path)
     train, val = with_validation(tensors(src.x_train, y), sc.validation, cfg.seed, index)
+    if len(train) == 0:
+        raise DataError(
+            f"--data '{path}' has {n_rows} row(s): too few to hold some out for the verdict and "
+            "train on the rest; give more"
+        )
     test = tensors(src.x_test, yt)
     scaler = pkg.scaler()
     name = p.stem
@@ -190,6 +195,7 @@ def update(
     new_fp = task_fingerprint(task, stream, cfg.seed)
     drift_report = {t: drift(f, new_fp, seed=cfg.seed) for t, f in zip(old.task_names, fps)}
     model, optimizer = train_from(r, model, history)
+    rng = rng_state()  # as training left it (a union model trained below draws more)
     new_pred = predictions(r, model)
     after = history.rows[-1]
 
@@ -234,11 +240,9 @@ def update(
         }
     )
     fps = fps + [new_fp]
-    c = contents(r, model, history, optimizer, list(stream.tasks), fps, old.scaler())
-    c.suites = old.suites()
+    c = contents(r, model, history, optimizer, list(stream.tasks), fps, old.scaler(), rng)
     dest = out if verdict["gate"]["pass"] else rejected
-    write(dest, meta, c)
-    write_json(dest / "verdict.json", verdict)
+    write(dest, meta, c, {"verdict.json": verdict})
     return verdict, dest
 
 
