@@ -425,7 +425,7 @@ def _update_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         help="update a model package with new data, then gate it",
         description="Train the package's model on new data (one more task), write the new "
         "package with verdict.json, and gate it against the old one: exit 0 when it passes; "
-        "exit 1 when it fails (the candidate goes to OUT.rejected, the old package is kept); "
+        "exit 1 when it fails (the candidate goes to NEW.rejected, the old package is kept); "
         "exit 2 on bad input.",
     )
     u.add_argument("package", help="the model package to update (never modified)")
@@ -434,7 +434,9 @@ def _update_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     u.add_argument(
         "--data", required=True, help="the new data: a file or folder the run readers read"
     )
-    u.add_argument("--out", required=True, help="the new package folder (must not exist)")
+    u.add_argument(
+        "--out", required=True, metavar="NEW", help="the new package folder (must not exist)"
+    )
     u.add_argument(
         "--strategy",
         help="another strategy than the package's, e.g. replay or ewc:lam=100+replay",
