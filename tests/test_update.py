@@ -94,8 +94,8 @@ def test_chained_updates_match_one_run(tmp_path, kind, strategies, train):
             _table(tmp_path / names[-1], t, 0.4 * t, regression=kind == "regression")
     one = _config(tmp_path, names[:1], train=train, strategies=strategies)
     full = _config(tmp_path, names, train=train, strategies=strategies)
-    assert main(["-q", "run", str(full), "--out", str(tmp_path / "run")]) == 0
-    assert main(["-q", "train", str(one), "--out", str(tmp_path / "p1")]) == 0
+    assert main(["run", "-q", str(full), "--out", str(tmp_path / "run")]) == 0
+    assert main(["train", "-q", str(one), "--out", str(tmp_path / "p1")]) == 0
     for k in (2, 3):
         code = main(
             [
@@ -137,7 +137,7 @@ def test_package_is_readable_without_retain_and_from_a_run(tmp_path, capsys):
         names.append(f"d{t + 1}.csv")
         _table(tmp_path / names[-1], t, 0.3 * t)
     cfg = _config(tmp_path, names, strategies="{name: replay, size: 30}")
-    assert main(["-q", "run", str(cfg), "--out", str(tmp_path / "run")]) == 0
+    assert main(["run", "-q", str(cfg), "--out", str(tmp_path / "run")]) == 0
     assert main(["package", str(tmp_path / "run"), "--out", str(tmp_path / "pkg")]) == 0
     pkg = tmp_path / "pkg"
     meta = json.loads((pkg / "package.json").read_text())
@@ -196,7 +196,7 @@ def class_il(tmp_path_factory):
     _classes(folder / "new23.csv", [2, 3], 200, 2)
     cfg = folder / "cil.yaml"
     cfg.write_text(CIL.format(data="all4.csv"))
-    assert main(["-q", "train", str(cfg), "--out", str(folder / "pkg")]) == 0
+    assert main(["train", "-q", str(cfg), "--out", str(folder / "pkg")]) == 0
     return folder
 
 
@@ -224,7 +224,7 @@ def test_gate_fails_finetune_in_class_il_and_passes_replay(class_il, capsys):
     verdict = json.loads((class_il / "bad.rejected" / "verdict.json").read_text())
     assert verdict["new_classes"] == [2, 3]
     capsys.readouterr()
-    assert main(["-q", "gate", str(pkg), str(class_il / "bad.rejected")]) == 1
+    assert main(["gate", "-q", str(pkg), str(class_il / "bad.rejected")]) == 1
     gate = json.loads(capsys.readouterr().out)
     assert gate["pass"] is False
     assert {(f["name"], f["threshold"]) for f in gate["failed"]} == {
@@ -247,7 +247,7 @@ def test_gate_fails_finetune_in_class_il_and_passes_replay(class_il, capsys):
     verdict = json.loads((class_il / "good" / "verdict.json").read_text())
     assert verdict["gate"]["pass"] and verdict["gain"] > 0.5
     capsys.readouterr()
-    assert main(["-q", "gate", str(pkg), str(class_il / "good")]) == 0
+    assert main(["gate", "-q", str(pkg), str(class_il / "good")]) == 0
     assert json.loads(capsys.readouterr().out)["pass"] is True
     assert _bytes(pkg) == before
 
@@ -298,7 +298,7 @@ def table_pkg(tmp_path_factory):
     folder = tmp_path_factory.mktemp("pkg")
     _table(folder / "d1.csv", 0, 0.0)
     assert (
-        main(["-q", "train", str(_config(folder, ["d1.csv"])), "--out", str(folder / "pkg")]) == 0
+        main(["train", "-q", str(_config(folder, ["d1.csv"])), "--out", str(folder / "pkg")]) == 0
     )
     return folder
 
@@ -323,7 +323,7 @@ def test_bad_data_is_refused_in_one_line_and_the_package_is_untouched(table_pkg,
         out = table_pkg / f"out-{name}"
         _refused(
             capsys,
-            ["-q", "update", str(pkg), "--data", str(table_pkg / name), "--out", str(out)],
+            ["update", "-q", str(pkg), "--data", str(table_pkg / name), "--out", str(out)],
             words,
         )
         assert not out.exists() and not Path(f"{out}.rejected").exists()
@@ -340,7 +340,7 @@ def test_bad_data_is_refused_in_one_line_and_the_package_is_untouched(table_pkg,
         ],
         "no model package",
     )
-    _refused(capsys, ["-q", "gate", str(pkg), str(table_pkg / "nothing")], "no model package")
+    _refused(capsys, ["gate", "-q", str(pkg), str(table_pkg / "nothing")], "no model package")
     assert _bytes(pkg) == before
 
 
@@ -410,7 +410,7 @@ def test_class_names_map_to_the_package_and_unknown_ones_are_refused(tmp_path, c
     write("dogs.csv", ["dog"])
     write("birds.csv", ["bird", "dog"])
     assert (
-        main(["-q", "train", str(_config(tmp_path, ["d1.csv"])), "--out", str(tmp_path / "p1")])
+        main(["train", "-q", str(_config(tmp_path, ["d1.csv"])), "--out", str(tmp_path / "p1")])
         == 0
     )
     args = [
@@ -442,11 +442,11 @@ def test_union_is_the_joint_run_over_the_same_files(tmp_path, capsys):
     for t in range(2):
         _table(tmp_path / f"d{t + 1}.csv", t, 0.5 * t)
     assert (
-        main(["-q", "train", str(_config(tmp_path, ["d1.csv"])), "--out", str(tmp_path / "p1")])
+        main(["train", "-q", str(_config(tmp_path, ["d1.csv"])), "--out", str(tmp_path / "p1")])
         == 0
     )
     both = _config(tmp_path, ["d1.csv", "d2.csv"], strategies="{name: joint}")
-    assert main(["-q", "run", str(both), "--out", str(tmp_path / "joint")]) == 0
+    assert main(["run", "-q", str(both), "--out", str(tmp_path / "joint")]) == 0
     args = [
         "-q",
         "update",
@@ -472,7 +472,7 @@ def test_union_needs_the_files_as_they_were(tmp_path, capsys):
     _table(tmp_path / "d1.csv", 0, 0.0)
     _table(tmp_path / "d2.csv", 1, 0.5)
     assert (
-        main(["-q", "train", str(_config(tmp_path, ["d1.csv"])), "--out", str(tmp_path / "p1")])
+        main(["train", "-q", str(_config(tmp_path, ["d1.csv"])), "--out", str(tmp_path / "p1")])
         == 0
     )
     _table(tmp_path / "d1.csv", 5, 0.0)  # the first task's file changed since
@@ -497,7 +497,7 @@ def test_suites_are_carried_scored_and_gated_by_name(tmp_path, capsys):
     cfg.write_text(
         cfg.read_text().replace("target: y}", "target: y, suites: {general: general.csv}}")
     )
-    assert main(["-q", "train", str(cfg), "--out", str(tmp_path / "p1")]) == 0
+    assert main(["train", "-q", str(cfg), "--out", str(tmp_path / "p1")]) == 0
     meta = json.loads((tmp_path / "p1" / "package.json").read_text())
     assert meta["suites"]["names"] == ["general"] and len(meta["suites"]["rows"]) == 2
     assert load_file(tmp_path / "p1" / "suites.safetensors")["general/x"].shape == (50, 4)
@@ -544,6 +544,32 @@ def test_suites_are_carried_scored_and_gated_by_name(tmp_path, capsys):
     ]
     _refused(
         capsys,
-        ["-q", "gate", str(tmp_path / "p1"), str(tmp_path / "p2"), "--suite", "generl"],
+        ["gate", "-q", str(tmp_path / "p1"), str(tmp_path / "p2"), "--suite", "generl"],
         "did you mean",
     )
+
+
+def test_another_strategy_is_given_inline_and_recorded(class_il, capsys):
+    out = class_il / "inline"
+    args = [
+        "update",
+        str(class_il / "pkg"),
+        "--data",
+        str(class_il / "new23.csv"),
+        "--out",
+        str(out),
+        "--strategy",
+        "ewc:lam=5+replay:size=50",
+        "train.epochs=1",
+        *LOOSE,
+    ]
+    assert main([*args, "-q"]) == 0
+    assert "consolidation state is not used" in " ".join(capsys.readouterr().err.split())
+    verdict = json.loads((out / "verdict.json").read_text())
+    assert [(s["name"], s.get("lam"), s.get("size")) for s in verdict["strategies"]] == [
+        ("ewc", 5.0, None),
+        ("replay", None, 50),
+    ]
+    meta = json.loads((out / "package.json").read_text())
+    assert meta["history"][-1]["strategies"] == verdict["strategies"]
+    assert "lam: 5" in (out / "config.resolved.yaml").read_text()
