@@ -87,6 +87,37 @@ ALLOWED: dict[str, set[str]] = {
         "utils",
         "vocab",
     },
+    # model packages (retain train/package/update/gate): a run's state plus held-out data
+    "package": {"retain", "errors", "config", "data", "eval", "utils"},  # the format on disk
+    "packaging": {  # train and package: the steps of a run, one task at a time
+        "errors",
+        "config",
+        "data",
+        "eval",
+        "objectives",
+        "report",
+        "strategies",
+        "utils",
+        "api",
+        "run_state",
+        "checkpointing",
+        "runner",
+        "package",
+    },
+    "gate": {"errors", "data", "eval", "objectives", "package", "packaging"},
+    "update": {
+        "errors",
+        "config",
+        "data",
+        "eval",
+        "strategies",
+        "api",
+        "runner",
+        "package",
+        "packaging",
+        "gate",
+        "utils",
+    },
     "init": {"errors", "data"},  # `retain init`: a config for the user's files
     "reference": {"binding", "config"},  # `retain config`: every config key, from the dataclasses
     "cli": {
@@ -100,6 +131,9 @@ ALLOWED: dict[str, set[str]] = {
         "report",
         "runner",
         "strategies",
+        "gate",
+        "packaging",
+        "update",
         "utils",
     },
     "__main__": {"cli"},

@@ -69,8 +69,20 @@ def test_run_help_points_at_the_quickstart_and_the_reference():
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     text = sub.choices["run"].format_help()
     assert "docs/quickstart.md" in text and "docs/config.md" in text
-    commands = {"run", "compare", "init", "strategies", "config", "report", "demo", "merge"}
-    assert set(sub.choices) == commands
+    assert set(sub.choices) == {
+        "merge",
+        "run",
+        "compare",
+        "init",
+        "strategies",
+        "config",
+        "report",
+        "demo",
+        "train",
+        "package",
+        "update",
+        "gate",
+    }
 
 
 def test_cli_functions_stay_short():
