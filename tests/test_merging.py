@@ -116,3 +116,17 @@ def test_bad_merges_are_one_line(method, weights, n, match):
     with pytest.raises(ConfigError, match=match) as e:
         merge({"w": torch.zeros(2)}, models, weights, method)
     assert "\n" not in str(e.value)
+
+
+def test_lam_scales_the_merged_task_vector():
+    """One specialist's TIES merge has its weight cancel in the disjoint mean (the weights that
+    agree divide it): lam, the paper's lambda, is what scales it."""
+    base = {"w": torch.tensor([1.0, 1.0, 1.0, 1.0])}
+    theta = {"w": torch.tensor([3.0, 0.0, 1.5, 1.0])}  # task vector [2, -1, 0.5, 0]
+    whole = merge(base, [theta], [0.3], "ties", density=1.0)["w"]
+    assert torch.equal(whole, theta["w"])
+    # density 0.5 keeps the two largest magnitudes (2 and -1); lam 0.25 scales them
+    out = merge(base, [theta], [1.0], "ties", density=0.5, lam=0.25)["w"]
+    assert torch.allclose(out, torch.tensor([1.5, 0.75, 1.0, 1.0]))
+    ta = merge(base, [theta], [1.0], "task_arithmetic", lam=0.5)["w"]
+    assert torch.allclose(ta, torch.tensor([2.0, 0.5, 1.25, 1.0]))

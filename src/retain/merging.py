@@ -141,8 +141,11 @@ def merge_tensor(
     method: str,
     density: float = 1.0,
     generator: torch.Generator | None = None,
+    lam: float = 1.0,
 ) -> torch.Tensor:
-    """One merged tensor (in the dtype of ``models[0]``); see the module docstring.
+    """One merged tensor (in the dtype of ``models[0]``); see the module docstring. ``lam``
+    scales the merged task vector (the λ of the task-arithmetic and TIES papers:
+    ``base + lam * merged``); averaging and SLERP ignore it.
 
     Examples:
         >>> base = torch.zeros(2)
@@ -176,7 +179,7 @@ def merge_tensor(
             delta = _disjoint_mean([_drop(tau, density, generator) for tau in taus], w)
         else:
             raise ConfigError(f"unknown merge method '{method}'{did_you_mean(method, METHODS)}")
-        out = b + delta
+        out = b + lam * delta
     return out.to(dtype)
 
 
@@ -187,8 +190,13 @@ def merge(
     method: str,
     density: float = 1.0,
     seed: int | None = 0,
+    lam: float = 1.0,
 ) -> dict[str, torch.Tensor]:
-    """Merge the state dicts ``models`` (fine-tuned from ``base``) with one weight each.
+    """Merge the state dicts ``models`` (fine-tuned from ``base``) with one weight each, the
+    merged task vector scaled by ``lam`` (task-vector methods only).
+
+    TIES's weighted disjoint mean divides by the weights that agree, so a single task vector's
+    weight cancels: one specialist is scaled through ``lam``, not its weight.
 
     Every key of ``models[0]`` is merged; non-float tensors come from ``base`` (or the first
     model when no base is given). DARE's drop draws from one generator seeded with ``seed``,
@@ -209,7 +217,9 @@ def merge(
     out = {}
     for key in models[0]:
         b = base[key] if base is not None else None
-        out[key] = merge_tensor(b, [m[key] for m in models], weights, method, density, generator)
+        out[key] = merge_tensor(
+            b, [m[key] for m in models], weights, method, density, generator, lam
+        )
     return out
 
 

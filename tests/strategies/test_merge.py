@@ -69,6 +69,43 @@ def test_sweep_scores_each_weight_and_the_configured_one_is_the_row_of_r(tiny_st
         assert start == pytest.approx(r.matrix[i])
 
 
+@dataclasses.dataclass
+class _Weights(Strategy):
+    """Records the model's weights at the start and at the end of each task (placed before
+    ``merge`` in the list, it sees the specialist; after it, the merge)."""
+
+    def __post_init__(self):
+        self.before: list[dict[str, torch.Tensor]] = []
+        self.after: list[dict[str, torch.Tensor]] = []
+
+    def before_task(self, model, ctx):
+        self.before.append({k: v.clone() for k, v in ctx.unwrap(model).state_dict().items()})
+        return model
+
+    def after_task(self, model, ctx):
+        self.after.append({k: v.clone() for k, v in ctx.unwrap(model).state_dict().items()})
+        return model
+
+
+def test_ties_in_mode_previous_adds_w_times_the_trimmed_update(tiny_stream):
+    """The merge of the first task was the specialist whatever the weight: task vectors were
+    taken from the first task's base, so the previous model's was zero, and TIES's disjoint mean
+    divides by the agreeing weights. A sweep from the base to the specialist was flat."""
+    from peft.utils.merge_utils import magnitude_based_pruning
+
+    first, last = _Weights(), _Weights()
+    _run(tiny_stream, [first, Merge(method="ties", weight=0.3, density=0.5), last])
+    for i in range(len(tiny_stream.tasks)):
+        prev, theta, merged = first.before[i], first.after[i], last.after[i]
+        for k in merged:
+            update = magnitude_based_pruning(theta[k] - prev[k], 0.5)
+            assert torch.allclose(merged[k], prev[k] + 0.3 * update, atol=1e-6), (i, k)
+    r = _run(tiny_stream, [Merge(method="ties", weight=0.5, density=0.5, sweep=3)])
+    points = r.record.strategy_stats[0]["merge"]["sweep"]["points"]
+    losses = [p["tasks"][0]["loss"] for p in points]
+    assert len(set(losses)) == 3  # weights 0, 0.5 and 1 give three different models
+
+
 def test_sweep_uses_the_validation_split_when_there_is_one(tiny_stream):
     g = torch.Generator().manual_seed(0)
     tasks = []

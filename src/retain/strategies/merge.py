@@ -25,12 +25,13 @@ class Merge(Strategy):
     """Merge each task's fine-tuned weights (its specialist) into the model: task arithmetic, TIES, DARE, SLERP.
 
     After a task trains, its weights are merged by ``method`` (definitions: docs/merging.md and
-    :mod:`retain.merging`) and the merged weights are what is evaluated and kept. Task vectors
-    are taken against the model as it was before the first task (the base, kept in memory: one
-    copy of the model). Floating-point weights and buffers are merged; integer buffers (batch
-    norm's step counter) come from the base (mode previous without a base: from the model
-    before the task). Memory: the base and, in mode ``all``, one copy of the model per task; while
-    merging, two more copies for a moment (the specialist and the merge).
+    :mod:`retain.merging`) and the merged weights are what is evaluated and kept. In mode
+    ``previous`` the task vector is the task's own update (the specialist minus the model before
+    the task); in mode ``all`` task vectors are taken against the model before the first task
+    (the base, kept in memory). Floating-point weights and buffers are merged; integer buffers
+    (batch norm's step counter) come from the model the vectors are taken against. Memory: the
+    model before the task, and in mode ``all`` the base and one copy per task; while merging,
+    two more copies for a moment (the specialist and the merge).
 
     Args:
         method: ``task_arithmetic``, ``ties``, ``dare_linear``, ``dare_ties``, ``slerp`` or
@@ -41,8 +42,10 @@ class Merge(Strategy):
             weight per task.
         density: Fraction of each task vector's entries kept by ties (the largest in magnitude)
             and dare (at random, the kept ones rescaled by 1/density); 1 keeps them all.
-        mode: ``previous`` (default): merge the previous merged model (weight ``1 - w``) with the
-            new specialist (weight ``w``); the next task trains from the merged model, so
+        mode: ``previous`` (default): add ``w`` times the task's update to the model before the
+            task, trimmed (ties) or dropped and rescaled (dare) first: ``prev + w * (theta -
+            prev)`` for task arithmetic; ``slerp`` and ``average`` interpolate the previous
+            model (``1 - w``) and the specialist (``w``). The next task trains from the merge, so
             learning builds on it and memory stays at one extra copy whatever the number of
             tasks. ``all``: every task trains from the base and the task vectors of all tasks so
             far are merged, each with its weight (Ilharco et al.'s lambda): specialists that know
@@ -90,7 +93,7 @@ class Merge(Strategy):
     def setup(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
         self.check(ctx.stream)
         require_peft(self.method)
-        if not self.base_ and (self.method in USES_BASE or self.mode == "all"):
+        if not self.base_ and self.mode == "all":
             self.base_ = _snapshot(ctx.unwrap(model))
         return model
 
@@ -105,6 +108,13 @@ class Merge(Strategy):
     def _merged(self, theta: dict[str, torch.Tensor], w: float, ctx: TaskContext) -> dict:
         i = ctx.task_index
         seed = derive_seed(ctx.seed, i, 7)  # DARE's drop: the same for a resumed run
+        if self.mode == "previous" and self.method in USES_BASE:
+            # The task's update, theta - previous, trimmed (ties) or dropped (dare) and scaled
+            # by w: 0 keeps the previous model, 1 takes the specialist's update whole (trimmed).
+            # Taking task vectors from the first task's base instead would make the previous
+            # model's vector zero on the first task, and TIES's disjoint mean, which divides by
+            # the agreeing weights, would then return the specialist whatever w is.
+            return merge(self._start, [theta], [1.0], self.method, self.density, seed, lam=w)
         if self.mode == "previous":
             models, weights = [self._start, theta], [1.0 - w, w]
         else:
