@@ -16,6 +16,7 @@ from typing import Any
 
 from retain.report.columns import ACCURACY_LIKE, fmt, score_name
 from retain.report.record import Record, RunRecord
+from retain.report.suites import LOWER_IS_BETTER
 
 SWEEP_NOTE = (
     "The merge was scored at each weight of the new task's specialist (mode previous: 0 is the "
@@ -37,10 +38,19 @@ def _value(cell: dict[str, float], score: str) -> float | None:
     return next(iter(cell.values()), None)
 
 
+def sweep_score(run: RunRecord, sweep: dict[str, Any]) -> str:
+    """The score a sweep is told in: perplexity for a language model (its loss is what R
+    holds, perplexity what people read), else the run's score."""
+    from retain.report.suites import spoken_score
+
+    cells = [c for p in sweep["points"] for c in p["tasks"] if c]
+    return spoken_score(run.score, set(cells[0]) if cells else set())
+
+
 def curve(run: RunRecord, sweep: dict[str, Any]) -> dict[str, list[float | None]]:
     """Per weight: ``new`` (the task just trained), ``earlier`` (mean over the tasks before it,
-    None for the first) and one list per suite."""
-    i, score = sweep["task"], run.score
+    None for the first) and one list per suite, in :func:`sweep_score`'s units."""
+    i, score = sweep["task"], sweep_score(run, sweep)
     out: dict[str, list[float | None]] = {"weight": [], "new": [], "earlier": []}
     for p in sweep["points"]:
         scores = [_value(c, score) for c in p["tasks"]]
@@ -65,13 +75,12 @@ def sweep_blocks(runs: dict[str, RunRecord]) -> list[tuple]:
         task = run.tasks[last["task"]] if last["task"] < len(run.tasks) else str(last["task"])
         cols = [k for k in c if k != "weight" and any(v is not None for v in c[k])]
         head = ["weight", *[f"{task} (new)" if k == "new" else k for k in cols]]
-        rows = [
-            [f"{w:g}", *(fmt(c[k][n], run.score) for k in cols)] for n, w in enumerate(c["weight"])
-        ]
+        score = sweep_score(run, last)
+        rows = [[f"{w:g}", *(fmt(c[k][n], score) for k in cols)] for n, w in enumerate(c["weight"])]
         if not blocks:
             blocks.append(("h", 2, "Merge weight sweep"))
         blocks += [
-            ("h", 3, f"{label}: after {task} ({score_name(run.score)})"),
+            ("h", 3, f"{label}: after {task} ({score_name(score)})"),
             ("p", SWEEP_NOTE.format(split=last["split"])),
             ("table", head, rows, None),
             ("img", f"merge-sweep-{label}", f"{label}: retention against the new task"),
@@ -112,15 +121,23 @@ def sweep_plots(record: Record, folder: Path) -> dict[str, Path]:
                     )
         if not drawn:  # one task and no suite: nothing was retained or lost
             continue
-        name = score_name(run.score)
+        score = sweep_score(run, found[-1])
+        name = score_name(score)
+        direction = ""
+        if score in LOWER_IS_BETTER:  # up and to the right is better, as for accuracy
+            ax.invert_xaxis()
+            ax.invert_yaxis()
+            direction = f"; {name}: lower is better, axes inverted"
+        else:
+            _score_axis(ax, score)
         ax.set_xlabel(f"{name} on the new task")
         ax.set_ylabel(f"{name} retained (earlier tasks, suites)")
-        _score_axis(ax, run.score)
-        if run.score in ACCURACY_LIKE:
+        if score in ACCURACY_LIKE:
             ax.set_xlim(-0.03, 1.03)
         ax.legend(fontsize=7)
         ax.set_title(
-            f"{label}: merge weight sweep\n(point labels: the new task's weight)", fontsize=9
+            f"{label}: merge weight sweep\n(point labels: the new task's weight{direction})",
+            fontsize=9,
         )
         fig.tight_layout()
         out[f"merge-sweep-{label}"] = _save(fig, Path(folder) / f"merge-sweep-{slug(label)}.png")
