@@ -292,6 +292,43 @@ def test_sigterm_is_handled_like_ctrl_c(tmp_path):
     assert started.is_file()
 
 
+def test_an_output_folder_that_cannot_be_made_is_one_line(tmp_path, capsys):
+    """/proc refuses new folders even to root: the run ended in a FileNotFoundError traceback."""
+    blocked = tmp_path / "ro"
+    blocked.mkdir()
+    (blocked / "f").write_text("")
+    _fails(
+        capsys,
+        ["run", str(_cfg(tmp_path, BASE)), "-q", "--out", str(blocked / "f" / "run")],
+        "is a file",
+    )
+    if Path("/proc/self").exists():
+        _fails(
+            capsys,
+            ["run", str(_cfg(tmp_path, BASE)), "-q", "--out", "/proc/retain-run"],
+            "cannot make the run directory '/proc/retain-run'",
+            "choose another --out",
+        )
+
+
+def test_patience_without_a_validation_split_is_refused(tmp_path, capsys):
+    """Early stopping was silently off when the stream had no validation split."""
+    _fails(
+        capsys,
+        ["run", str(_cfg(tmp_path, BASE)), "-q", "train.patience=2"],
+        "train.patience stops on the validation loss",
+        "stream.validation=0.1",
+    )
+    assert not (tmp_path / "runs").exists()
+    ok = BASE.replace("classes: [0, 1, 2, 3]}", "classes: [0, 1, 2, 3], validation: 0.2}")
+    assert (
+        main(
+            ["run", str(_cfg(tmp_path, ok)), "-q", "train.patience=2", "--out", str(tmp_path / "r")]
+        )
+        == 0
+    )
+
+
 def test_compare_report_and_strategies(tmp_path, capsys):
     cfg = _cfg(tmp_path, BASE)
     out = tmp_path / "cmp"

@@ -181,6 +181,14 @@ def check_eval(cfg: RunConfig, stream: Stream, objective: Any) -> str:
             f"eval.metric '{metric}' does not apply to {stream.objective}; "
             f"choose one of {', '.join(objective.metrics)}"
         )
+    # Early stopping watches the validation loss; without a split it would silently never stop.
+    if cfg.train.patience is not None and any(
+        t.val is None or len(t.val) == 0 for t in stream.tasks
+    ):
+        raise ConfigError(
+            "train.patience stops on the validation loss, and the stream has no validation "
+            "split: set stream.validation, e.g. stream.validation=0.1, or drop train.patience"
+        )
     return metric
 
 

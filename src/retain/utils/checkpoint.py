@@ -63,7 +63,13 @@ class RunDir:
                 f"run directory '{self.path}' already exists; pass --resume to continue it, "
                 "or choose another --out"
             )
-        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # a read-only or virtual file system, a full disk, a bad name
+            raise RunDirError(
+                f"cannot make the run directory '{self.path}' ({e.strerror or e}); "
+                "choose another --out"
+            ) from None
 
     # ------------------------------------------------------------------ checkpoints
 
