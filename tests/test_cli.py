@@ -155,6 +155,20 @@ def test_labels_out_of_range(tmp_path, capsys):
     )
 
 
+def test_one_stray_label_does_not_build_a_million_way_head(tmp_path, capsys):
+    """A label of 1000000 among 0s and 1s built a 1,000,001-way output layer and trained for
+    minutes before anyone noticed."""
+    rows = [f"{i},{i % 3},{i % 2}" for i in range(30)]
+    rows[7] = "7,1,1000000"
+    data = _csv(tmp_path / "d.csv", ["a,b,label", *rows])
+    cfg = _cfg(tmp_path, TABLE.format(data=data, scenario="iid", extra=""))
+    _fails(
+        capsys,
+        ["run", str(cfg), "-q", "--out", str(tmp_path / "o")],
+        "class label 1000000 would make a 1000001-way output layer for 3 distinct labels",
+    )
+
+
 def test_nan_in_inputs(tmp_path, capsys):
     import numpy as np
 

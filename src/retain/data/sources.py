@@ -18,6 +18,10 @@ import torch
 from retain.data.stream import TensorData
 from retain.errors import DataError
 
+# Class ids from this value up must not outnumber the distinct labels tenfold (see
+# Source._check_labels): sparse ids below it (ImageNet subsets) are common and cheap.
+SPARSE_LABELS = 10_000
+
 
 @dataclass
 class Source:
@@ -52,6 +56,26 @@ class Source:
         if self.x_test is not None and len(self.x_test) != len(self.y_test):
             raise DataError(
                 f"{self.name}: {len(self.x_test)} test inputs but {len(self.y_test)} targets"
+            )
+        if self.objective == "classification":
+            self._check_labels()
+
+    def _check_labels(self) -> None:
+        """Class ids are the output layer's rows: one stray value far above the others (a typo,
+        a sentinel such as 999999) would build an output layer of that many rows and train for
+        hours, so it is refused in one line (negative ids are refused when the stream is built,
+        with the range of all labels)."""
+        ys = [y for y in (self.y_train, self.y_test) if y is not None and len(y)]
+        if not ys or ys[0].is_floating_point():
+            return
+        y = torch.cat([t.reshape(-1) for t in ys])
+        hi = int(y.max())
+        distinct = len(torch.unique(y))
+        if hi >= SPARSE_LABELS and hi + 1 > 10 * distinct:
+            raise DataError(
+                f"{self.name}: class label {hi} would make a {hi + 1}-way output layer for "
+                f"{distinct} distinct labels; check that value, or number the classes 0 to "
+                f"{distinct - 1} (or give them as text)"
             )
 
     @property
