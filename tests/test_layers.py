@@ -110,6 +110,7 @@ ALLOWED: dict[str, set[str]] = {
         "config",
         "data",
         "eval",
+        "report",
         "strategies",
         "api",
         "runner",

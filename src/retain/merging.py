@@ -90,12 +90,11 @@ def require_peft(method: str) -> None:
 
 
 def _merge_utils():
-    try:
-        from peft.utils import merge_utils
-    except ImportError:
-        raise ConfigError(
-            'merging with ties or dare_ties uses peft: pip install -e ".[hf]"'
-        ) from None
+    from retain.utils.adapters import peft_module
+
+    peft_module("merges with ties or dare_ties")  # one line when peft is missing
+    from peft.utils import merge_utils
+
     return merge_utils
 
 

@@ -38,6 +38,7 @@ from retain.packaging import (
     task_fingerprint,
     train_from,
 )
+from retain.report.history import History
 from retain.utils.state import rng_state
 
 
@@ -139,6 +140,44 @@ def _strategy_specs(cfg: RunConfig, label: str | None) -> list[dict[str, Any]] |
     return specs_for(label, cfg)
 
 
+def _update_config(cfg: RunConfig, strategy: str | None, overrides: list[str] | None) -> RunConfig:
+    """The package's config with ``--strategy`` and the ``KEY=VALUE`` overrides applied."""
+    from retain.config import apply_overrides, from_dict
+
+    specs = _strategy_specs(cfg, strategy)
+    if specs is None and not overrides:
+        return cfg
+    d = cfg.to_dict()
+    if specs is not None:
+        d["strategies"] = specs
+    return from_dict(RunConfig, apply_overrides(d, list(overrides or [])))
+
+
+def _updated_meta(
+    old: Package,
+    task: Task,
+    source: dict[str, Any],
+    r: Any,
+    stream: Stream,
+    history: History,
+    before: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The new package's package.json so far: the old one with the new task, its row of R
+    (and the old model's score on it, before training), the suites and the strategies."""
+    k = len(old.tasks)
+    meta = new_meta(old.meta)
+    meta["tasks"] = [dict(t) for t in old.tasks] + [
+        task_entry(task, source, f"update {len(old.meta['history'])}")
+    ]
+    R = [list(row) + [None] for row in old.meta["scores"]["matrix"]]
+    R[-1][k] = _value(before[k], r.metric)  # the old model on the new task, before training
+    R.append([_value(c, r.metric) for c in history.rows[-1]])
+    meta["scores"] = {"matrix": R}
+    meta["suites"] = {"names": list(stream.suites), "rows": history.suites}
+    meta["strategies"] = [s.spec() for s in r.strategies]
+    return meta
+
+
 def update(
     path: str | Path,
     data: str,
@@ -156,20 +195,12 @@ def update(
     its verdict, and gate it against the old one. Returns the verdict and where the new package
     went: ``out`` when the gate passed, ``out.rejected`` when it failed (the old package is
     never written to either way)."""
-    from retain.config import apply_overrides, from_dict
-
     old = Package.open(path)
     out = Path(out)
     check_new(out)
     rejected = out.with_name(out.name + ".rejected")
     check_new(rejected)
-    cfg = old.config
-    specs = _strategy_specs(cfg, strategy)
-    if specs is not None or overrides:
-        d = cfg.to_dict()
-        if specs is not None:
-            d["strategies"] = specs
-        cfg = from_dict(RunConfig, apply_overrides(d, list(overrides or [])))
+    cfg = _update_config(old.config, strategy, overrides)
     check_packable(cfg)
     if names:
         check_rows(names, old.task_names, old.meta["suites"]["names"])
@@ -199,16 +230,7 @@ def update(
     new_pred = predictions(r, model)
     after = history.rows[-1]
 
-    meta = new_meta(old.meta)
-    meta["tasks"] = [dict(t) for t in old.tasks] + [
-        task_entry(task, source, f"update {len(old.meta['history'])}")
-    ]
-    R = [list(row) + [None] for row in old.meta["scores"]["matrix"]]
-    R[-1][k] = _value(before[k], r.metric)  # the old model on the new task, before training
-    R.append([_value(c, r.metric) for c in after])
-    meta["scores"] = {"matrix": R}
-    meta["suites"] = {"names": list(stream.suites), "rows": history.suites}
-    meta["strategies"] = [s.spec() for s in r.strategies]
+    meta = _updated_meta(old, task, source, r, stream, history, before)
     verdict = build_verdict(
         old,
         r,

@@ -243,6 +243,19 @@ def test_tokenizer_and_limits_are_read_locally(model_dir):
     assert time.perf_counter() - t0 < 10
 
 
+def test_a_tokenizer_is_read_once_and_each_caller_gets_its_own(model_dir, monkeypatch):
+    """A run read its tokenizer three times (the data, the vocabulary, the saved model): 14 s
+    each from a GGUF file."""
+    from retain.utils import hf
+
+    cfg = ModelConfig(name="hf", pretrained=str(model_dir))
+    first = hf.load_tokenizer(cfg)
+    monkeypatch.setattr(hf, "_read_tokenizer", lambda cfg: pytest.fail("read again"))
+    second = hf.load_tokenizer(cfg)
+    second.add_tokens(["zqxw"])  # extending a copy leaves the others as they were
+    assert len(second) == len(first) + 1 and len(hf.load_tokenizer(cfg)) == len(first)
+
+
 def test_model_paths_in_a_config_file_are_relative_to_it(model_dir, tmp_path, monkeypatch):
     import shutil
 

@@ -28,12 +28,12 @@ if TYPE_CHECKING:
 INSTALL = 'pip install -e ".[hf]"'
 
 
-def peft_module() -> Any:
-    """The ``peft`` package, or one line saying how to install it."""
+def peft_module(what: str = "LoRA adapters") -> Any:
+    """The ``peft`` package, or one line saying that ``what`` needs it and how to install it."""
     try:
         import peft
     except ImportError:
-        raise ConfigError(f"LoRA adapters need peft: {INSTALL}") from None
+        raise ConfigError(f"{what} need peft: {INSTALL}") from None
     return peft
 
 

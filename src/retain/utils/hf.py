@@ -147,9 +147,26 @@ def plain(model: nn.Module) -> nn.Module:
     return out.eval()
 
 
+# Tokenizers read so far, by where they were read from: a run reads its tokenizer to tokenise the
+# data, to extend the vocabulary and to save it beside the model, and reading one from a GGUF
+# file takes about 14 s each time. Callers get a copy, which they may change (add tokens).
+_TOKENIZERS: dict[tuple[str | None, ...], Any] = {}
+
+
 def load_tokenizer(cfg: ModelConfig) -> Any:
     """The tokenizer that comes with the model: from ``tokenizer`` (a folder of tokenizer files),
-    else from where the model is loaded (``pretrained``, its ``gguf_file``)."""
+    else from where the model is loaded (``pretrained``, its ``gguf_file``). A fresh copy each
+    call, read from disk once per process."""
+    import copy
+
+    key = (cfg.tokenizer, cfg.pretrained, cfg.gguf_file)
+    if key not in _TOKENIZERS:
+        _TOKENIZERS.clear()  # one at a time: a comparison uses one model
+        _TOKENIZERS[key] = _read_tokenizer(cfg)
+    return copy.deepcopy(_TOKENIZERS[key])
+
+
+def _read_tokenizer(cfg: ModelConfig) -> Any:
     tf = _transformers()
     if not (cfg.tokenizer or cfg.pretrained or cfg.gguf_file):
         raise ConfigError(
