@@ -275,9 +275,17 @@ def plot_all(record: Record, folder: Path) -> dict[str, Path]:
     when its runs have evaluation suites), ``heatmap-<label>`` for every
     run with rows and ``curves-<label>`` for every sequential run with at least one trained task.
     """
+    import matplotlib
+
+    # Task names, strategy labels and file names are the user's text: a '$' in them must print
+    # as a dollar sign, not start matplotlib's math mode (which fails on unbalanced input).
+    with matplotlib.rc_context({"text.parse_math": False}):
+        return _plot_all(record, Path(folder))
+
+
+def _plot_all(record: Record, folder: Path) -> dict[str, Path]:
     from retain.report import tradeoff
 
-    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     out: dict[str, Path] = {}
     runs = record.runs
