@@ -8,6 +8,7 @@ directory). The command line prints it as one line and exits with code 2; no tra
 from __future__ import annotations
 
 import difflib
+import errno
 
 
 class RetainError(Exception):
@@ -39,3 +40,33 @@ def did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str:
 
 class RecordVersionError(RunDirError):
     """A result.json written by a newer retain, with a schema this version cannot read."""
+
+
+# Errors of the folder written to, not of retain: the user fixes them by freeing space or by
+# choosing another folder.
+_WRITE_ERRORS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EFBIG: "the file is larger than the file system allows",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+}
+
+
+def write_error_line(e: OSError) -> str | None:
+    """One line for an OSError that the user fixes (disk full, read-only, no permission), or
+    None for any other OSError (which stays a traceback: a bug or a crash to report)."""
+    what = _WRITE_ERRORS.get(e.errno) if isinstance(e.errno, int) else None
+    if what is None:
+        return None
+    where = f" writing '{e.filename}'" if e.filename else ""
+    fix = (
+        "free some space or give --out a folder on another disk"
+        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+        else "give --out a folder you can write to"
+    )
+    return (
+        f"{what}{where}; {fix}. Files already written are whole (each write is atomic), and "
+        "--resume continues from the last checkpoint"
+    )

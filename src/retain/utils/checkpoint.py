@@ -100,16 +100,20 @@ class RunDir:
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
-        write_atomic(tmp / "model.safetensors", lambda p: save_model(model, str(p)))
-        meta = dict(state)
-        meta["schema_version"] = SCHEMA_VERSION
-        meta["tasks_done"] = tasks_done
-        meta["strategies"] = save_state(tmp / "strategies.safetensors", strategies_state)
-        meta["rng"] = save_state(tmp / "rng.safetensors", rng)
-        meta["optimizer"] = (
-            save_state(tmp / "optimizer.safetensors", optimizer_state) if optimizer_state else None
-        )
-        write_json(tmp / "state.json", meta)
+        try:
+            write_atomic(tmp / "model.safetensors", lambda p: save_model(model, str(p)))
+            meta = dict(state)
+            meta["schema_version"] = SCHEMA_VERSION
+            meta["tasks_done"] = tasks_done
+            meta["strategies"] = save_state(tmp / "strategies.safetensors", strategies_state)
+            meta["rng"] = save_state(tmp / "rng.safetensors", rng)
+            meta["optimizer"] = (
+                save_state(tmp / "optimizer.safetensors", optimizer_state) if optimizer_state else None
+            )
+            write_json(tmp / "state.json", meta)
+        except BaseException:  # a full disk, an interrupt: no half-written folder is left
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

@@ -7,6 +7,7 @@ Standard library only (no torch), so report rendering can use it without importi
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -39,7 +40,24 @@ def write_atomic(path: str | Path, data: str | bytes | Callable[[Path], object])
                 f.flush()
                 os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        named = _os_error(e, path)
+        if named is not None:
+            raise named from e
         raise
     return path
+
+
+def _os_error(e: BaseException, path: Path) -> OSError | None:
+    """The operating system's error behind a failed write, naming ``path``: a ``write()`` that
+    fails on a full disk raises an OSError without a file name, and a library's writer (e.g.
+    safetensors') raises its own type with the OS error number in the text. None when ``e`` is
+    something else (or already names its file)."""
+    if isinstance(e, OSError):
+        return OSError(e.errno, e.strerror, str(path)) if e.filename is None else None
+    found = re.search(r"\(os error (\d+)\)", str(e))
+    if found is None:
+        return None
+    number = int(found.group(1))
+    return OSError(number, os.strerror(number), str(path))
