@@ -108,7 +108,9 @@ class RunDir:
             meta["strategies"] = save_state(tmp / "strategies.safetensors", strategies_state)
             meta["rng"] = save_state(tmp / "rng.safetensors", rng)
             meta["optimizer"] = (
-                save_state(tmp / "optimizer.safetensors", optimizer_state) if optimizer_state else None
+                save_state(tmp / "optimizer.safetensors", optimizer_state)
+                if optimizer_state
+                else None
             )
             write_json(tmp / "state.json", meta)
         except BaseException:  # a full disk, an interrupt: no half-written folder is left

@@ -55,7 +55,8 @@ def _os_error(e: BaseException, path: Path) -> OSError | None:
     safetensors') raises its own type with the OS error number in the text. None when ``e`` is
     something else (or already names its file)."""
     if isinstance(e, OSError):
-        return OSError(e.errno, e.strerror, str(path)) if e.filename is None else None
+        named = e.errno is not None and e.filename is None
+        return OSError(e.errno, e.strerror, str(path)) if named else None
     found = re.search(r"\(os error (\d+)\)", str(e))
     if found is None:
         return None
