@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from retain import __version__
-from retain.errors import RetainError, write_error_line
+from retain.errors import RetainError, memory_error_line, write_error_line
 
 if TYPE_CHECKING:
     from retain.report.record import Record
@@ -550,6 +550,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"retain: error: {e}", file=sys.stderr)
+        return 2
+    except (RuntimeError, MemoryError) as e:
+        line = memory_error_line(e)
+        if line is None or args.debug:
+            raise
+        print(f"retain: error: {line}", file=sys.stderr)
         return 2
     except OSError as e:
         line = write_error_line(e)

@@ -70,3 +70,17 @@ def write_error_line(e: OSError) -> str | None:
         f"{what}{where}; {fix}. Files already written are whole (each write is atomic), and "
         "--resume continues from the last checkpoint"
     )
+
+
+def memory_error_line(e: BaseException) -> str | None:
+    """One line for running out of memory (the CPU allocator's RuntimeError, CUDA's
+    ``OutOfMemoryError``, Python's ``MemoryError``), or None for any other error."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    gpu = type(e).__name__ == "OutOfMemoryError"
+    if not (gpu or isinstance(e, MemoryError) or "can't allocate memory" in text):
+        return None
+    where = "GPU" if gpu else "CPU"
+    return (
+        f"out of {where} memory ({text[:160] or type(e).__name__}); lower train.batch_size, "
+        "make the model smaller, or set train.gradient_checkpointing for a language model"
+    )

@@ -87,6 +87,7 @@ def _model(cfg: RunConfig, stream: Any) -> Any:
     import torch
 
     from retain.models import build_model
+    from retain.models.memory import check_fits
     from retain.utils.seed import seed_everything
 
     cache = _LOADED[-1] if _LOADED and cfg.model.name == "hf" and cfg.model.pretrained else None
@@ -105,6 +106,7 @@ def _model(cfg: RunConfig, stream: Any) -> Any:
         np.random.set_state(np_state)
         torch.set_rng_state(torch_state)
         return copy.deepcopy(model)
+    check_fits(cfg, stream)
     seed_everything(cfg.seed)
     model = build_model(cfg.model, stream)
     if stream.vocab:  # the stream was tokenised with an extended tokenizer (model.vocab)
