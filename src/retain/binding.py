@@ -115,7 +115,8 @@ def coerce(tp: Any, value: Any, where: str) -> Any:
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
+            # A float stands for an integer only where it holds one exactly (below 2^53).
+            if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
                 return int(value)
             raise ConfigError(f"{where} must be an integer, got {value!r}")
         return value
@@ -276,6 +277,8 @@ def check_fields(obj: Any, where: str = "", error: type[Exception] = ConfigError
             ]
             if failed:
                 raise error(f"{name} must be {bounds_text(f.metadata)}, got {value!r}")
+            if isinstance(x, int) and abs(x) >= 2**63:  # no count or size is this large
+                raise error(f"{name} is out of range ({x}); give a number below 2^63")
 
 
 # Reading YAML strictly: PyYAML keeps the last of two equal keys without a word, so a config that

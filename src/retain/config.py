@@ -190,7 +190,7 @@ class TrainConfig:
     batch_size: int = help_field("samples per optimizer step (per process)", default=32, ge=1)
     optimizer: Literal["sgd", "adam", "adamw"] = help_field("optimizer", default="sgd")
     lr: float = help_field("peak learning rate", default=0.01, gt=0)
-    momentum: float = help_field("sgd momentum", default=0.0, ge=0)
+    momentum: float = help_field("sgd momentum", default=0.0, ge=0, lt=1)
     weight_decay: float = help_field("weight decay (decoupled for adamw)", default=0.0, ge=0)
     schedule: Literal["constant", "cosine", "wsd", "linear"] = help_field(
         "constant; cosine (with warmup); wsd: warmup, stable, then decay (continual pre-training)",
