@@ -216,7 +216,8 @@ def write(
     out: str | Path, meta: dict[str, Any], c: Contents, extra: dict[str, Any] | None = None
 ) -> Path:
     """Write a package to ``out`` (which must not exist): into a temporary folder beside it,
-    renamed at the end. ``extra``: more JSON files (``verdict.json``), by name."""
+    renamed at the end. ``extra``: more files by name, JSON (``verdict.json``) or bytes
+    (``search.png``)."""
     out = Path(out)
     check_new(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -255,7 +256,10 @@ def write(
 
             save_model(c.model, tmp / "model")
         for name, obj in (extra or {}).items():
-            write_json(tmp / name, obj)
+            if isinstance(obj, bytes):  # a figure
+                (tmp / name).write_bytes(obj)
+            else:
+                write_json(tmp / name, obj)
         write_json(tmp / "package.json", meta)
         os.replace(tmp, out)
     except BaseException:
