@@ -18,6 +18,7 @@ A package is a folder of JSON and safetensors files (nothing pickled; readable w
                               fingerprint is in package.json
     model/                    transformers models only: ``save_pretrained``
     verdict.json              packages made by ``retain update``: what changed, and the gate
+    search.png                ``retain update --strategy auto`` with plots on: the trials' trade-off
 
 A package is written under a temporary name and renamed when complete: an interrupted write
 leaves no half package, and an existing package is never written into.
