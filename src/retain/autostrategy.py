@@ -320,6 +320,7 @@ def search(
     front, choice; docs/packages.md). Nothing is written; the test split is never read."""
     optuna = require_optuna()
     budget, n_trials = check_limits(budget, trials)
+    start = clock()  # the budget counts the old model's scoring too
     stream, info = search_stream(old, task, cfg.seed)
     hib = old.meta["higher_is_better"]
     cands = candidates(cfg, stream.objective)
@@ -337,7 +338,7 @@ def search(
                 **{f"{own.label}.{i}.{f}": own.specs[i][f] for (i, f) in own.ranges},
             }
         )
-        rows, stopped, start = [], "trials", clock()
+        rows, stopped = [], "trials"
         for n in range(n_trials):
             spent = clock() - start
             if n and spent + spent / n > budget:

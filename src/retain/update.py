@@ -237,6 +237,12 @@ def update(
     saved, same = starting_state(old, cfg)
     if not same and warn and search is None:
         warn("--strategy differs from the package's: its consolidation state is not used")
+    elif not same and warn:
+        chosen = "+".join(s["name"] for s in search["config"]["strategies"])
+        warn(
+            f"--strategy auto chose {chosen}, not the package's strategies: their consolidation "
+            "state (a replay buffer, EWC's Fisher) is not carried into the new package"
+        )
     r, model, history = session(stream, cfg, saved, progress, warn, f"package '{old.path}'")
     before = evaluate_all(r, model, "eval before the update")
     suites_before = evaluate_suites(r, model)
