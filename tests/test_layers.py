@@ -105,7 +105,21 @@ ALLOWED: dict[str, set[str]] = {
         "package",
     },
     "gate": {"errors", "data", "eval", "objectives", "package", "packaging"},
+    # `retain update --strategy auto`: trials of an update, scored on validation data
+    "autostrategy": {
+        "errors",
+        "config",
+        "data",
+        "eval",
+        "strategies",
+        "api",
+        "package",
+        "packaging",
+        "gate",
+        "utils",
+    },
     "update": {
+        "autostrategy",
         "errors",
         "config",
         "data",

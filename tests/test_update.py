@@ -620,3 +620,37 @@ def test_chained_updates_match_one_run_on_real_data(tmp_path, kind):
     assert [row[: i + 1] for i, row in enumerate(chain)] == [
         row[: i + 1] for i, row in enumerate(R)
     ]
+
+
+def test_gate_fails_a_learning_rate_ten_times_too_high_and_passes_replay(tmp_path, capsys):
+    """Regression (MSE, lower is better) with replay: the package's learning rate keeps the first
+    task and the evaluation suite; ten times that rate moves the weights so far that both fail,
+    and the gate's JSON names them."""
+    _table(tmp_path / "d1.csv", 0, 0.0, regression=True, n=200)
+    _table(tmp_path / "d2.csv", 1, 0.5, regression=True, n=200)
+    _table(tmp_path / "general.csv", 7, 0.0, regression=True, n=50)
+    train = ", optimizer: sgd, lr: 0.05, grad_clip: 1.0"
+    cfg = _config(tmp_path, ["d1.csv"], train=train, strategies="{name: replay, size: 100}")
+    cfg.write_text(
+        cfg.read_text().replace("target: y}", "target: y, suites: {general: general.csv}}")
+    )
+    pkg = tmp_path / "pkg"
+    assert main(["train", "-q", str(cfg), "train.epochs=5", "--out", str(pkg)]) == 0
+    before = _bytes(pkg)
+    update = ["-q", "update", str(pkg), "--data", str(tmp_path / "d2.csv"), "--out"]
+    assert main([*update, str(tmp_path / "hot"), "train.lr=0.5"]) == 1
+    capsys.readouterr()
+    assert main(["gate", "-q", str(pkg), str(tmp_path / "hot.rejected")]) == 1
+    gate = json.loads(capsys.readouterr().out)
+    assert gate["metric"] == "mse" and gate["pass"] is False
+    failed = {(f["name"], f["kind"], f["threshold"]) for f in gate["failed"]}
+    assert failed == {("d1", "task", "max_drop"), ("general", "suite", "max_drop")}
+    assert all(f["value"] > 2 * f["limit"] for f in gate["failed"])  # not a near miss
+
+    assert main([*update, str(tmp_path / "good")]) == 0
+    capsys.readouterr()
+    assert main(["gate", "-q", str(pkg), str(tmp_path / "good")]) == 0
+    gate = json.loads(capsys.readouterr().out)
+    assert gate["pass"] is True and gate["failed"] == []
+    assert [c["name"] for c in gate["checks"]] == ["d1", "general"]
+    assert _bytes(pkg) == before

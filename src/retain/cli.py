@@ -32,6 +32,7 @@ EPILOG = """examples:
   retain merge BASE_MODEL runs/a runs/b --method ties --weights 0.5,0.5 --out merged
   retain train d1.yaml --out pkg-1
   retain update pkg-1 --data d2.csv --out pkg-2
+  retain update pkg-1 --data d2.csv --out pkg-2 --strategy auto --budget 300
   retain gate pkg-1 pkg-2 --max-drop 0.02
 """
 
@@ -238,6 +239,8 @@ def cmd_update(args: argparse.Namespace) -> int:
             union=args.union,
             progress=progress,
             warn=_warn,
+            budget=args.budget,
+            trials=args.trials,
         )
     finally:
         if progress is not None:
@@ -505,7 +508,18 @@ def _update_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     u.add_argument(
         "--strategy",
-        help="another strategy than the package's, e.g. replay or ewc:lam=100+replay",
+        help="another strategy than the package's, e.g. replay or ewc:lam=100+replay; auto: "
+        "search strategies and hyperparameters on a validation split of the new data "
+        "(needs pip install 'retain[auto]')",
+    )
+    u.add_argument(
+        "--budget",
+        type=float,
+        metavar="SECONDS",
+        help="--strategy auto: time for the search (default 600)",
+    )
+    u.add_argument(
+        "--trials", type=int, metavar="N", help="--strategy auto: most trials (default 20)"
     )
     u.add_argument(
         "--union",

@@ -44,6 +44,19 @@ def predictions(r: Any, model: Any) -> list[torch.Tensor] | None:
     return out
 
 
+def check_thresholds(max_drop: float, max_nfr: float) -> None:
+    """A NaN threshold would pass every check (no comparison with NaN is true) and an infinite
+    one cannot be written to the verdict's JSON: both are refused before anything is read, as is
+    a flip rate limit outside [0, 1]."""
+    import math
+
+    for flag, v, e in (("--max-drop", max_drop, 0.02), ("--max-nfr", max_nfr, 0.05)):
+        if not math.isfinite(v):
+            raise ConfigError(f"{flag} must be a finite number, got {v}; e.g. {flag} {e}")
+    if not 0 <= max_nfr <= 1:  # a share of samples: below 0 every update fails, above 1 none
+        raise ConfigError(f"--max-nfr is a share of samples, from 0 to 1; got {max_nfr}")
+
+
 def check_rows(names: list[str], tasks: list[str], suites: list[str]) -> None:
     known = [*tasks, *suites]
     for n in names:
@@ -168,6 +181,7 @@ def gate_packages(
     """``retain gate OLD NEW``: NEW against OLD on OLD's tasks and suites. The scores are the
     packages' own (R's last rows); the flips come from both models' predictions on OLD's
     held-out data."""
+    check_thresholds(max_drop, max_nfr)
     old, new = Package.open(old_path), Package.open(new_path)
     k = len(old.tasks)
     if new.task_names[:k] != old.task_names:

@@ -18,6 +18,7 @@ A package is a folder of JSON and safetensors files (nothing pickled; readable w
                               fingerprint is in package.json
     model/                    transformers models only: ``save_pretrained``
     verdict.json              packages made by ``retain update``: what changed, and the gate
+    search.png                ``retain update --strategy auto`` with plots on: the trials' trade-off
 
 A package is written under a temporary name and renamed when complete: an interrupted write
 leaves no half package, and an existing package is never written into.
@@ -216,7 +217,8 @@ def write(
     out: str | Path, meta: dict[str, Any], c: Contents, extra: dict[str, Any] | None = None
 ) -> Path:
     """Write a package to ``out`` (which must not exist): into a temporary folder beside it,
-    renamed at the end. ``extra``: more JSON files (``verdict.json``), by name."""
+    renamed at the end. ``extra``: more files by name, JSON (``verdict.json``) or bytes
+    (``search.png``)."""
     out = Path(out)
     check_new(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -255,7 +257,10 @@ def write(
 
             save_model(c.model, tmp / "model")
         for name, obj in (extra or {}).items():
-            write_json(tmp / name, obj)
+            if isinstance(obj, bytes):  # a figure
+                (tmp / name).write_bytes(obj)
+            else:
+                write_json(tmp / name, obj)
         write_json(tmp / "package.json", meta)
         os.replace(tmp, out)
     except BaseException:

@@ -126,6 +126,21 @@ def session(
     return r, model, history
 
 
+def starting_state(pkg: Package, cfg: RunConfig) -> tuple[dict[str, Any], bool]:
+    """The package's saved run state for an update with ``cfg``'s strategies, and whether they
+    are the package's own: when they are not, their state starts empty (the package's
+    consolidation state, EWC's Fisher or a replay buffer, belongs to its own strategies)."""
+    from retain import strategies as registry
+
+    saved = pkg.checkpoint()
+    same = [s.get("name") for s in cfg.strategies] == [
+        s.get("name") for s in pkg.meta["strategies"]
+    ]
+    if not same:
+        saved["strategies"] = [s.state_dict() for s in registry.build_all(cfg.strategies)]
+    return saved, same
+
+
 def _mismatch(e: Exception) -> str:
     """The first useful line of a failed ``load_state_dict`` (a size mismatch, the missing and
     unexpected names)."""

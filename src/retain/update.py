@@ -21,12 +21,14 @@ from typing import Any
 
 import torch
 
+from retain import autostrategy
 from retain.api import evaluate_all, evaluate_suites
 from retain.config import RunConfig
 from retain.data.stream import Stream, Task
 from retain.errors import ConfigError, DataError
 from retain.eval.drift import drift
-from retain.gate import check_rows, judge, predictions, summary
+from retain.gate import check_rows, check_thresholds, judge, predictions
+from retain.gate import summary as gate_summary
 from retain.package import Package, check_new, new_meta, now, scale, source_of, write
 from retain.packaging import (
     _value,
@@ -34,6 +36,7 @@ from retain.packaging import (
     contents,
     package_stream,
     session,
+    starting_state,
     task_entry,
     task_fingerprint,
     train_from,
@@ -190,34 +193,56 @@ def update(
     union: bool = False,
     progress: Any = None,
     warn: Callable[[str], None] | None = None,
+    budget: float | None = None,
+    trials: int | None = None,
 ) -> tuple[dict[str, Any], Path]:
     """``retain update``: train the package at ``path`` on ``data``, write the new package and
     its verdict, and gate it against the old one. Returns the verdict and where the new package
     went: ``out`` when the gate passed, ``out.rejected`` when it failed (the old package is
-    never written to either way)."""
+    never written to either way).
+
+    ``strategy="auto"`` chooses the strategy and its hyperparameters first
+    (:func:`retain.autostrategy.search`, at most ``trials`` trials in ``budget`` seconds); the
+    verdict's ``search`` holds every trial and the choice."""
+    check_thresholds(max_drop, max_nfr)
+    auto = strategy == "auto"
+    if auto:  # before anything is read: the search's settings and its library
+        autostrategy.check_limits(budget, trials)
+        autostrategy.require_optuna()
+    elif strategy and "auto" in [p.partition(":")[0].strip() for p in strategy.split("+")]:
+        raise ConfigError(
+            f"--strategy '{strategy}': auto chooses the strategies itself and stands alone; "
+            "give --strategy auto, or name the strategies"
+        )
+    elif budget is not None or trials is not None:
+        raise ConfigError("--budget and --trials set the search of --strategy auto; add it")
     old = Package.open(path)
     out = Path(out)
     check_new(out)
     rejected = out.with_name(out.name + ".rejected")
     check_new(rejected)
-    cfg = _update_config(old.config, strategy, overrides)
+    cfg = _update_config(old.config, None if auto else strategy, overrides)
     check_packable(cfg)
     if names:
         check_rows(names, old.task_names, old.meta["suites"]["names"])
     k = len(old.tasks)
     task, source, new_classes = new_task(old, cfg, data, k)
+    search = None
+    if auto:
+        cfg, search = autostrategy.search(
+            old, cfg, task, max_drop, max_nfr, names, budget, trials, progress
+        )
     stream = package_stream(old, task)
     files = union_files(old, data) if union else None
-    saved = old.checkpoint()
-    same = [s.get("name") for s in cfg.strategies] == [
-        s.get("name") for s in old.meta["strategies"]
-    ]
-    if not same:  # another strategy: the package's consolidation state is not its own
-        from retain import strategies as registry
-
-        saved["strategies"] = [s.state_dict() for s in registry.build_all(cfg.strategies)]
-        if warn:
-            warn("--strategy differs from the package's: its consolidation state is not used")
+    saved, same = starting_state(old, cfg)
+    if not same and warn and search is None:
+        warn("--strategy differs from the package's: its consolidation state is not used")
+    elif not same and warn:
+        chosen = "+".join(s["name"] for s in search["config"]["strategies"])
+        warn(
+            f"--strategy auto chose {chosen}, not the package's strategies: their consolidation "
+            "state (a replay buffer, EWC's Fisher) is not carried into the new package"
+        )
     r, model, history = session(stream, cfg, saved, progress, warn, f"package '{old.path}'")
     before = evaluate_all(r, model, "eval before the update")
     suites_before = evaluate_suites(r, model)
@@ -250,6 +275,13 @@ def update(
         joint = evaluate_all(r, union_model(cfg, files, progress, warn), "eval union")
         verdict["union"] = union_report(joint, after, stream, r.metric, meta["higher_is_better"])
     verdict["gate"] = judge(verdict, max_drop, max_nfr, names)
+    extra: dict[str, Any] = {}
+    if search is not None:
+        verdict["search"] = search
+        if cfg.output.plots:
+            from retain.report.search import png
+
+            extra["search.png"] = png(search)
     meta["history"].append(
         {
             "event": "update",
@@ -261,10 +293,16 @@ def update(
             "gate": verdict["gate"]["pass"],
         }
     )
+    if search is not None:
+        meta["history"][-1]["search"] = {
+            "trials": len(search["trials"]),
+            "chosen": search["chosen"],
+            "config": search["config"],
+        }
     fps = fps + [new_fp]
     c = contents(r, model, history, optimizer, list(stream.tasks), fps, old.scaler(), rng)
     dest = out if verdict["gate"]["pass"] else rejected
-    write(dest, meta, c, {"verdict.json": verdict})
+    write(dest, meta, c, {"verdict.json": verdict, **extra})
     return verdict, dest
 
 
@@ -396,6 +434,12 @@ def build_verdict(
         "new_classes": new_classes,
         "drift": drift_report,
     }
+
+
+def summary(verdict: dict[str, Any]) -> list[str]:
+    """The verdict's terminal lines, after the search's table when there was one."""
+    head = autostrategy.lines(verdict["search"]) if verdict.get("search") else []
+    return head + gate_summary(verdict)
 
 
 __all__ = ["summary", "update"]
