@@ -69,8 +69,7 @@ class View:
         out += [f"{self.width}px: console: {e}" for e in self.errors]
         if self.overflows:
             out.append(
-                f"{self.width}px: the page is {self.scroll_width}px wide on a {self.width}px "
-                "screen"
+                f"{self.width}px: the page is {self.scroll_width}px wide on a {self.width}px screen"
             )
         return out
 

@@ -152,7 +152,6 @@ def _matrix_table(run: RunRecord, key: str) -> Block:
     return ("table", ["model", *run.tasks], rows, None, "heat", heat(R, key, higher))
 
 
-
 def _se_blocks(run: RunRecord) -> list[Block]:
     """The average final accuracy with its standard error, when the test sizes are known; over
     several seeds, with its std across them and each seed's value."""
