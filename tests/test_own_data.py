@@ -84,7 +84,7 @@ def test_a_failure_before_anything_was_saved_removes_only_a_folder_it_made(
 ):
     import retain.run_state
 
-    def broken(train):
+    def broken(train, run_dir=None):
         raise RetainError("no device")
 
     _data(tmp_path)

@@ -45,6 +45,7 @@ from retain.train.optim import (
     steps_for,
 )
 from retain.train.runtime import needs_wrappers
+from retain.train.tracking import Tracker
 from retain.utils.seed import derive_seed, seed_everything
 from retain.vocab import record_tokens, row_steps
 
@@ -98,6 +99,9 @@ def run(
     if not history.rows:  # a fresh run: row 0 of R is the model before training
         history.rows.append(evaluate_all(r, model, f"eval {r.initial}"))
         history.suites.append(evaluate_suites(r, model))
+    r.tracker = Tracker.start(r.acc, r.cfg, _run_name(r, out_dir), history.schedule_offset)
+    if r.tracker is not None and history.tasks_done == 0:
+        r.tracker.row(0, r.stream.task_names, history.rows[0], r.metric, 0)
     optimizer = None
     for i in range(history.tasks_done, len(r.plan.tasks)):
         seed_everything(derive_seed(r.cfg.seed, i, 1))
@@ -111,7 +115,19 @@ def run(
         model, after_seconds = finish_task(r, ctx, model)
         evaluate_task(r, history, model, ctx.task, stats, hook_seconds + after_seconds, extra)
         checkpoint(r, model, optimizer, history)
-    return finish(r, model, history)
+    result = finish(r, model, history)
+    if r.tracker is not None:
+        m = result.metrics
+        r.tracker.end(history.schedule_offset, dataclasses.asdict(m) if m is not None else None)
+    return result
+
+
+def _run_name(r: RunState, out_dir: str | Path | None) -> str:
+    """The run's name in a tracker: its folder (a comparison's strategy label), else the
+    strategies' names."""
+    if out_dir is not None:
+        return Path(out_dir).name
+    return "+".join(s.name or type(s).__name__ for s in r.strategies)
 
 
 def _pretrained(model: nn.Module) -> bool:
@@ -191,6 +207,7 @@ def train_task(
         progress=r.progress,
         every=in_task_checks(r, evals, guard),
         loader=loader,
+        tracker=r.tracker,
     )
     stats.curriculum = realised(loader, curriculum)
     extra: dict[str, Any] = {"evals": evals} if evals else {}
@@ -323,6 +340,9 @@ def evaluate_task(
     suites = evaluate_suites(r, model)
     fit = fit_entry(task, stats, hook_seconds, time.perf_counter() - t0, extra)
     history.add(row, fit, count_parameters(r.acc.unwrap_model(model)), r.strategies, suites)
+    if r.tracker is not None:
+        seen = len(r.stream.tasks) if r.plan.joint else history.tasks_done
+        r.tracker.row(history.schedule_offset, r.stream.task_names, row, r.metric, seen)
 
 
 def fit_entry(

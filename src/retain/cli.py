@@ -152,12 +152,10 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from retain.report.record import load_record
-    from retain.report.render import write_reports
+    from retain.report.combine import report_dirs
 
-    run_dir = Path(args.run_dir)
-    record = load_record(run_dir / "result.json")
-    written = write_reports(run_dir, record, plots=not args.no_plots)
+    out = Path(args.out) if args.out else None
+    record, written = report_dirs(args.run_dir, out, plots=not args.no_plots)
     if not args.quiet:
         from retain.report.console import print_summary
 
@@ -391,9 +389,14 @@ def _config_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def _report_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     rep = sub.add_parser(
-        "report", parents=[common], help="(re)render the report of a run directory"
+        "report",
+        parents=[common],
+        help="(re)render the report of a run directory, or compare several side by side",
     )
-    rep.add_argument("run_dir")
+    rep.add_argument("run_dir", nargs="+", help="run directories (two or more: one comparison)")
+    rep.add_argument(
+        "--out", help="where the report goes (default: the run directory; required for several)"
+    )
     rep.add_argument("--no-plots", action="store_true")
     rep.set_defaults(func=cmd_report)
 

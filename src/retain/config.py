@@ -245,6 +245,19 @@ class TrainConfig:
     )
     cpu: bool = help_field("force the CPU even when a GPU is available", default=False)
     deterministic: bool = help_field("use deterministic torch kernels", default=True)
+    log_with: (
+        Literal["tensorboard", "mlflow", "wandb"]
+        | list[Literal["tensorboard", "mlflow", "wandb"]]
+        | None
+    ) = help_field(
+        "experiment trackers, through Accelerate: tensorboard, mlflow, wandb, or a list; logs "
+        "the training loss, the learning rate, each row of R and the metrics (tensorboard: pip "
+        "install 'retain[track]'; mlflow and wandb: install them yourself)",
+        default=None,
+    )
+    logging_dir: str | None = help_field(
+        "where local trackers write (default: logs/ in the run directory)", default=None
+    )
 
     def __post_init__(self) -> None:
         check_fields(self, "train")

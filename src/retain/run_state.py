@@ -28,6 +28,7 @@ from retain.strategies.context import TaskContext
 from retain.strategies.joint import Joint
 from retain.train.loop import NullProgress
 from retain.train.runtime import make_accelerator, task_context
+from retain.train.tracking import check_installed
 from retain.utils.checkpoint import RunDir, is_main_process
 from retain.utils.files import write_atomic
 from retain.utils.seed import generator
@@ -78,6 +79,7 @@ class RunState:
     warn: Callable[[str], None] = lambda msg: None
     guard_metric: str | None = None  # the score the regression guard watches, when it is on
     initial: str = "untrained"  # what row 0 of R scores: "untrained" or "pretrained"
+    tracker: Any = None  # train.log_with: the run's experiment trackers (train/tracking.py)
 
     def context(self, i: int) -> TaskContext:
         return task_context(
@@ -136,11 +138,12 @@ def start(
     metric = check_eval(cfg, stream, objective)
     guard_metric = check_guard(cfg, stream, objective, metric)
     warnings = known_failures(stream, built, warn or (lambda msg: None))
+    check_installed(cfg.train)
     run_dir = RunDir(out_dir) if out_dir is not None else None
     saved = open_run_dir(run_dir, resume, config)
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-    acc = make_accelerator(cfg.train)
+    acc = make_accelerator(cfg.train, run_dir.path if run_dir is not None else None)
     class_mask = stream.class_mask()
     return RunState(
         stream,

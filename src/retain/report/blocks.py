@@ -23,6 +23,7 @@ from retain.report.columns import (
 )
 from retain.report.curriculum import curriculum_blocks
 from retain.report.merging import sweep_blocks
+from retain.report.page import heat, settings_blocks
 from retain.report.record import Record, RunRecord, TaskTiming, Timing
 from retain.report.suites import guard_blocks, suite_blocks
 from retain.report.summary import (
@@ -43,8 +44,12 @@ from retain.report.summary import (
 from retain.report.vocab import vocab_blocks
 
 # One report element: ("h", level, text), ("p", text), ("note", text), ("ul", [items]),
-# ("table", header, rows, row_classes[, table class]) or ("img", plot key, caption). A table of
-# class "text" holds prose: left-aligned, wrapped.
+# ("table", header, rows, row_classes[, table class[, heat]]), ("img", image, caption) or
+# ("details", summary, text). A table of class "text" holds prose: left-aligned, wrapped; a
+# "heat" table's cells are coloured by ``heat`` (:func:`heat`). An image is a plot key, or a path
+# relative to the report's folder (a figure another command wrote into the run directory); a
+# renderer shows every image it can find and skips the others. "details" is preformatted text a
+# reader opens on demand (the run's settings).
 Block = tuple[Any, ...]
 
 SETTINGS = {
@@ -143,7 +148,8 @@ def _matrix_table(run: RunRecord, key: str) -> Block:
         [lab] + [cell(v, i, j) for j, v in enumerate(row)]
         for i, (lab, row) in enumerate(zip(row_labels(run), R))
     ]
-    return ("table", ["model", *run.tasks], rows, None)
+    higher = run.higher_is_better if key == run.score else key not in LOWER_IS_BETTER
+    return ("table", ["model", *run.tasks], rows, None, "heat", heat(R, key, higher))
 
 
 def _se_blocks(run: RunRecord) -> list[Block]:
@@ -314,6 +320,15 @@ def _head_blocks(record: Record, runs: dict[str, RunRecord]) -> list[Block]:
     if isinstance(record, RunRecord):
         joint = " (joint training: all tasks at once)" if record.joint else ""
         blocks.append(("p", f"Strategy: {record.strategy}{joint}"))
+    elif record.extra.get("sources"):  # retain report DIR1 DIR2 ...
+        what = f"Comparison of {len(runs)} runs from the run directories "
+        blocks.append(
+            (
+                "p",
+                what + f"{', '.join(record.extra['sources'])}: {', '.join(runs)}. They were "
+                "scored on the same tasks; each was trained with its own settings (at the end).",
+            )
+        )
     else:
         what = f"Comparison of {len(runs)} strategies trained on the same stream from the same "
         blocks.append(("p", what + f"initial weights: {', '.join(runs)}."))
@@ -531,6 +546,7 @@ def build_blocks(record: Record) -> list[Block]:
     blocks += [
         ("img", "compare-bars", "Average final score per strategy"),
         ("img", "compare-curves", "Average score over the tasks seen so far"),
+        *tradeoff.plasticity_blocks(record),
     ]
     blocks.append(("h", 2, f"Score matrices ({score_name(score)})"))
     blocks.append(("p", MATRIX_NOTE))
@@ -546,6 +562,7 @@ def build_blocks(record: Record) -> list[Block]:
             *_se_blocks(run),
             ("img", f"heatmap-{label}", f"{label}: score matrix"),
             ("img", f"curves-{label}", f"{label}: score on each task over the sequence"),
+            ("img", f"loss-{label}", f"{label}: training loss over the stream"),
         ]
     blocks += _extra_score_blocks(record, runs)
     blocks += suite_blocks(runs, row_labels) + tradeoff.blocks(record) + guard_blocks(runs)
@@ -554,4 +571,4 @@ def build_blocks(record: Record) -> list[Block]:
     blocks += _state_blocks(runs)
     blocks += _timing_blocks(runs)
     blocks += _definition_blocks(record)
-    return blocks + _repro_blocks(record, runs)
+    return blocks + _repro_blocks(record, runs) + settings_blocks(record, runs)

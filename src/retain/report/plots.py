@@ -263,6 +263,32 @@ def stability(record_run: RunRecord, path: Path) -> Path:
     return _save(fig, path)
 
 
+def loss_curve(record_run: RunRecord, path: Path) -> Path:
+    """The training loss over the whole stream: each task's logged losses one after another on
+    one step axis, task boundaries dotted, so a jump where a new task starts shows at a glance."""
+    fig = _figure(6.4, 3.2)
+    ax = fig.subplots()
+    start = 0
+    trained = [t.task for t in record_run.timing.per_task]
+    for i, points in enumerate(record_run.curves.loss):
+        task = trained[i] if i < len(trained) else str(i + 1)
+        if points:
+            xs = [start + p[0] for p in points]
+            ax.plot(xs, [p[1] for p in points], marker="o", markersize=2, color=f"C{i % 10}")
+        ax.axvline(start, color="grey", linestyle=":", linewidth=0.8)
+        ax.text(start, 1.0, f" {task}", transform=ax.get_xaxis_transform(), fontsize=7, va="top")
+        steps = record_run.timing.per_task[i].steps if i < len(trained) else None
+        start += steps or (int(points[-1][0]) if points else 0)
+    if all(p[1] > 0 for points in record_run.curves.loss for p in points):
+        ax.set_yscale("log")  # losses fall over orders of magnitude within a task
+    ax.set_xlabel("training step (whole run)")
+    ax.set_ylabel("training loss")
+    ax.set_title(f"{record_run.strategy}: training loss over the stream", fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def slug(label: str) -> str:
     """A file-name-safe form of a strategy label (``"ewc+replay"`` stays as it is)."""
     return re.sub(r"[^A-Za-z0-9_.+=-]+", "-", label).strip("-") or "run"
@@ -273,7 +299,8 @@ def plot_all(record: Record, folder: Path) -> dict[str, Path]:
 
     Keys: ``compare-bars`` and ``compare-curves`` for a comparison (and ``compare-tradeoff``
     when its runs have evaluation suites), ``heatmap-<label>`` for every
-    run with rows and ``curves-<label>`` for every sequential run with at least one trained task.
+    run with rows, ``curves-<label>`` for every sequential run with at least one trained task,
+    ``loss-<label>`` for every run with a logged training loss.
     """
     import matplotlib
 
@@ -296,12 +323,17 @@ def _plot_all(record: Record, folder: Path) -> dict[str, Path]:
             out["compare-curves"] = compare_curves(record, folder / "compare-curves.png")
         if tradeoff.drawable(record):
             out[tradeoff.KEY] = tradeoff.plot(record, folder / f"{tradeoff.KEY}.png")
+        elif tradeoff.plasticity_drawable(record):
+            path = folder / f"{tradeoff.PB_KEY}.png"
+            out[tradeoff.PB_KEY] = tradeoff.plasticity_plot(record, path)
     for label, run in runs.items():
         rows = len(run.matrix)
         if rows:
             out[f"heatmap-{label}"] = heatmap(run, folder / f"heatmap-{slug(label)}.png")
         if rows > 1 and not run.joint:
             out[f"curves-{label}"] = task_curves(run, folder / f"curves-{slug(label)}.png")
+        if any(run.curves.loss):
+            out[f"loss-{label}"] = loss_curve(run, folder / f"loss-{slug(label)}.png")
         inside = any(p.get("suites") for points in (run.curves.eval or []) for p in points)
         if (run.suites and inside) or run.guard:
             out[f"stability-{label}"] = stability(run, folder / f"stability-{slug(label)}.png")

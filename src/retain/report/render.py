@@ -16,6 +16,7 @@ import base64
 import csv
 import html
 import io
+import math
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,23 @@ def _md_cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def render_markdown(record: Record | dict[str, Any], images: dict[str, Path] | None = None) -> str:
-    """The report as Markdown; ``images`` maps plot keys to PNGs in a ``plots/`` folder beside it.
+def _image(key: str, images: dict[str, Path], base: Path | None) -> Path | None:
+    """The file of an image block: a plot drawn for this report, or a figure another command
+    wrote into the report's folder (``key`` a path relative to ``base``); None if neither."""
+    if key in images:
+        return Path(images[key])
+    if base is not None and (Path(base) / key).is_file():
+        return Path(base) / key
+    return None
+
+
+def render_markdown(
+    record: Record | dict[str, Any],
+    images: dict[str, Path] | None = None,
+    base: Path | None = None,
+) -> str:
+    """The report as Markdown; ``images`` maps plot keys to PNGs in a ``plots/`` folder beside it,
+    and ``base`` is the report's folder (where image blocks that name a file are looked up).
 
     Examples:
         >>> md = render_markdown({"kind": "run", "strategy": "finetune", "tasks": ["a"],
@@ -65,18 +81,31 @@ def render_markdown(record: Record | dict[str, Any], images: dict[str, Path] | N
                     cells[0] = f"**{cells[0]}**"
                 lines.append("| " + " | ".join(cells) + " |")
             out.append("\n".join(lines))
-        elif kind == "img" and block[1] in images:
-            path = images[block[1]]
-            out.append(f"![{block[2]}]({path.parent.name}/{path.name})")
+        elif kind == "img":
+            path = _image(block[1], images, base)
+            if path is not None:
+                where = f"{path.parent.name}/{path.name}"
+                if base is not None and path.is_relative_to(base):
+                    where = path.relative_to(base).as_posix()
+                out.append(f"![{block[2]}]({where})")
+        elif kind == "details":
+            summary, text = block[1:3]
+            out.append(
+                f"<details><summary>{html.escape(summary)}</summary>\n\n```yaml\n"
+                f"{text.rstrip()}\n```\n\n</details>"
+            )
     return "\n\n".join(out) + "\n"
 
 
 CSS = """
+*{box-sizing:border-box}
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;
-margin:2em auto;padding:0 1em;color:#1d2126;line-height:1.45}
+margin:0 auto;padding:1em 1em 3em;color:#1d2126;line-height:1.45;-webkit-text-size-adjust:100%}
 h1{font-size:1.6em;border-bottom:2px solid #d0d7de;padding-bottom:.2em}
 h2{font-size:1.25em;margin-top:1.8em;border-bottom:1px solid #e4e8ec}h3{font-size:1.05em}
-table{border-collapse:collapse;margin:.6em 0;font-size:.9em;display:block;overflow-x:auto}
+p,li{overflow-wrap:anywhere}
+table{border-collapse:collapse;margin:.6em 0;font-size:.9em;display:block;overflow-x:auto;
+max-width:100%}
 th,td{border:1px solid #d0d7de;padding:.25em .6em;text-align:right;white-space:nowrap}
 th{background:#f3f5f7}td:first-child,th:first-child{text-align:left}
 table.text{display:table;width:100%;table-layout:auto}
@@ -84,13 +113,79 @@ table.text td,table.text th{text-align:left;white-space:normal;vertical-align:to
 table.text td:nth-child(2){white-space:nowrap}
 tr.best td{font-weight:bold;background:#eef7ee}tr.vanished td{background:#fff4e0}
 .note{background:#fff1f0;border-left:4px solid #d1242f;padding:.6em 1em;font-weight:bold}
-figure{display:inline-block;margin:.5em 1em .5em 0}figcaption{font-size:.85em;color:#57606a}
+figure{display:inline-block;margin:.5em 1em .5em 0;max-width:100%;vertical-align:top}
+figcaption{font-size:.85em;color:#57606a}
 img{max-width:100%;height:auto}li{margin:.2em 0}
+details{margin:.6em 0;border:1px solid #d0d7de;border-radius:4px;padding:.3em .6em}
+summary{cursor:pointer;font-weight:600}
+pre{background:#f6f8fa;padding:.6em;overflow-x:auto;font-size:.85em;max-width:100%}
+@media (max-width:640px){body{padding:.6em .6em 2em;font-size:15px}h1{font-size:1.3em}
+h2{font-size:1.15em}figure{display:block;margin:.6em 0}th,td{padding:.2em .4em}
+table.text{display:block}table.text td:nth-child(2){white-space:normal}}
 """
 
+# The stops of matplotlib's viridis, so heat tables and heat-map images share one colour scale.
+VIRIDIS = ((68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37))
+MIME = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
 
-def render_html(record: Record | dict[str, Any], images: dict[str, Path] | None = None) -> str:
-    """The report as one self-contained HTML page: inline CSS, PNGs embedded as data URIs."""
+
+def heat_style(value: Any, heat: dict[str, Any]) -> str:
+    """The inline style of one heat-table cell: viridis, yellow where the score is good.
+
+    Examples:
+        >>> heat_style(1.0, {"lo": 0.0, "hi": 1.0, "higher": True})
+        'background:#fde725;color:#000'
+        >>> heat_style(None, {"lo": 0.0, "hi": 1.0, "higher": True})
+        ''
+    """
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        return ""
+    lo, hi = heat["lo"], heat["hi"]
+    t = 0.5 if hi <= lo else min(max((value - lo) / (hi - lo), 0.0), 1.0)
+    if not heat["higher"]:
+        t = 1.0 - t
+    k = min(int(t * (len(VIRIDIS) - 1)), len(VIRIDIS) - 2)
+    f = t * (len(VIRIDIS) - 1) - k
+    rgb = [round(a + (b - a) * f) for a, b in zip(VIRIDIS[k], VIRIDIS[k + 1])]
+    dark = (0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]) / 255 < 0.5  # perceived luminance
+    return f"background:#{rgb[0]:02x}{rgb[1]:02x}{rgb[2]:02x};color:{'#fff' if dark else '#000'}"
+
+
+def _html_table(block: tuple[Any, ...]) -> str:
+    e = html.escape
+    head, rows, classes = block[1:4]
+    table_cls = f' class="{block[4]}"' if len(block) > 4 and block[4] else ""
+    heat = block[5] if len(block) > 5 else None
+    trs = []
+    for i, row in enumerate(rows):
+        cls = f' class="{classes[i]}"' if classes and classes[i] else ""
+        cells = []
+        for j, c in enumerate(row):
+            style = ""
+            if heat is not None and j > 0 and i < len(heat["values"]):
+                values = heat["values"][i]
+                style = heat_style(values[j - 1], heat) if j - 1 < len(values) else ""
+            cells.append(
+                f'<td style="{style}">{e(str(c))}</td>' if style else f"<td>{e(str(c))}</td>"
+            )
+        trs.append(f"<tr{cls}>" + "".join(cells) + "</tr>")
+    return (
+        f"<table{table_cls}><thead><tr>"
+        + "".join(f"<th>{e(str(h))}</th>" for h in head)
+        + "</tr></thead><tbody>"
+        + "".join(trs)
+        + "</tbody></table>"
+    )
+
+
+def render_html(
+    record: Record | dict[str, Any],
+    images: dict[str, Path] | None = None,
+    base: Path | None = None,
+) -> str:
+    """The report as one self-contained HTML page: inline CSS, every image embedded as a data
+    URI, no script and nothing fetched, laid out for a laptop and a phone alike (wide tables
+    scroll sideways on their own). ``images`` and ``base`` as for :func:`render_markdown`."""
     record = as_record(record)
     images = images or {}
     e = html.escape
@@ -106,28 +201,25 @@ def render_html(record: Record | dict[str, Any], images: dict[str, Path] | None 
         elif kind == "ul":
             body.append("<ul>" + "".join(f"<li>{e(i)}</li>" for i in block[1]) + "</ul>")
         elif kind == "table":
-            head, rows, classes = block[1:4]
-            table_cls = f' class="{block[4]}"' if len(block) > 4 else ""
-            trs = []
-            for i, row in enumerate(rows):
-                cls = f' class="{classes[i]}"' if classes and classes[i] else ""
-                trs.append(f"<tr{cls}>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>")
+            body.append(_html_table(block))
+        elif kind == "img":
+            path = _image(block[1], images, base)
+            if path is None:
+                continue
+            mime = MIME.get(path.suffix.lower(), "image/png")
+            data = base64.b64encode(path.read_bytes()).decode("ascii")
             body.append(
-                f"<table{table_cls}><thead><tr>"
-                + "".join(f"<th>{e(str(h))}</th>" for h in head)
-                + "</tr></thead><tbody>"
-                + "".join(trs)
-                + "</tbody></table>"
-            )
-        elif kind == "img" and block[1] in images:
-            data = base64.b64encode(Path(images[block[1]]).read_bytes()).decode("ascii")
-            body.append(
-                f'<figure><img alt="{e(block[2])}" src="data:image/png;base64,{data}">'
+                f'<figure><img alt="{e(block[2])}" src="data:{mime};base64,{data}">'
                 f"<figcaption>{e(block[2])}</figcaption></figure>"
+            )
+        elif kind == "details":
+            body.append(
+                f"<details><summary>{e(block[1])}</summary><pre>{e(block[2])}</pre></details>"
             )
     title = e(report_title(record))
     return (
-        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>retain report: {title}</title><style>{CSS}</style></head>\n<body>\n"
         + "\n".join(body)
         + "\n</body></html>\n"
@@ -216,6 +308,6 @@ def write_reports(out: Path, record: Record | dict[str, Any], plots: bool = True
 
         images = plot_all(record, out / "plots")
         written += list(images.values())
-    written.append(write_atomic(out / "report.md", render_markdown(record, images)))
-    written.append(write_atomic(out / "report.html", render_html(record, images)))
+    written.append(write_atomic(out / "report.md", render_markdown(record, images, out)))
+    written.append(write_atomic(out / "report.html", render_html(record, images, out)))
     return written

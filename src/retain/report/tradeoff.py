@@ -7,8 +7,8 @@ from a pretrained model, so a reader sees how far each strategy moved from it an
 direction. Both axes use the suites' score (perplexity for a language model), and the axes are
 oriented so that up and to the right is better whatever the score's direction.
 
-Drawn only for comparisons whose runs have suites: without them, the comparison's bar chart and
-curves already show the old tasks' side of the trade-off.
+Drawn for comparisons whose runs have suites. Without them, the scatter is plasticity against
+BWT: what each strategy learned of each task against what it kept of the earlier ones.
 """
 
 from __future__ import annotations
@@ -118,8 +118,72 @@ def plot(record: CompareRecord, path: Path) -> Path:
     return _save(fig, path)
 
 
+# Without suites: what each strategy learned (plasticity) against what it kept of the earlier
+# tasks (BWT), the stability-plasticity trade-off of the continual-learning literature.
+PB_KEY = "compare-plasticity"
+PB_TITLE = "Plasticity against stability"
+PB_NOTE = (
+    "One point per strategy: across, plasticity (the average score on each task right after "
+    "training it: what was learned); up, BWT (the average change on earlier tasks after later "
+    "ones trained: 0 is nothing lost). Up and to the right is better. Joint training has no "
+    "sequence and is not shown."
+)
+
+
+def _pb_runs(record: Record) -> dict[str, RunRecord]:
+    from retain.report.record import CompareRecord
+
+    if not isinstance(record, CompareRecord):
+        return {}
+    return {
+        label: r
+        for label, r in record.runs.items()
+        if r.complete and not r.joint and r.metrics is not None
+        if r.metrics.plasticity is not None and r.metrics.bwt is not None
+    }
+
+
+def plasticity_drawable(record: Record) -> bool:
+    """A comparison without the suites' scatter, with a finished sequential run."""
+    return not drawable(record) and bool(_pb_runs(record))
+
+
+def plasticity_plot(record: CompareRecord, path: Path) -> Path:
+    """The plasticity-stability scatter, one point per sequential strategy."""
+    from retain.report.plots import _figure, _save
+
+    fig = _figure(6.4, 3.8)
+    ax = fig.subplots()
+    for i, (label, run) in enumerate(_pb_runs(record).items()):
+        m = run.metrics
+        assert m is not None and m.plasticity is not None and m.bwt is not None
+        ax.plot(m.plasticity, m.bwt, marker="o", color=f"C{i}", linestyle="", label=label)
+        ax.annotate(
+            label, (m.plasticity, m.bwt), fontsize=7, xytext=(4, 4), textcoords="offset points"
+        )
+    ax.axhline(0.0, color="black", linewidth=0.8, linestyle="--")
+    if not record.higher_is_better:
+        ax.invert_xaxis()  # up and to the right is better
+    ax.set_xlabel(f"plasticity (average {score_name(record.score)} right after training)")
+    ax.set_ylabel("BWT (0: nothing lost)")
+    direction = "higher is better" if record.higher_is_better else "lower is better, axis inverted"
+    ax.set_title(f"{PB_TITLE} ({score_name(record.score)}, {direction})", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.margins(0.2)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def blocks(record: Record) -> list[tuple[object, ...]]:
-    """The scatter and its note, for a comparison that has it."""
+    """The suites' scatter and its note, for a comparison that has it."""
     if not drawable(record):
         return []
     return [("h", 3, TITLE), ("p", NOTE), ("img", KEY, TITLE)]
+
+
+def plasticity_blocks(record: Record) -> list[tuple[object, ...]]:
+    """The plasticity-stability scatter, captioned with how to read it (beside the comparison's
+    other figures; nothing when it is not drawn)."""
+    if not plasticity_drawable(record):
+        return []
+    return [("img", PB_KEY, f"{PB_TITLE}. {PB_NOTE}")]

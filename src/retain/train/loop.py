@@ -151,6 +151,7 @@ def fit_task(
     progress: Any = None,
     every: Every | None = None,
     loader: Any = None,
+    tracker: Any = None,
 ) -> FitStats:
     """Train ``model`` on ``data`` for ``cfg.steps`` steps or ``cfg.epochs`` epochs.
 
@@ -159,6 +160,7 @@ def fit_task(
     many validations without improvement and the best weights are restored. ``every`` runs
     every ``every.steps`` optimizer steps (evaluation inside a task). ``loader``: the batches
     (default: ``data`` shuffled every epoch; see :func:`retain.train.curriculum.train_loader`).
+    ``tracker``: the run's experiment trackers (:mod:`retain.train.tracking`), or None.
     """
     progress = progress or NullProgress()
     stepper = _Stepper(
@@ -187,6 +189,8 @@ def fit_task(
             loop.step += 1
             if loop.step % LOG_EVERY == 0 or loop.step == loop.total:
                 _log(loop, stats, factor, progress, ctx.task.name)
+                if tracker is not None:
+                    tracker.train_step(loop.step, stats.losses[-1][1], factor)
             if loop.validates_now():
                 _validate(loop, stats, model, val, ctx, accelerator, cfg.patience)
             if every is not None and loop.step % every.steps == 0 and every.call(loop.step, model):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -22,15 +23,20 @@ if TYPE_CHECKING:
     from retain.data.stream import Stream, Task
 
 
-def make_accelerator(train: TrainConfig) -> Any:
+def make_accelerator(train: TrainConfig, run_dir: Path | None = None) -> Any:
+    """The run's Accelerator; with ``train.log_with``, its trackers write under ``run_dir``."""
     from accelerate import Accelerator
+
+    from retain.train.tracking import accelerator_options
 
     # Accelerate forms a CPU process group (gloo) only when told to use the CPU: without CUDA, a
     # multi-process launch (torchrun, accelerate launch) would otherwise run N unrelated copies.
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
     cpu = train.cpu or (launched and not torch.cuda.is_available())
     _forget_mixed_precision(train.mixed_precision)
-    return Accelerator(cpu=cpu, mixed_precision=train.mixed_precision)
+    return Accelerator(
+        cpu=cpu, mixed_precision=train.mixed_precision, **accelerator_options(train, run_dir)
+    )
 
 
 def _forget_mixed_precision(wanted: str) -> None:
