@@ -253,6 +253,8 @@ def open_run_dir(
     """Check the run directory (what it is, its config, its checkpoint: :mod:`retain.resume`),
     write the config; the checkpoint to resume from (or None)."""
     if run_dir is None:
+        if resume:  # it would silently train a new run instead
+            raise ConfigError("resume continues the run in out_dir: give out_dir")
         return None
     resuming = check_target(run_dir.path, "run", resume)
     run_dir.ensure_new_or_resumable(resume)

@@ -23,7 +23,7 @@ def made(tmp_path_factory):
     root = tmp_path_factory.mktemp("made")
     cfg = put(root, "exp.yaml", BASE)
     assert main(["run", str(cfg), "--out", str(root / "run"), "-q"]) == 0
-    argv = ["compare", str(cfg), "--strategies", "finetune,ewc", "--out", str(root / "cmp"), "-q"]
+    argv = ["compare", str(cfg), "--strategies", "finetune", "--out", str(root / "cmp"), "-q"]
     assert main(argv) == 0
     assert main(["package", str(root / "run"), "--out", str(root / "pkg"), "-q"]) == 0
     return root
@@ -397,7 +397,7 @@ def test_a_damaged_or_foreign_run_directory_is_refused(capsys, work, damage, ext
     refused(capsys, argv, *needles, keep=[work])
 
 
-COMPARE = ["compare", "{cfg}", "--strategies", "finetune,ewc", "--out", "{cmp}", "--resume", "-q"]
+COMPARE = ["compare", "{cfg}", "--strategies", "finetune", "--out", "{cmp}", "--resume", "-q"]
 
 COMPARE_CASES = [
     ("compare-resume-on-a-run", "run", None, [], ["holds a run (retain run)"]),
@@ -412,27 +412,27 @@ COMPARE_CASES = [
     (
         "compare-finished-sub-run-cut-short",
         "cmp",
-        lambda d: edit_json(d / "cmp/ewc/result.json", lambda x: x.update(matrix=x["matrix"][:2])),
+        lambda d: edit_json(d / "cmp/finetune/result.json", lambda x: x.update(matrix=x["matrix"][:2])),
         [],
-        ["ewc/result.json' cannot be used", "matrix has 2 rows, 3 expected"],
+        ["finetune/result.json' cannot be used", "matrix has 2 rows, 3 expected"],
     ),
     (
         "compare-finished-sub-run-with-a-changed-config",
         "cmp",
         lambda d: put(
             d,
-            "cmp/ewc/config.resolved.yaml",
-            (d / "cmp/ewc/config.resolved.yaml").read_text().replace("lr: 0.001", "lr: 0.5"),
+            "cmp/finetune/config.resolved.yaml",
+            (d / "cmp/finetune/config.resolved.yaml").read_text().replace("lr: 0.001", "lr: 0.5"),
         ),
         [],
-        ["config differs", "cmp/ewc", "train.lr"],
+        ["config differs", "cmp/finetune", "train.lr"],
     ),
     (
         "compare-sub-folder-not-a-run",
         "cmp",
-        lambda d: (shutil.rmtree(d / "cmp/ewc"), put(d, "cmp/ewc/mine.txt", "x")),
+        lambda d: (shutil.rmtree(d / "cmp/finetune"), put(d, "cmp/finetune/mine.txt", "x")),
         [],
-        ["cmp/ewc' is not a retain run directory"],
+        ["cmp/finetune' is not a retain run directory"],
     ),
     (
         "compare-root-config-garbled",
@@ -462,6 +462,39 @@ def test_resume_without_out_is_refused(capsys, tmp_path, monkeypatch, command):
     cfg = put(tmp_path, "exp.yaml", BASE)
     argv = [command, str(cfg), "--resume", "-q"]
     if command == "compare":
-        argv += ["--strategies", "finetune,ewc"]
+        argv += ["--strategies", "finetune"]
     refused(capsys, argv, "--resume", "--out", keep=[tmp_path])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exp.yaml"]  # no runs/ made
+
+
+PACKAGE_CASES = [
+    (
+        "package-state-rows-cut",
+        lambda p: edit_json(
+            p / "checkpoints/task-0002/state.json", lambda x: x.update(rows=x["rows"][:2])
+        ),
+        ["package", "state.json' cannot be used", "rows holds 2"],
+    ),
+    (
+        "package-weights-cut-short",
+        truncate("checkpoints/task-0002/model.safetensors", 100),
+        ["package", "model.safetensors' cannot be used", "100 bytes"],
+    ),
+    (
+        "package-latest-garbled",
+        lambda p: (p / "checkpoints/LATEST.json").write_text("{"),
+        None,  # an intact checkpoint folder is still found: the gate runs
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("damage", "needles"), [c[1:] for c in PACKAGE_CASES], ids=[c[0] for c in PACKAGE_CASES]
+)
+def test_a_damaged_package_checkpoint_is_refused(capsys, work, damage, needles):
+    damage(work / "pkg")
+    argv = ["gate", str(work / "run" / ".." / "pkg"), str(work / "pkg")]
+    if needles is None:
+        assert main(argv) == 0
+        return
+    refused(capsys, argv, *needles, keep=[work])

@@ -76,3 +76,17 @@ def test_failed_write_keeps_the_old_file(tmp_path):
         write_atomic(target, broken)
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
+
+
+def test_stale_temporary_names_of_one_path_only(tmp_path):
+    """A package is written beside the user's other files: only its own leftovers go, and the
+    folder is not searched deeper."""
+    dead = _dead_pid()
+    (tmp_path / f".pkg.tmp-{dead}").mkdir()
+    (tmp_path / f".other.tmp-{dead}").write_text("someone else's")
+    (tmp_path / "deep").mkdir()
+    (tmp_path / "deep" / f".pkg.tmp-{dead}").write_text("deeper")
+    assert [p.name for p in remove_stale_temps(tmp_path, "pkg")] == [f".pkg.tmp-{dead}"]
+    assert sorted(p.name for p in tmp_path.rglob("*")) == sorted(
+        [f".other.tmp-{dead}", "deep", f".pkg.tmp-{dead}"]
+    )

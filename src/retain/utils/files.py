@@ -14,7 +14,7 @@ from pathlib import Path
 
 # What a write in progress is called: ``.NAME.tmp-PID`` (the new file or folder, renamed over
 # NAME when complete) or ``.NAME.old-PID`` (the folder it replaces, removed after the rename).
-_TEMP = re.compile(r"^\..+\.(?:tmp|old)-(\d+)$")
+_TEMP = re.compile(r"^\.(.+)\.(?:tmp|old)-(\d+)$")
 
 
 def temp_path(path: Path, kind: str = "tmp") -> Path:
@@ -85,15 +85,16 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temps(root: str | Path) -> list[Path]:
+def remove_stale_temps(root: str | Path, of: str | None = None) -> list[Path]:
     """Remove, under ``root``, the temporary files and folders of writes whose process is gone
     (killed mid-write); return what was removed. A live process's are left alone: a process id
-    reused since only means a leftover survives until a later start."""
+    reused since only means a leftover survives until a later start. With ``of``, only the
+    temporary names of ``root/of``, and nothing deeper (``root`` is then the user's folder)."""
     removed = []
     for folder, dirs, files in os.walk(root):
         for name in [*files, *dirs]:
             m = _TEMP.match(name)
-            if m is None or _alive(int(m.group(1))):
+            if m is None or (of is not None and m.group(1) != of) or _alive(int(m.group(2))):
                 continue
             p = Path(folder) / name
             if name in dirs:
@@ -102,4 +103,6 @@ def remove_stale_temps(root: str | Path) -> list[Path]:
             else:
                 p.unlink(missing_ok=True)
             removed.append(p)
+        if of is not None:
+            break
     return removed
