@@ -128,7 +128,7 @@ def check_target(path: Path, kind: str, resume: bool) -> bool:
         if isinstance(rec, CompareRecord) != (kind == "compare"):
             raise Damaged(
                 result,
-                f"a {rec.kind} record in {WHAT[kind]}'s folder",
+                f"a {rec.kind} record, in the folder of {WHAT[kind]}",
                 "restore the folder's own result.json, or choose another --out",
             )
     return True

@@ -412,7 +412,9 @@ COMPARE_CASES = [
     (
         "compare-finished-sub-run-cut-short",
         "cmp",
-        lambda d: edit_json(d / "cmp/finetune/result.json", lambda x: x.update(matrix=x["matrix"][:2])),
+        lambda d: edit_json(
+            d / "cmp/finetune/result.json", lambda x: x.update(matrix=x["matrix"][:2])
+        ),
         [],
         ["finetune/result.json' cannot be used", "matrix has 2 rows, 3 expected"],
     ),

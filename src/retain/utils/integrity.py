@@ -263,8 +263,11 @@ def _refs(obj: Any, path: Path, key: str, out: set[str]) -> None:
         for v in obj:
             _refs(v, path, key, out)
     elif isinstance(obj, dict):
-        tags = [k for k in ("__tensor__", "__ndarray__", "__tuple__", "__dict__", "__float__")
-                if k in obj]
+        tags = [
+            k
+            for k in ("__tensor__", "__ndarray__", "__tuple__", "__dict__", "__float__")
+            if k in obj
+        ]
         if not tags:
             for v in obj.values():
                 _refs(v, path, key, out)
@@ -341,19 +344,25 @@ def check_loaded(meta: dict[str, Any], folder: Path) -> None:
     ):
         raise Damaged(where, "the numpy random state must be MT19937's 624 words and 3 numbers")
     py = rng.get("python")
-    if not isinstance(py, tuple) or len(py) != 3 or not isinstance(py[1], tuple) or (
-        len(py[1]) != 625 or not all(_int(v) for v in py[1])
+    if (
+        not isinstance(py, tuple)
+        or len(py) != 3
+        or not isinstance(py[1], tuple)
+        or (len(py[1]) != 625 or not all(_int(v) for v in py[1]))
     ):
         raise Damaged(where, "the Python random state must be (version, 625 words, gauss)")
     opt = meta.get("optimizer")
     if opt is not None and (
         not isinstance(opt.get("state"), dict)
         or not isinstance(opt.get("param_groups"), list)
-        or not all(isinstance(g, dict) and isinstance(g.get("params"), list)
-                   for g in opt["param_groups"])
+        or not all(
+            isinstance(g, dict) and isinstance(g.get("params"), list) for g in opt["param_groups"]
+        )
     ):
-        raise Damaged(folder / "optimizer.safetensors", "the optimizer state is not laid out "
-                      "as retain writes it")
+        raise Damaged(
+            folder / "optimizer.safetensors",
+            "the optimizer state is not laid out as retain writes it",
+        )
 
 
 def check_weights(model: Any, path: Path) -> None:
