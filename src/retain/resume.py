@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from retain.config import RunConfig, config_diff, from_dict
-from retain.errors import ConfigError, RetainError, RunDirError
+from retain.errors import ConfigError, RecordVersionError, RetainError, RunDirError
 from retain.report.record import CompareRecord, Record, RunRecord, load_record
 from retain.utils.files import remove_stale_temps
 from retain.utils.integrity import MARKER, Damaged, read_json, read_marker, write_marker
@@ -124,7 +124,14 @@ def check_target(path: Path, kind: str, resume: bool) -> bool:
         )
     result = path / "result.json"
     if result.is_file():
-        rec = load_record(result)
+        try:
+            rec = load_record(result)
+        except RecordVersionError:
+            raise
+        except RunDirError as e:  # its message starts with the file's name
+            raise RunDirError(
+                f"{e}; restore it, or delete it: the resumed run writes it again"
+            ) from None
         if isinstance(rec, CompareRecord) != (kind == "compare"):
             raise Damaged(
                 result,

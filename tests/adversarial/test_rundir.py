@@ -225,7 +225,7 @@ CASES = [
         "result-garbled",
         truncate("run/result.json", 100),
         [],
-        ["result.json", "not valid JSON"],
+        ["result.json", "not valid JSON", "delete it: the resumed run writes it again"],
     ),
     (
         "result-matrix-wrong-type",
