@@ -43,6 +43,8 @@ ALLOWED: dict[str, set[str]] = {
     },
     "train": {"errors", "config", "data", "objectives", "strategies", "utils"},
     "report": {"errors", "config", "data", "eval", "objectives", "strategies", "utils"},
+    # what --resume may continue: the folder's kind, its settings, its finished records
+    "resume": {"errors", "config", "report", "utils"},
     # what every step of a run shares, and `start`, which makes it
     "run_state": {
         "errors",
@@ -50,6 +52,7 @@ ALLOWED: dict[str, set[str]] = {
         "data",
         "objectives",
         "report",
+        "resume",
         "strategies",
         "train",
         "utils",
@@ -84,6 +87,7 @@ ALLOWED: dict[str, set[str]] = {
         "train",  # planned steps, for the ETA of a comparison
         "api",
         "run_state",  # the training plan of each label, for the ETA of a comparison
+        "resume",
         "utils",
         "vocab",
     },
@@ -144,6 +148,7 @@ ALLOWED: dict[str, set[str]] = {
         "reference",
         "labels",
         "report",
+        "resume",  # --resume needs --out, checked before the default folder is named
         "runner",
         "strategies",
         "gate",

@@ -15,7 +15,7 @@ import torch
 from conftest import CrashBefore
 
 from retain.api import run
-from retain.config import RunConfig, TrainConfig
+from retain.config import OutputConfig, RunConfig, TrainConfig
 from retain.errors import RunDirError
 from retain.models import MLP
 from retain.strategies.base import Strategy
@@ -198,3 +198,129 @@ def test_a_run_written_before_a_config_key_existed_resumes(tmp_path):
     check_resume_config(RunDir(tmp_path), cfg)
     with pytest.raises(RunDirError, match="train.epochs"):
         check_resume_config(RunDir(tmp_path), RunConfig(train=TrainConfig(epochs=2)))
+
+
+# ---------------------------------------------------------------- damaged checkpoints
+
+KEEP3 = dict(train=CFG, seed=1, output=OutputConfig(keep_checkpoints=3))
+
+
+def _crashed(stream, out):
+    """A run stopped before its third task, with the checkpoints after tasks 1 and 2 kept."""
+    with pytest.raises(KeyboardInterrupt):
+        run(_mlp(), stream, [Counter(), CrashBefore(armed=True)], RunConfig(**KEEP3), out_dir=out)
+    assert sorted(p.name for p in (out / "checkpoints").glob("task-*")) == [
+        "task-0001",
+        "task-0002",
+    ]
+
+
+def _resume(stream, out, warnings):
+    return run(
+        _mlp(),
+        stream,
+        [Counter(), CrashBefore()],
+        RunConfig(**KEEP3),
+        out_dir=out,
+        resume=True,
+        warn=warnings.append,
+    )
+
+
+def _cut(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+
+
+@pytest.mark.parametrize(
+    ("damage", "named", "after"),
+    [
+        (lambda c: _cut(c / "task-0002" / "state.json"), "task-0002/state.json", 1),
+        (lambda c: _cut(c / "task-0002" / "model.safetensors"), "task-0002/model.safetensors", 1),
+        (lambda c: (c / "task-0002" / "rng.safetensors").unlink(), "task-0002/rng.safetensors", 1),
+        (lambda c: (c / "LATEST.json").write_text('{"tasks_done": 9, "dir": "task-0009"}'), "9", 2),
+    ],
+    ids=["state-cut", "weights-cut", "rng-missing", "latest-points-nowhere"],
+)
+def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(
+    tiny_stream, tmp_path, damage, named, after
+):
+    """Resumed from an older checkpoint (after task 1, or the newest intact one when LATEST.json
+    points nowhere), the run trains the tasks after it again from its saved state and random
+    generators: R is the uninterrupted run's, bit for bit."""
+    full = run(_mlp(), tiny_stream, [Counter(), CrashBefore()], RunConfig(**KEEP3))
+    out = tmp_path / "run"
+    _crashed(tiny_stream, out)
+    damage(out / "checkpoints")
+    warnings: list[str] = []
+    resumed = _resume(tiny_stream, out, warnings)
+    assert resumed.matrix == full.matrix
+    assert resumed.metrics == full.metrics
+    assert len(warnings) == 1 and named in warnings[0], warnings
+    assert f"resuming from the checkpoint after task {after}" in warnings[0]
+    assert warnings[0] in json.loads((out / "result.json").read_text())["warnings"]
+    latest = json.loads((out / "checkpoints" / "LATEST.json").read_text())
+    assert latest == {"tasks_done": 3, "dir": "task-0003"}
+
+
+def test_a_damaged_latest_json_resumes_from_the_newest_intact_checkpoint(tiny_stream, tmp_path):
+    full = run(_mlp(), tiny_stream, [Counter(), CrashBefore()], RunConfig(**KEEP3))
+    out = tmp_path / "run"
+    _crashed(tiny_stream, out)
+    (out / "checkpoints" / "LATEST.json").write_text('{"tasks_do')
+    warnings: list[str] = []
+    resumed = _resume(tiny_stream, out, warnings)
+    assert resumed.matrix == full.matrix
+    assert len(warnings) == 1 and "LATEST.json" in warnings[0]
+    assert "after task 2" in warnings[0]
+
+
+def test_no_intact_checkpoint_is_one_line_and_nothing_changes(tiny_stream, tmp_path):
+    out = tmp_path / "run"
+    _crashed(tiny_stream, out)
+    for name in ("task-0001", "task-0002"):
+        _cut(out / "checkpoints" / name / "state.json")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(RunDirError, match=r"task-0002/state.json' cannot be used.*delete"):
+        _resume(tiny_stream, out, [])
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_resume_removes_what_killed_writes_left(tiny_stream, tmp_path):
+    out = tmp_path / "run"
+    _crashed(tiny_stream, out)
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()  # its id is that of a process that is gone, as after a kill -9
+    left = [
+        out / f".result.json.tmp-{proc.pid}",
+        out / "checkpoints" / f".LATEST.json.tmp-{proc.pid}",
+        out / "checkpoints" / f".task-0003.tmp-{proc.pid}" / "model.safetensors",
+    ]
+    for p in left:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"half")
+    _resume(tiny_stream, out, [])
+    assert not any(p.name.startswith(".") for p in out.rglob("*"))
+
+
+def test_every_run_directory_is_marked_and_an_older_one_is_marked_on_resume(tiny_stream, tmp_path):
+    out = tmp_path / "run"
+    _crashed(tiny_stream, out)
+    marker = json.loads((out / "retain.json").read_text())
+    assert marker["kind"] == "run" and marker["format"] == 1
+    (out / "retain.json").unlink()  # a run directory written before the marker existed
+    state = json.loads((out / "checkpoints" / "task-0002" / "state.json").read_text())
+    assert state["files"]["model.safetensors"] == (
+        (out / "checkpoints" / "task-0002" / "model.safetensors").stat().st_size
+    )
+    _resume(tiny_stream, out, [])
+    assert json.loads((out / "retain.json").read_text())["kind"] == "run"
+
+
+def test_resume_into_a_missing_folder_starts_a_new_run_and_says_so(tmp_path, capsys):
+    from retain.cli import main
+
+    cfg = _write_config(tmp_path / "exp.yaml", epochs=1)
+    out = tmp_path / "new"
+    assert main(["run", str(cfg), "--out", str(out), "--resume", "-q", "stream.n_tasks=2"]) == 0
+    assert "nothing to resume" in capsys.readouterr().err
+    assert json.loads((out / "result.json").read_text())["status"] == "complete"

@@ -79,8 +79,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _compare(cfg: Any, labels: list[str], args: argparse.Namespace) -> int:
+    from retain.resume import need_out
     from retain.runner import compare_config, default_out
 
+    need_out(args.out, cfg, args.resume)
     progress = _progress(args)
     out = (
         Path(args.out)

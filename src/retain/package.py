@@ -42,7 +42,8 @@ from retain.data.stream import Task, TensorData
 from retain.errors import ConfigError, RunDirError
 from retain.eval.drift import Fingerprint
 from retain.utils.checkpoint import RunDir
-from retain.utils.files import write_atomic
+from retain.utils.files import remove_stale_temps, write_atomic
+from retain.utils.integrity import Damaged
 from retain.utils.state import load_tensors, save_tensors, write_json
 
 FORMAT = "retain-package"
@@ -103,6 +104,11 @@ class Package:
         """The saved run state (tensors loaded), as ``RunDir.load_checkpoint`` returns it."""
         try:
             saved = RunDir(self.path).load_checkpoint()
+        except Damaged as e:
+            raise ConfigError(
+                f"package '{self.path}': '{e.path}' cannot be used ({e.reason}); the package is "
+                "damaged: restore it from a copy, or make it again"
+            ) from None
         except (RunDirError, OSError, KeyError, ValueError) as e:
             raise ConfigError(
                 f"package '{self.path}': its checkpoint cannot be read ({e})"
@@ -222,6 +228,7 @@ def write(
     out = Path(out)
     check_new(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out.parent, out.name)  # what a killed write of this package left
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)

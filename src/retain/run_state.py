@@ -8,21 +8,20 @@ evaluation is on the stream's tasks either way.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from retain import strategies as registry
-from retain.config import RunConfig, config_diff, from_dict
+from retain.config import RunConfig
 from retain.data.stream import Stream, Task, TensorData
-from retain.errors import ConfigError, RetainError, RunDirError, did_you_mean
+from retain.errors import ConfigError, did_you_mean
 from retain.objectives import make_objective
 from retain.report.result import RunFacts
+from retain.resume import adopt, check_config, check_target
 from retain.strategies.base import Strategy
 from retain.strategies.context import TaskContext
 from retain.strategies.joint import Joint
@@ -31,6 +30,7 @@ from retain.train.runtime import make_accelerator, task_context
 from retain.train.tracking import check_installed
 from retain.utils.checkpoint import RunDir, is_main_process
 from retain.utils.files import write_atomic
+from retain.utils.integrity import Expect
 from retain.utils.seed import generator
 
 
@@ -139,8 +139,15 @@ def start(
     guard_metric = check_guard(cfg, stream, objective, metric)
     warnings = known_failures(stream, built, warn or (lambda msg: None))
     check_installed(cfg.train)
+    plan = Plan.for_strategies(stream, built)
+
+    def note(msg: str) -> None:  # a warning that result.json also keeps
+        warnings.append(msg)
+        (warn or (lambda m: None))(msg)
+
     run_dir = RunDir(out_dir) if out_dir is not None else None
-    saved = open_run_dir(run_dir, resume, config)
+    expect = Expect(len(plan.tasks), len(stream.tasks), len(built), metric)
+    saved = open_run_dir(run_dir, resume, config, expect, note)
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     acc = make_accelerator(cfg.train, run_dir.path if run_dir is not None else None)
@@ -150,7 +157,7 @@ def start(
         built,
         cfg,
         config,
-        Plan.for_strategies(stream, built),
+        plan,
         objective,
         metric,
         acc,
@@ -240,36 +247,33 @@ def known_failures(
 
 
 def open_run_dir(
-    run_dir: RunDir | None, resume: bool, config: RunConfig | None
+    run_dir: RunDir | None,
+    resume: bool,
+    config: RunConfig | None,
+    expect: Expect | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> dict[str, Any] | None:
-    """Check the run directory, write the config; the checkpoint to resume from (or None)."""
+    """Check the run directory (what it is, its config, its checkpoint: :mod:`retain.resume`),
+    write the config; the checkpoint to resume from (or None)."""
     if run_dir is None:
+        if resume:  # it would silently train a new run instead
+            raise ConfigError("resume continues the run in out_dir: give out_dir")
         return None
+    resuming = check_target(run_dir.path, "run", resume)
     run_dir.ensure_new_or_resumable(resume)
     saved = None
-    if resume:
+    if resuming:
         check_resume_config(run_dir, config)
-        saved = run_dir.load_checkpoint()
-    if config is not None and is_main_process():
-        write_atomic(run_dir.path / "config.resolved.yaml", config.to_yaml())
+        saved = run_dir.load_checkpoint(expect, warn)
+    if is_main_process():
+        if resuming:
+            adopt(run_dir.path, "run")
+        if config is not None:
+            write_atomic(run_dir.path / "config.resolved.yaml", config.to_yaml())
     return saved
 
 
 def check_resume_config(run_dir: RunDir, config: RunConfig | None) -> None:
-    path = run_dir.path / "config.resolved.yaml"
-    if config is None or not path.is_file():
-        return
-    saved = yaml.safe_load(path.read_text()) or {}
-    with contextlib.suppress(RetainError, TypeError, ValueError):
-        # Keys added since the run was written take their defaults on both sides: a run from an
-        # older version resumes unless a setting it did write has changed.
-        saved = from_dict(RunConfig, saved).to_dict()
-    now = config.to_dict()
-    for d in (saved, now):
-        d.get("output", {}).pop("dir", None)
-    diff = config_diff(saved, now)
-    if diff:
-        raise RunDirError(
-            f"the config differs from the run being resumed in '{run_dir.path}' ({'; '.join(diff[:3])}); "
-            "resume with the same config, or start a new run with another --out"
-        )
+    """The settings of a resumed run are the ones it was started with (see
+    :func:`retain.resume.check_config`)."""
+    check_config(run_dir.path, config)

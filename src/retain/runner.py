@@ -25,8 +25,9 @@ from retain.config import RunConfig
 from retain.errors import ConfigError, RunDirError
 from retain.labels import format_value, parse_label
 from retain.labels import parse_labels as parse_labels  # `retain compare` reads it here
-from retain.report.record import CompareRecord, RunRecord, load_record
+from retain.report.record import CompareRecord, RunRecord
 from retain.report.result import versions
+from retain.resume import BEFORE_TRAINING, adopt, check_resume, check_subs, finished, need_out
 from retain.utils.checkpoint import RunDir, is_main_process
 
 
@@ -138,9 +139,11 @@ def run_config(
     from retain.run_state import check_settings
 
     strategies = registry.build_all(cfg.strategies)  # config errors before any data is loaded
+    need_out(out, cfg, resume)
     out = _out_dir(cfg, out)
     if cfg.seeds:
         return run_seeds(cfg, out, resume, progress, warn, stream_info, name)
+    check_resume(out, "run", resume, cfg, warn)
     # The data is read before the run directory is made: a missing or bad file leaves no folder.
     stream, info = stream_info or prepare_stream(cfg)
     check_strategies(strategies, stream, lambda: _model(cfg, stream))
@@ -177,15 +180,6 @@ def _out_dir(cfg: RunConfig, out: str | Path | None, kind: str = "") -> Path:
     return Path(cfg.output.dir) if cfg.output.dir else default_out(cfg, kind)
 
 
-def _finished(sub: Path) -> RunRecord | None:
-    """The record of a sub-run (a seed, a compared strategy) that completed, else ``None``."""
-    path = sub / "result.json"
-    if not path.is_file():
-        return None
-    rec = load_record(path)
-    return rec if isinstance(rec, RunRecord) and rec.complete else None
-
-
 def run_seeds(
     cfg: RunConfig,
     out: Path,
@@ -209,25 +203,30 @@ def run_seeds(
     from retain.utils.state import write_json
 
     seeds = list(cfg.seeds or [cfg.seed])
+    resuming = check_resume(out, "seeds", resume, cfg, warn)
+    if resuming:
+        check_subs(out, {f"seed-{s}": dataclasses.replace(cfg, seed=s, seeds=None) for s in seeds})
     first = stream_info or prepare_stream(cfg)
     check_strategies(registry.build_all(cfg.strategies), first[0], lambda: _model(cfg, first[0]))
     check_settings(cfg, first[0])
     check_out(out)
     records, folders = [], []
     with _removed_on_failure(out), _reusing_loaded_models():
-        RunDir(out).ensure_new_or_resumable(resume)
+        RunDir(out).ensure_new_or_resumable(resume, "seeds")
         if is_main_process():
+            if resuming:
+                adopt(out, "seeds")
             write_atomic(out / "config.resolved.yaml", cfg.to_yaml())
         for i, seed in enumerate(seeds):
             folder = f"seed-{seed}"
             sub = out / folder
             folders.append(folder)
-            done = _finished(sub) if resume else None
+            sub_cfg = copy.deepcopy(cfg)
+            sub_cfg.seed, sub_cfg.seeds = seed, None
+            done = finished(sub, sub_cfg) if resume else None
             if done is not None:
                 records.append(done)
                 continue
-            sub_cfg = copy.deepcopy(cfg)
-            sub_cfg.seed, sub_cfg.seeds = seed, None
             records.append(
                 run_config(
                     sub_cfg,
@@ -347,8 +346,7 @@ def _removed_on_failure(out: Path) -> Iterator[None]:
     try:
         yield
     except Exception:
-        before_training = {"config.resolved.yaml", "vocab.json"}  # what a run writes first
-        only_config = out.is_dir() and {p.name for p in out.iterdir()} <= before_training
+        only_config = out.is_dir() and {p.name for p in out.iterdir()} <= BEFORE_TRAINING
         if not existed and is_main_process() and only_config:
             shutil.rmtree(out)
         raise
@@ -388,8 +386,12 @@ def _compare_config(
     from retain.utils.state import write_json
 
     # Everything that can fail before training fails here, before the first step of the first
-    # run: every label's hyperparameters, the data, every strategy against the stream, the folder.
+    # run: every label's hyperparameters, the folder (what it is, its settings, its sub-runs), the
+    # data, every strategy against the stream.
     plans = plan_labels(labels, cfg)
+    resuming = check_resume(out, "compare", resume, cfg, warn)
+    if resuming:
+        check_subs(out, {p.folder: dataclasses.replace(cfg, strategies=p.specs) for p in plans})
     prepared = prepare_stream(cfg)  # before the run directory is made (see run_config)
     built: list[Any] = []  # the model, built once for every strategy that checks it
 
@@ -403,13 +405,18 @@ def _compare_config(
     check_settings(cfg, prepared[0])
     check_out(out)
     root = RunDir(out)
-    root.ensure_new_or_resumable(resume)
+    root.ensure_new_or_resumable(resume, "compare")
     if is_main_process():
+        if resuming:
+            adopt(out, "compare")
         write_atomic(out / "config.resolved.yaml", cfg.to_yaml())
     runs: dict[str, RunRecord] = {}
     for plan in plans:
         sub = out / plan.folder
-        done = _finished(sub) if resume else None
+        sub_cfg = copy.deepcopy(cfg)
+        sub_cfg.strategies = plan.specs
+        sub_cfg.name = cfg.name
+        done = finished(sub, sub_cfg) if resume else None
         if done is not None:
             runs[plan.name] = done
             continue
@@ -417,9 +424,6 @@ def _compare_config(
             announce(
                 plan.name, *_position(cfg, prepared[0], {p.name: p.specs for p in plans}, plan.name)
             )
-        sub_cfg = copy.deepcopy(cfg)
-        sub_cfg.strategies = plan.specs
-        sub_cfg.name = cfg.name
         runs[plan.name] = run_config(
             sub_cfg,
             sub,
