@@ -302,7 +302,8 @@ def cmd_landscape(args: argparse.Namespace) -> int:
         print(finding)
     g = summary["grid"]
     print(f"{g['n']}x{g['n']} grid in {g['seconds']:.1f} s ({g['evaluation']})")
-    print(f"landscape: {summary['files']['figure']}  (and {Path(summary['files']['summary']).name})")
+    files = summary["files"]
+    print(f"landscape: {files['figure']}  (and {Path(files['summary']).name})")
     return 0
 
 
@@ -610,12 +611,8 @@ def _landscape_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--margin", type=float, default=0.25, help="space around the points (default 0.25)"
     )
-    g.add_argument(
-        "--samples", type=int, default=512, help="rows scored per task (default 512)"
-    )
-    g.add_argument(
-        "--split", default="train", help="train, val or test rows (default train)"
-    )
+    g.add_argument("--samples", type=int, default=512, help="rows scored per task (default 512)")
+    g.add_argument("--split", default="train", help="train, val or test rows (default train)")
     g.add_argument("--seed", type=int, default=0, help="subsample and random directions' seed")
     g.add_argument("--out", help="output folder (default RUN_DIR/landscape)")
     g.set_defaults(func=cmd_landscape)
