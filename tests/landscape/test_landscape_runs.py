@@ -121,6 +121,7 @@ output: {{plots: false, save_model: false, snapshots: 2}}
 """
 
 
+@pytest.mark.slow  # trains a language model twice (sequential and joint) before drawing
 def test_a_small_causal_lm_on_a_subsample_of_token_blocks(tmp_path):
     pytest.importorskip("transformers")
     from test_vocab import ENGLISH, SPANISH, bpe_tokenizer

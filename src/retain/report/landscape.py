@@ -2,7 +2,7 @@
 
 ``draw`` makes one PNG from the summary and the grid values :mod:`retain.landscape` computed:
 the loss of D1, D2 and their mix on the plane (contours, log-spaced where the losses span more
-than a factor of 20), the three models marked, the training path projected onto the plane; below,
+than a factor of 3), the three models marked, the training path projected onto the plane; below,
 the loss along the straight lines θ₁→θ₂ and θ₁→θ_joint with their barriers, and the path's own
 losses with its distance to the plane. ``section`` reads ``RUN/landscape/*.json`` for the
 report: the figure and its numbers, when ``retain landscape`` has been run.
@@ -24,17 +24,24 @@ MARKS = {
     "joint": ("*", "θ_joint"),
     "theta": ("o", "θ"),
 }
-LOG_SPAN = 20.0  # losses spanning more than this factor get log-spaced contours
+LOG_SPAN = 3.0  # losses spanning more than this factor get log-spaced levels: valleys stand out
 
 
 def _scale(ax: Any, values: list[float]) -> None:
     """A log y-axis where the values span more than ``LOG_SPAN``, with plain tick labels."""
-    from matplotlib.ticker import LogFormatter
+    from matplotlib.ticker import FuncFormatter
 
     lo, hi = max(min(values), 1e-8), max(values)
     if hi / lo > LOG_SPAN:
         ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
+        plain = FuncFormatter(lambda v, _: f"{v:.3g}")
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
+
+
+def _colour(labels: dict[str, str], s: str) -> str:
+    """One colour per dataset in every panel: D1, D2, mix."""
+    return f"C{list(labels).index(s)}" if s in labels else "black"
 
 
 def _labels(summary: dict[str, Any]) -> dict[str, str]:
@@ -61,8 +68,11 @@ def _contour(ax: Any, fig: Any, xs: Any, ys: Any, z: Any, title: str) -> None:
         levels = np.linspace(lo, hi, 24)
         cs = ax.contourf(xs, ys, z, levels=levels, cmap="viridis")
         scale = "linear scale"
-    ax.contour(xs, ys, z, levels=levels[::3], colors="white", linewidths=0.4, alpha=0.6)
+    ax.contour(xs, ys, z, levels=levels[::2], colors="white", linewidths=0.4, alpha=0.6)
     bar = fig.colorbar(cs, ax=ax, shrink=0.85)
+    ticks = np.geomspace(lo, hi, 6) if scale == "log scale" else np.linspace(lo, hi, 6)
+    bar.set_ticks(ticks, labels=[f"{t:.3g}" for t in ticks])
+    bar.minorticks_off()
     bar.set_label(f"loss ({scale})", fontsize=8)
     bar.ax.tick_params(labelsize=7)
     ax.set_title(title, fontsize=9)
@@ -111,9 +121,11 @@ def _marks(ax: Any, summary: dict[str, Any]) -> None:
 
 def _line_panel(ax: Any, name: str, line: dict[str, Any], summary: dict[str, Any]) -> None:
     labels = _labels(summary)
-    for i, (s, v) in enumerate(line["losses"].items()):
+    for s, v in line["losses"].items():
         b = line["barrier"][s]
-        ax.plot(line["t"], v, color=f"C{i}", label=f"{labels.get(s, s)} (barrier {b:.3g})")
+        ax.plot(
+            line["t"], v, color=_colour(labels, s), label=f"{labels.get(s, s)} (barrier {b:.3g})"
+        )
     end = "θ₂" if name == "theta1-theta2" else "θ_joint"
     ax.set_xlabel(f"t: (1 - t) θ₁ + t {end}", fontsize=8)
     ax.set_ylabel("loss", fontsize=8)
@@ -128,13 +140,13 @@ def _path_panel(ax: Any, summary: dict[str, Any]) -> None:
     labels = _labels(summary)
     path = summary["path"]
     steps = list(range(len(path)))
-    for i, s in enumerate(path[0]["loss"]):
+    for s in path[0]["loss"]:
         ax.plot(
             steps,
             [p["loss"][s] for p in path],
             "-o",
             markersize=2.5,
-            color=f"C{i}",
+            color=_colour(labels, s),
             label=labels.get(s, s),
         )
     _scale(ax, [v for p in path for v in p["loss"].values()])
@@ -148,7 +160,7 @@ def _path_panel(ax: Any, summary: dict[str, Any]) -> None:
     twin.tick_params(labelsize=7, colors="grey")
     ax.set_title("along the training path", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=7, loc="center right")
     ax.tick_params(labelsize=7)
 
 
@@ -172,6 +184,7 @@ def caption(summary: dict[str, Any]) -> str:
     """What the figure shows and how it was computed, in one line."""
     g = summary["grid"]
     rows = ", ".join(f"{n} {k}" for k, n in g["samples"].items())
+    cpu = f", {g['cpu_seconds']:.1f} s of CPU time" if g.get("cpu_seconds") is not None else ""
     what = (
         "two filter-normalised random directions around θ (Li et al. 2018)"
         if summary["mode"] == "random"
@@ -180,7 +193,7 @@ def caption(summary: dict[str, Any]) -> str:
     return (
         f"Loss on {what}; {g['n']}×{g['n']} grid, {g['split']} rows scored per dataset: {rows} "
         f"(fixed subsample, seed {g['seed']}); grid computed in {g['seconds']:.1f} s on "
-        f"{g['device']} ({g['threads']} threads)."
+        f"{g['device']} ({g['threads']} threads{cpu})."
     )
 
 
@@ -194,7 +207,7 @@ def draw(
 ) -> Path:
     """The landscape figure: contour panels above, lines and path below."""
     labels = _labels(summary)
-    panels = [s for s in grids if s in labels]
+    panels = [s for s in labels if s in grids]
     fig = _figure(15.0, 9.6)
     axes = fig.subplots(2, 3)
     for ax, s in zip(axes[0], panels):
