@@ -140,3 +140,18 @@ def test_a_small_causal_lm_on_a_subsample_of_token_blocks(tmp_path):
         _loss(out / "finetune", 1, 0), rel=1e-4
     )
     assert len(s["path"]) == 3  # θ₁, one snapshot inside task 2, θ₂
+
+
+def test_train_joint_trains_theta_joint_with_the_runs_config_once(compared, tmp_path):
+    out = tmp_path / "ls"
+    s = landscape(
+        compared / "finetune", train_joint_model=True, grid=3, samples=32, out=out, report=False
+    )
+    assert s["points"]["joint"]["source"].startswith("trained for this landscape")
+    rec = load_record(out / "joint" / "result.json")
+    assert rec.joint and rec.complete and rec.tasks == ["t1", "t2"]
+    before = (out / "joint" / "result.json").read_bytes()
+    landscape(
+        compared / "finetune", train_joint_model=True, grid=3, samples=32, out=out, report=False
+    )
+    assert (out / "joint" / "result.json").read_bytes() == before  # reused, not trained again

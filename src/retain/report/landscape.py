@@ -36,7 +36,8 @@ def _scale(ax: Any, values: list[float]) -> None:
         ax.set_yscale("log")
         plain = FuncFormatter(lambda v, _: f"{v:.3g}")
         ax.yaxis.set_major_formatter(plain)
-        ax.yaxis.set_minor_formatter(plain)
+        if hi / lo < 10:  # within a decade the minor ticks are the only labels; else they crowd
+            ax.yaxis.set_minor_formatter(plain)
 
 
 def _colour(labels: dict[str, str], s: str) -> str:
