@@ -137,11 +137,24 @@ ALLOWED: dict[str, set[str]] = {
         "gate",
         "utils",
     },
+    # `retain landscape`: loss surfaces on a plane through a run's models (snapshots, a joint run)
+    "landscape": {
+        "errors",
+        "config",
+        "data",
+        "models",
+        "objectives",
+        "report",
+        "runner",
+        "packaging",
+        "utils",
+    },
     "init": {"errors", "data"},  # `retain init`: a config for the user's files
     "reference": {"binding", "config"},  # `retain config`: every config key, from the dataclasses
     "cli": {
         "retain",
         "errors",
+        "landscape",
         "merging",
         "config",
         "init",

@@ -46,6 +46,7 @@ from retain.train.optim import (
 )
 from retain.train.runtime import needs_wrappers
 from retain.train.tracking import Tracker
+from retain.utils import snapshots
 from retain.utils.seed import derive_seed, seed_everything
 from retain.vocab import record_tokens, row_steps
 
@@ -99,6 +100,7 @@ def run(
     if not history.rows:  # a fresh run: row 0 of R is the model before training
         history.rows.append(evaluate_all(r, model, f"eval {r.initial}"))
         history.suites.append(evaluate_suites(r, model))
+        snapshot(r, model, 0, 0, end=True)
     r.tracker = Tracker.start(r.acc, r.cfg, _run_name(r, out_dir), history.schedule_offset)
     if r.tracker is not None and history.tasks_done == 0:
         r.tracker.row(0, r.stream.task_names, history.rows[0], r.metric, 0)
@@ -114,6 +116,7 @@ def run(
             optimizer = None
         model, after_seconds = finish_task(r, ctx, model)
         evaluate_task(r, history, model, ctx.task, stats, hook_seconds + after_seconds, extra)
+        snapshot(r, model, i + 1, stats.steps, end=True)
         checkpoint(r, model, optimizer, history)
     result = finish(r, model, history)
     if r.tracker is not None:
@@ -193,6 +196,7 @@ def train_task(
     guard = task_guard(r, ctx)
     if guard is not None:
         guard.start(model)
+    total = steps_for(len(data), train, r.acc.num_processes)
     stats = fit_task(
         model,
         data,
@@ -205,7 +209,7 @@ def train_task(
         schedule_offset=offset,
         val=ctx.task.val,
         progress=r.progress,
-        every=in_task_checks(r, evals, guard),
+        every=in_task_checks(r, evals, guard, snapshots_inside(r, ctx.task_index + 1, total)),
         loader=loader,
         tracker=r.tracker,
     )
@@ -237,12 +241,41 @@ def evaluate_every(r: RunState, evals: list[dict[str, Any]]) -> Callable[[int, n
     return call
 
 
+def snapshot(r: RunState, model: nn.Module, task: int, step: int, end: bool) -> None:
+    """A parameter snapshot (``output.snapshots``): task 0 is the model before training."""
+    if r.run_dir is None or not r.cfg.output.snapshots or not r.acc.is_main_process:
+        return
+    name = r.plan.tasks[task - 1].name if task else "start"
+    snapshots.save(r.run_dir.path, r.acc.unwrap_model(model), task, name, step, end)
+
+
+def snapshots_inside(
+    r: RunState, task: int, total: int
+) -> tuple[int, Callable[[int, nn.Module], bool]] | None:
+    """The ``output.snapshots - 1`` snapshots inside task ``task`` (1-based) of ``total`` steps."""
+    n = r.cfg.output.snapshots
+    interval = snapshots.every(total, n)
+    if r.run_dir is None or interval is None:
+        return None
+
+    def call(step: int, model: nn.Module) -> bool:
+        if snapshots.inside(step, total, n):
+            snapshot(r, model, task, step, end=False)
+        return False
+
+    return interval, call
+
+
 def in_task_checks(
-    r: RunState, evals: list[dict[str, Any]], guard: TaskGuard | None
+    r: RunState,
+    evals: list[dict[str, Any]],
+    guard: TaskGuard | None,
+    more: tuple[int, Callable[[int, nn.Module], bool]] | None = None,
 ) -> Every | None:
-    """The work done every N steps inside a task: ``eval.every_steps`` evaluations and the
-    guard's checks (each at its own interval); the guard's ``stop`` ends the task."""
-    calls: list[tuple[int, Callable[[int, nn.Module], bool]]] = []
+    """The work done every N steps inside a task: ``eval.every_steps`` evaluations, the
+    guard's checks and ``more`` (parameter snapshots), each at its own interval; the guard's
+    ``stop`` ends the task."""
+    calls: list[tuple[int, Callable[[int, nn.Module], bool]]] = [more] if more else []
     if r.cfg.eval.every_steps is not None:
         calls.append((r.cfg.eval.every_steps, evaluate_every(r, evals)))
     if guard is not None and r.cfg.guard.every_steps is not None:

@@ -34,6 +34,7 @@ EPILOG = """examples:
   retain update pkg-1 --data d2.csv --out pkg-2
   retain update pkg-1 --data d2.csv --out pkg-2 --strategy auto --budget 300
   retain gate pkg-1 pkg-2 --max-drop 0.02
+  retain landscape runs/smnist-compare
 """
 
 
@@ -266,6 +267,49 @@ def cmd_gate(args: argparse.Namespace) -> int:
     return 0 if out["pass"] else 1
 
 
+def cmd_landscape(args: argparse.Namespace) -> int:
+    from retain.errors import ConfigError
+    from retain.landscape import landscape
+
+    tasks = None
+    if args.tasks is not None:
+        try:
+            i, j = (int(t) for t in args.tasks.split(","))
+        except ValueError:
+            raise ConfigError(f"--tasks must be two task numbers I,J, got '{args.tasks}'") from None
+        tasks = (i, j)
+    progress = _progress(args)
+    try:
+        summary = landscape(
+            args.run_dir,
+            joint=args.joint,
+            train_joint_model=args.train_joint,
+            tasks=tasks,
+            run=args.run,
+            random=args.random,
+            path=args.path,
+            grid=args.grid,
+            margin=args.margin,
+            samples=args.samples,
+            split=args.split,
+            seed=args.seed,
+            out=args.out,
+            progress=progress,
+            warn=_warn,
+        )
+    finally:
+        if progress is not None:
+            progress.close()
+    finding = summary.get("joint_vs_path", {}).get("finding")
+    if finding:
+        print(finding)
+    g = summary["grid"]
+    print(f"{g['n']}x{g['n']} grid in {g['seconds']:.1f} s ({g['evaluation']})")
+    files = summary["files"]
+    print(f"landscape: {files['figure']}  (and {Path(files['summary']).name})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _flags(argparse.SUPPRESS)
 
@@ -291,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
         _package_parser,
         _update_parser,
         _gate_parser,
+        _landscape_parser,
     ):
         add(sub, common)
     return p
@@ -549,6 +594,47 @@ def _gate_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     g.add_argument("new")
     _thresholds(g)
     g.set_defaults(func=cmd_gate)
+
+
+def _landscape_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    g = sub.add_parser(
+        "landscape",
+        parents=[common],
+        help="loss surfaces of two tasks and their mix on the plane through θ1, θ2, θ_joint",
+        description="Draw the loss of D1, D2 and their mix on the plane through the model after "
+        "task I (θ1), after task J (θ2) and a model trained on all tasks at once (θ_joint), "
+        "with the training path (output.snapshots) projected onto it and the straight lines "
+        "θ1→θ2, θ1→θ_joint. Writes RUN_DIR/landscape/ and adds it to the report. docs/landscape.md.",
+    )
+    g.add_argument("run_dir", help="a run directory, or a comparison's (its joint run is θ_joint)")
+    g.add_argument("--joint", metavar="DIR", help="a joint run (strategy joint) for θ_joint")
+    g.add_argument(
+        "--train-joint",
+        action="store_true",
+        help="no joint run: train one with the run's config into RUN_DIR/landscape/joint",
+    )
+    g.add_argument("--tasks", metavar="I,J", help="the two tasks, 1-based, I < J (default 1,2)")
+    g.add_argument("--run", help="a comparison: which run to draw (default: the first sequential)")
+    g.add_argument(
+        "--random",
+        action="store_true",
+        help="two filter-normalised random directions around the model after task J instead",
+    )
+    g.add_argument(
+        "--path",
+        action="store_true",
+        default=None,
+        help="require the training path (default: drawn when the run has snapshots)",
+    )
+    g.add_argument("--grid", type=int, default=41, help="grid points per side (default 41)")
+    g.add_argument(
+        "--margin", type=float, default=0.25, help="space around the points (default 0.25)"
+    )
+    g.add_argument("--samples", type=int, default=512, help="rows scored per task (default 512)")
+    g.add_argument("--split", default="train", help="train, val or test rows (default train)")
+    g.add_argument("--seed", type=int, default=0, help="subsample and random directions' seed")
+    g.add_argument("--out", help="output folder (default RUN_DIR/landscape)")
+    g.set_defaults(func=cmd_landscape)
 
 
 def main(argv: list[str] | None = None) -> int:

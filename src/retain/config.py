@@ -362,6 +362,14 @@ class OutputConfig:
         "how many task checkpoints to keep (the latest ones)", default=1, ge=1
     )
     plots: bool = help_field("write PNG plots", default=True)
+    snapshots: int = help_field(
+        "parameter snapshots per task written to RUN/snapshots (safetensors: trainable "
+        "parameters and BatchNorm statistics): N - 1 evenly spaced inside each task and one at "
+        "its end, plus the model before training; the training path that retain landscape "
+        "draws (0: none)",
+        default=0,
+        ge=0,
+    )
     save_model: bool = help_field(
         "transformers models: write the trained model (save_pretrained, safetensors) and its "
         "tokenizer to RUN/model at the end of the run, loadable without retain (with the lora "

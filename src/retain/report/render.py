@@ -22,6 +22,7 @@ from typing import Any
 
 from retain.report.blocks import build_blocks
 from retain.report.columns import columns_for
+from retain.report.landscape import section as landscape_section
 from retain.report.record import Record
 from retain.report.summary import as_record, report_title, summary_lines
 from retain.utils.files import write_atomic
@@ -43,13 +44,27 @@ def _image(key: str, images: dict[str, Path], base: Path | None) -> Path | None:
     return None
 
 
+def _blocks(record: Record, extra: list[Any] | None) -> list[Any]:
+    """The record's blocks, with ``extra`` (the landscape section) before the definitions."""
+    blocks = build_blocks(record)
+    if not extra:
+        return blocks
+    at = next(
+        (i for i, b in enumerate(blocks) if b[0] == "h" and b[2] == "Metric definitions"),
+        len(blocks),
+    )
+    return blocks[:at] + list(extra) + blocks[at:]
+
+
 def render_markdown(
     record: Record | dict[str, Any],
     images: dict[str, Path] | None = None,
     base: Path | None = None,
+    extra: list[Any] | None = None,
 ) -> str:
     """The report as Markdown; ``images`` maps plot keys to PNGs in a ``plots/`` folder beside it,
-    and ``base`` is the report's folder (where image blocks that name a file are looked up).
+    ``base`` is the report's folder (where image blocks that name a file are looked up);
+    ``extra``: more blocks (the landscape section), before the definitions.
 
     Examples:
         >>> md = render_markdown({"kind": "run", "strategy": "finetune", "tasks": ["a"],
@@ -59,7 +74,7 @@ def render_markdown(
     """
     images = images or {}
     out = []
-    for block in build_blocks(as_record(record)):
+    for block in _blocks(as_record(record), extra):
         kind = block[0]
         if kind == "h":
             out.append("#" * block[1] + " " + block[2])
@@ -182,15 +197,16 @@ def render_html(
     record: Record | dict[str, Any],
     images: dict[str, Path] | None = None,
     base: Path | None = None,
+    extra: list[Any] | None = None,
 ) -> str:
     """The report as one self-contained HTML page: inline CSS, every image embedded as a data
     URI, no script and nothing fetched, laid out for a laptop and a phone alike (wide tables
-    scroll sideways on their own). ``images`` and ``base`` as for :func:`render_markdown`."""
+    scroll sideways on their own). ``images``, ``base`` and ``extra`` as for :func:`render_markdown`."""
     record = as_record(record)
     images = images or {}
     e = html.escape
     body = []
-    for block in build_blocks(record):
+    for block in _blocks(record, extra):
         kind = block[0]
         if kind == "h":
             body.append(f"<h{block[1]}>{e(block[2])}</h{block[1]}>")
@@ -308,6 +324,9 @@ def write_reports(out: Path, record: Record | dict[str, Any], plots: bool = True
 
         images = plot_all(record, out / "plots")
         written += list(images.values())
-    written.append(write_atomic(out / "report.md", render_markdown(record, images, out)))
-    written.append(write_atomic(out / "report.html", render_html(record, images, out)))
+    # Drawn by `retain landscape`, not from the record: shown whenever its files are there.
+    extra, drawn = landscape_section(out)
+    images.update(drawn)
+    written.append(write_atomic(out / "report.md", render_markdown(record, images, out, extra)))
+    written.append(write_atomic(out / "report.html", render_html(record, images, out, extra)))
     return written

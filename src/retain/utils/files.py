@@ -89,6 +89,8 @@ def _os_error(e: BaseException, path: Path) -> OSError | None:
         return None
     number = int(found.group(1))
     return OSError(number, os.strerror(number), str(path))
+
+
 def _alive(pid: int) -> bool:
     if pid == os.getpid() or os.name == "nt":  # on Windows, kill(pid, 0) would send Ctrl-C
         return True
