@@ -19,6 +19,17 @@ import torch
 
 from retain.data.stream import TensorData
 
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` (on the CPU) on ``device``; to a GPU without making the host wait: from pinned
+    memory, asynchronously (a plain copy from pageable memory synchronises the stream)."""
+    if device.type == "cpu":
+        return t
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 #: Device copies of in-memory data take at most this fraction of the device's free memory.
 DEVICE_SHARE = 0.25
 
@@ -97,8 +108,7 @@ class TensorLoader:
         order = self._order()
         data = self.data if self.device is None else on_device(self.data, self.device)
         first = next(iter(data.tensors.values()))
-        if first.device.type != "cpu":
-            order = order.pin_memory().to(first.device, non_blocking=True)
+        order = to_device(order, first.device)
         for start in range(0, len(order), self.batch_size):
             batch = data.batch(order[start : start + self.batch_size])
             if self.device is not None and first.device != self.device:

@@ -25,15 +25,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from retain.data.loader import to_device
+
 POLICIES = ("reservoir", "class_balanced")
-
-
-def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """``t`` (on the CPU) on ``device``, without making the host wait for a GPU: from pinned
-    memory, asynchronously (a plain copy from pageable memory synchronises the stream)."""
-    if device.type == "cpu":
-        return t
-    return t.pin_memory().to(device, non_blocking=True)
 
 
 def interleave(t: torch.Tensor, world_size: int) -> torch.Tensor:

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from retain.data.loader import to_device
 from retain.errors import Unsupported
 from retain.models.vae import VAE
 from retain.objectives import distillation_loss
 from retain.strategies import register
-from retain.strategies._buffer import to_device
 from retain.strategies.base import Strategy
 from retain.utils.seed import derive_seed
 
