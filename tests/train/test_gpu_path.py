@@ -79,7 +79,7 @@ def test_a_step_reads_nothing_back_from_the_device(digits, read_backs, monkeypat
         cfg = RunConfig(train=TrainConfig(epochs=epochs, batch_size=16, optimizer="sgd", lr=0.05))
         run(MLP(64, 4, [32]), stream, STRATEGIES[name], cfg)
         counts.append(dict(read_backs))
-    # 4x the steps (144 instead of 36), the same read-backs, at the same lines: evaluation's
+    # 4x the steps (140 instead of 35), the same read-backs, at the same lines: evaluation's
     # scores after each task, the end of each task.
     assert counts[1] == counts[0]
 
