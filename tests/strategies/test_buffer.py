@@ -149,3 +149,35 @@ def test_masked_rows_are_not_offered_and_nbytes_counts_the_memory():
     assert buf.nbytes == 50 * 3 * 4 + 2 * 50 * 8
     with pytest.raises(ValueError, match="the buffer holds"):
         buf.add({"x": torch.zeros(2, 3)}, torch.Generator())
+
+
+@pytest.mark.parametrize("policy", ["reservoir", "class_balanced"])
+def test_two_ranks_hold_the_memory_one_process_holds_on_the_global_batch(policy):
+    # The loader gives rank r the rows r, r + 2, r + 4, ... of each global batch; gathered rank
+    # by rank and interleaved back, they reach the memory in the global batch's order, so two
+    # processes keep exactly what one process given the global batch keeps.
+    from retain.data.loader import TensorLoader
+    from retain.data.stream import TensorData
+
+    data = TensorData(**_batch(range(64)))
+
+    def loader(batch_size, rank=0, world_size=1):
+        g = torch.Generator().manual_seed(1)
+        return TensorLoader(data, batch_size, True, g, rank=rank, world_size=world_size)
+
+    local_mask = torch.tensor([True] * 6 + [False] * 2)  # each shard's last two rows: replayed
+    one, g1 = Buffer(10, policy), torch.Generator().manual_seed(0)
+    for batch in loader(16):
+        one.add(batch, g1, mask=local_mask.repeat_interleave(2))
+    two, g2 = Buffer(10, policy), torch.Generator().manual_seed(0)
+    for shards in zip(loader(8, 0, 2), loader(8, 1, 2)):
+
+        def gather(t, shards=shards):  # Accelerate's gather: rank 0's rows, then rank 1's
+            if isinstance(t, dict):
+                return {k: torch.cat([s[k] for s in shards]) for k in t}
+            return torch.cat([t, t])  # the ranks' masks are alike
+
+        two.add(shards[0], g2, mask=local_mask, gather=gather)
+    assert two.seen == one.seen == 48
+    for k, v in one.data.items():
+        assert torch.equal(two.data[k], v), k

@@ -4,6 +4,10 @@
 one ``index_select`` per tensor per batch, and no worker processes. Under several processes
 (``accelerate launch``) every rank draws the same permutation from the same seed and takes its own
 stride of it, and all ranks get the same number of batches, so DDP never waits on a missing one.
+
+On a GPU the data is copied to the device once (while it fits in a quarter of the free memory)
+and batches are indexed there, so a step makes no host-to-device copy of its batch; the epoch's
+permutation goes over once per epoch, from pinned memory, without making the host wait.
 """
 
 from __future__ import annotations
@@ -14,6 +18,34 @@ from collections.abc import Iterator
 import torch
 
 from retain.data.stream import TensorData
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` (on the CPU) on ``device``; to a GPU without making the host wait: from pinned
+    memory, asynchronously (a plain copy from pageable memory synchronises the stream)."""
+    if device.type == "cpu":
+        return t
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
+#: Device copies of in-memory data take at most this fraction of the device's free memory.
+DEVICE_SHARE = 0.25
+
+
+def on_device(data: TensorData, device: torch.device) -> TensorData:
+    """``data`` on ``device``: copied there on the first call and kept with ``data`` (it is never
+    modified in place), or ``data`` itself where the copy would not fit (see ``DEVICE_SHARE``)."""
+    first = next(iter(data.tensors.values()))
+    if device.type != "cuda" or first.device == device:
+        return data
+    copies = data.__dict__.setdefault("_device_copies", {})
+    if device not in copies:
+        nbytes = sum(t.numel() * t.element_size() for t in data.tensors.values())
+        free, _ = torch.cuda.mem_get_info(device)
+        copies[device] = data.to(device) if nbytes <= DEVICE_SHARE * free else data
+    return copies[device]
 
 
 class TensorLoader:
@@ -74,10 +106,9 @@ class TensorLoader:
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         order = self._order()
-        data = self.data
+        data = self.data if self.device is None else on_device(self.data, self.device)
         first = next(iter(data.tensors.values()))
-        if self.device is not None and first.device != self.device:
-            order = order.to(first.device)
+        order = to_device(order, first.device)
         for start in range(0, len(order), self.batch_size):
             batch = data.batch(order[start : start + self.batch_size])
             if self.device is not None and first.device != self.device:

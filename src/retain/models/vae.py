@@ -56,4 +56,11 @@ class VAE(nn.Module):
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         p = next(self.parameters())
         z = torch.randn(n, self.latent_dim, generator=generator, device=p.device, dtype=p.dtype)
-        return torch.sigmoid(self.decoder(z)).view(n, *self.input_shape)
+        return self.decode(z)
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """The inputs that latent codes ``z`` (``[n, latent_dim]``) stand for."""
+        p = next(self.parameters())
+        z = z.to(device=p.device, dtype=p.dtype)
+        return torch.sigmoid(self.decoder(z)).view(len(z), *self.input_shape)

@@ -2,13 +2,17 @@
 
 The memory is a dict of preallocated tensors with the keys of a batch (``x``, ``y``, ``task``, and
 extras such as DER's ``logits``), kept on the device of the batches it is given. Every decision is
-made on the CPU from a seeded ``torch.Generator`` and applied with one indexed write per key, so an
-``add`` or a ``sample`` never synchronises the GPU (except the two cases named in ``add``).
+made on the CPU from a seeded ``torch.Generator`` and applied with one indexed write per key, the
+indices copied to the device without waiting (pinned memory), so an ``add`` or a ``sample`` never
+synchronises the GPU (except the cases named in ``add``). The ``replayed`` mark of a batch is a
+CPU tensor for the same reason: the rows it offers are counted without a read-back.
 
 Several processes: pass ``gather`` (``ctx.gather``) to ``add`` and the incoming samples of every
-rank are gathered first; with a generator seeded identically on every rank (``ctx.generator`` is), every
-rank then makes the same decisions on the same samples and holds the same memory. Without this,
-each rank keeps its own buffer and they diverge (arthurdouillard/dytox#5, an erratum).
+rank are gathered first, interleaved (rank 0's first row, rank 1's first row, ...: the order of
+the global batch that the loader's strided shards came from); with a generator seeded identically
+on every rank (``ctx.generator`` is), every rank then makes the same decisions on the same samples
+and holds the same memory, the one a single process given the global batch would hold. Without
+this, each rank keeps its own buffer and they diverge (arthurdouillard/dytox#5, an erratum).
 ``sample(..., rank, world_size)`` draws one set for all ranks and gives each its own share, so the
 memory part of the global batch holds distinct samples, as in a single-process run.
 """
@@ -21,7 +25,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from retain.data.loader import to_device
+
 POLICIES = ("reservoir", "class_balanced")
+
+
+def interleave(t: torch.Tensor, world_size: int) -> torch.Tensor:
+    """Rows gathered rank by rank (``world_size`` equal blocks) in global-batch order: row ``j``
+    of rank ``r`` goes to ``j * world_size + r``, as the loader's strided shard took it."""
+    if world_size == 1:
+        return t
+    return t.reshape(world_size, -1, *t.shape[1:]).transpose(0, 1).reshape(t.shape)
 
 
 class Buffer:
@@ -90,15 +104,24 @@ class Buffer:
         """Offer the samples of ``batch`` (only rows where ``mask`` is true) to the memory.
 
         Two samples of one batch that pick the same slot: the later one wins, as in a sequential
-        pass. The GPU is synchronised once when a ``mask`` is given (to know which rows are
-        offered) and, for ``class_balanced``, to read the labels.
+        pass. The GPU is synchronised to read a ``mask`` that is not on the CPU (the built-in
+        strategies' ``replayed`` marks are), to gather one from several GPUs, and, for
+        ``class_balanced``, to read the labels.
         """
         if gather is not None:
-            # Rank order, the same on every rank (uint8: not every backend gathers bool).
+            n_local = len(next(iter(batch.values())))
             batch = gather(dict(batch))
-            mask = gather(mask.to(torch.uint8)).bool() if mask is not None else None
+            world = len(next(iter(batch.values()))) // n_local if n_local else 1
+            batch = {k: interleave(v, world) for k, v in batch.items()}
+            if mask is not None:  # uint8: not every backend gathers bool; NCCL needs the GPU
+                device = next(iter(batch.values())).device
+                mask = interleave(gather(mask.to(device, torch.uint8)).cpu().bool(), world)
         n = len(next(iter(batch.values())))
-        offered = np.arange(n) if mask is None else mask.nonzero().flatten().cpu().numpy()
+        if mask is None:
+            offered = np.arange(n)
+        else:
+            offered = (mask if mask.device.type == "cpu" else mask.cpu()).nonzero().flatten()
+            offered = offered.numpy()
         if len(offered) == 0:
             return
         if not self.data:
@@ -113,7 +136,10 @@ class Buffer:
         if len(rows) == 0:
             return
         device = next(iter(self.data.values())).device
-        rows, slots = torch.from_numpy(rows).to(device), torch.from_numpy(slots).to(device)
+        rows, slots = (
+            to_device(torch.from_numpy(rows), device),
+            to_device(torch.from_numpy(slots), device),
+        )
         for k, v in batch.items():
             self.data[k][slots] = v[rows].to(self.data[k].dtype)
 
@@ -151,7 +177,7 @@ class Buffer:
         # Python ints, no pass over the whole memory (avalanche#650/#653 took hours for that).
         rng = random.Random(int(torch.randint(2**62, (1,), generator=generator)))
         writes: dict[int, int] = {}  # slot -> row; a later row overwrites an earlier one
-        classes = y[torch.from_numpy(offered).to(y.device)].tolist()
+        classes = y[to_device(torch.from_numpy(offered), y.device)].tolist()
         if classes and min(classes) < 0:  # before any state changes
             raise ValueError(f"class labels must be >= 0, got {min(classes)}")
         for row, c in zip(offered.tolist(), classes):
@@ -215,7 +241,7 @@ class Buffer:
             idx = idx[rank::world_size]
         if device is not None:
             self._to(device)
-        idx = idx.to(next(iter(self.data.values())).device)
+        idx = to_device(idx, next(iter(self.data.values())).device)
         return {k: v.index_select(0, idx) for k, v in self.data.items()}
 
     # ------------------------------------------------------------------ state

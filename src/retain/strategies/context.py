@@ -76,10 +76,12 @@ class TaskContext:
         grads_are_local: whether ``after_backward`` sees each parameter's whole, unscaled
             gradient in its own ``.grad`` on this process, which a hook may read and add to: one
             process, or DDP, whose backward has already averaged it over processes (so it is the
-            same on every rank). False under an fp16 loss scaler (``.grad`` is still scaled) and
-            under FSDP / DeepSpeed (sharded, or held by the engine): there a penalty must go
-            through the loss.
-        grads_are_scaled: an fp16 loss scaler multiplies ``.grad`` in ``after_backward``.
+            same on every rank), fp16 included: the loop unscales ``.grad`` once before the
+            hooks. False under FSDP / DeepSpeed (sharded, or held by the engine, and still
+            scaled under fp16): there a penalty must go through the loss.
+        grads_are_scaled: fp16 loss scaling is on. Where ``grads_are_local`` the hooks see
+            unscaled gradients, but a step whose gradients overflowed still reaches them
+            (holding inf or NaN) and the scaler then skips it.
         sgd_lr: the learning rate when the optimizer is plain SGD (no momentum), else None: the
             one case in which a quadratic penalty's stability can be checked in advance.
         task_known: whether task-aware models get the task ids (the ``task_il`` setting).

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from retain.data.loader import to_device
 from retain.errors import Unsupported
 from retain.models.vae import VAE
 from retain.objectives import distillation_loss
@@ -143,7 +144,12 @@ class GenerativeReplay(Strategy):
             return batch
         n = len(batch["y"])
         m = max(1, round(n * self.ratio / (1 - self.ratio)))
-        x = self._vae.sample(m).to(batch["x"].dtype)
+        # Every process draws the codes of the whole global batch from the run's generator (the
+        # same on every rank, so it stays so) and decodes its own share: the ranks rehearse
+        # different samples, as one process given the global batch would.
+        world = ctx.world_size
+        z = torch.randn(m * world, self._vae.latent_dim, generator=ctx.generator)[ctx.rank :: world]
+        x = self._vae.decode(to_device(z, batch["x"].device)).to(batch["x"].dtype)
         with torch.no_grad():
             logits = ctx.objective.forward(self._teacher, {"x": x}, task_known=False)
             logits = ctx.logits(logits).masked_fill(~self._seen, float("-inf"))
@@ -152,12 +158,15 @@ class GenerativeReplay(Strategy):
             "x": x,
             "y": y,
             "task": self._task_of[y],
-            "replayed": torch.ones(m, dtype=torch.bool, device=y.device),
+            "replayed": torch.ones(m, dtype=torch.bool),  # on the CPU, as replay's
         }
+        was = batch.get("replayed")
         out = {}
-        for k, v in {**batch, "replayed": batch.get("replayed")}.items():
+        if was is not None and was.device.type != "cpu":  # another library's mark
+            was = was.cpu()
+        for k, v in {**batch, "replayed": was}.items():
             if v is None:
-                v = torch.zeros(n, dtype=torch.bool, device=y.device)
+                v = torch.zeros(n, dtype=torch.bool)
             extra = new[k] if k in new else v.new_zeros((m, *v.shape[1:]))  # other fields: zeros
             out[k] = torch.cat([v, extra.to(v.dtype)])
         if self.soft_labels:

@@ -197,8 +197,8 @@ class QuadraticPenalty:
 
 def grad_path(ctx: Any) -> bool:
     """Whether a penalty's gradient may be added to ``.grad`` after backward instead of through
-    autograd: the gradients must be whole (not sharded by FSDP or DeepSpeed) and unscaled (no fp16
-    loss scaler). Under DDP the gradients are already averaged over ranks when it runs, and the
+    autograd: the gradients must be whole (not sharded by FSDP or DeepSpeed) and unscaled (the
+    loop unscales fp16 gradients before the hooks where they are whole). Under DDP the gradients are already averaged over ranks when it runs, and the
     penalty's gradient is the same on every rank, so the sum is the same as through the loss."""
     return ctx.grads_are_local
 
@@ -212,7 +212,7 @@ class Penalized(Strategy):
     ``after_backward``, before clipping and before later strategies' gradient hooks, rather than
     added to the loss: on P-MNIST's MLP a step then costs 7 % more instead of 28 %. The gradient is
     the same, but the training loss logged is the task loss alone (``stats()`` reports the penalty
-    at the end of each task). Elsewhere (fp16 loss scaling, sharded gradients) it goes through the
+    at the end of each task). Elsewhere (gradients sharded by FSDP or DeepSpeed) it goes through the
     loss.
     """
 

@@ -26,7 +26,8 @@ class Replay(Strategy):
 
     A fixed-size memory keeps a random subset of every sample trained on so far. Each incoming
     batch is extended with samples drawn from the memory (appended after the incoming ones and
-    marked with a boolean ``batch["replayed"]``), and the ordinary loss is taken over the whole
+    marked with a boolean ``batch["replayed"]``, kept on the CPU so that the rows a later
+    strategy offers to its memory are counted without a read-back from the GPU), and the ordinary loss is taken over the whole
     batch; then the incoming samples are offered to the memory (samples another strategy already
     marked as replayed are not). For language models this is the "mix 30-40% general data into the
     domain data" recipe: keep general examples in the memory and set ``ratio: 0.3``.
@@ -103,10 +104,12 @@ class Replay(Strategy):
                 raise ValueError(f"replay: the memory has no {sorted(missing)} for this batch")
             out = {k: torch.cat([v, mem[k]]) for k, v in incoming.items()}
             was = batch.get("replayed")
+            if was is not None and was.device.type != "cpu":  # another library's mark
+                was = was.cpu()
             out["replayed"] = torch.cat(
                 [
-                    was if was is not None else torch.zeros(n, dtype=torch.bool, device=device),
-                    torch.ones(len(mem["task"]), dtype=torch.bool, device=device),
+                    was if was is not None else torch.zeros(n, dtype=torch.bool),
+                    torch.ones(len(mem["task"]), dtype=torch.bool),
                 ]
             )
         if self.source is None:

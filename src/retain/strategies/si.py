@@ -65,8 +65,9 @@ class SynapticIntelligence(Penalized):
     def setup(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
         if ctx.grads_are_scaled:
             raise ValueError(
-                "si reads gradients before the fp16 loss scaler unscales them; "
-                "use train.mixed_precision=bf16 or no"
+                "si multiplies every step's gradient by that step's change of the weights, and "
+                "the fp16 loss scaler skips the steps whose gradients overflow (inf times 0 is "
+                "NaN); use train.mixed_precision=bf16 or no"
             )
         return model
 

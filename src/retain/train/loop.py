@@ -3,13 +3,17 @@
 It owns zero_grad, backward, gradient accumulation, clipping, the learning-rate schedule and the
 optimizer step; strategies change the batch and the loss through their hooks and may edit
 gradients in ``after_backward``. Hooks nobody implements are never called, so an unused hook costs
-nothing per step. The loss is read back from the device only every ``LOG_EVERY`` steps: reading it
-every step would synchronise a GPU on each batch. The loop's own state (step, epoch, the running
-loss) lives here, in ``_Loop``; strategies see only the frozen ``TaskContext``.
+nothing per step. Nothing in a step reads a tensor back to the host: the loss is summed on the
+device and read every ``LOG_EVERY`` steps (with the task's first loss, for the divergence check),
+since a read-back every step would make the CPU wait for the GPU on each batch. Under several
+processes the micro-batches of an accumulated step skip DDP's gradient all-reduce (``no_sync``):
+only the step's last backward averages the summed gradients. The loop's own state (step, epoch,
+the running loss) lives here, in ``_Loop``; strategies see only the frozen ``TaskContext``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -92,7 +96,7 @@ class _Loop:
     last_logged: int = 0
     best: tuple[float, dict[str, torch.Tensor]] | None = None
     bad_evals: int = 0
-    first_loss: float | None = None  # the task's first micro-batch loss (read once)
+    first_loss: torch.Tensor | None = None  # the task's first micro-batch loss (on the device)
 
     @classmethod
     def for_task(cls, batches: int, cfg: TrainConfig, early: bool, device: Any) -> _Loop:
@@ -102,16 +106,19 @@ class _Loop:
         validate_every = (cfg.eval_every or steps_per_epoch) if early else None
         return cls(total, batches, cfg.grad_accum, validate_every, torch.zeros((), device=device))
 
-    def micro_batch(self, loss: torch.Tensor) -> bool:
-        """Count one micro-batch's loss; True when its gradients complete an optimizer step:
-        every ``grad_accum`` micro-batches, and at the end of an epoch."""
+    def completes_step(self) -> bool:
+        """Whether the next micro-batch's gradients complete an optimizer step: every
+        ``grad_accum`` micro-batches, and at the end of an epoch."""
+        micro = self.micro + 1
+        return micro % self.grad_accum == 0 or micro >= self.batches_per_epoch * (self.epoch + 1)
+
+    def micro_batch(self, loss: torch.Tensor) -> None:
+        """Count one micro-batch's (detached) loss, on the device."""
         self.loss_sum += loss
         self.loss_count += 1
         self.micro += 1
         if self.first_loss is None:
-            self.first_loss = float(loss)
-        epoch_end = self.micro >= self.batches_per_epoch * (self.epoch + 1)
-        return self.micro % self.grad_accum == 0 or epoch_end
+            self.first_loss = loss.clone()
 
     def validates_now(self) -> bool:
         if self.validate_every is None:
@@ -182,8 +189,10 @@ def fit_task(
             if tokens is not None:
                 mask = batch.get("attention_mask")
                 tokens += mask.sum() if mask is not None else batch["input_ids"].numel()
-            loss = stepper.forward_backward(batch)
-            if not loop.micro_batch(loss.detach()):
+            steps = loop.completes_step()
+            loss = stepper.forward_backward(batch, sync=steps)
+            loop.micro_batch(loss.detach())
+            if not steps:
                 continue  # accumulate the next micro-batch's gradients
             factor = stepper.optimizer_step(loop.step)
             loop.step += 1
@@ -232,27 +241,41 @@ class _Stepper:
         # Unwrapped fast path (see runtime.needs_wrappers): plain backward, no autocast context.
         self.wrapped = hasattr(optimizer, "optimizer") or ctx.grads_are_scaled
         self.backward = accelerator.backward if self.wrapped else torch.Tensor.backward
+        # Accumulated micro-batches skip DDP's all-reduce (the step's last backward averages the
+        # sum); Accelerate's no_sync is a no-op for engines that accumulate by themselves.
+        several = self.wrapped and getattr(accelerator, "num_processes", 1) > 1
+        self.no_sync = accelerator.no_sync if several and cfg.grad_accum > 1 else None
+        # fp16: the gradients are unscaled once, before the gradient hooks, so that the hooks
+        # (A-GEM's projection, a penalty's gradient) and clipping see true gradients; the scaler's
+        # step then reuses that unscaling. Sharded engines (FSDP, DeepSpeed) unscale in their clip.
+        self.unscale = ctx.grads_are_scaled and ctx.grads_are_local
 
-    def forward_backward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward_backward(self, batch: dict[str, torch.Tensor], sync: bool = True) -> torch.Tensor:
+        """One micro-batch: the batch and loss hooks, forward and backward (without the
+        processes' gradient all-reduce when ``sync`` is False); returns the loss, on the device."""
         ctx, grad_accum = self.ctx, self.cfg.grad_accum
-        for s in self.batch_hooks:
-            batch = s.batch(batch, ctx)
-        with ctx.autocast():
-            out = ctx.forward(self.model, batch)
-            loss = ctx.task_loss(out, batch)
-            for s in self.loss_hooks:
-                loss = s.loss(loss, out, batch, ctx)
-        self.backward(loss / grad_accum if grad_accum > 1 else loss)
+        skip = self.no_sync(self.model) if not sync and self.no_sync else contextlib.nullcontext()
+        with skip:
+            for s in self.batch_hooks:
+                batch = s.batch(batch, ctx)
+            with ctx.autocast():
+                out = ctx.forward(self.model, batch)
+                loss = ctx.task_loss(out, batch)
+                for s in self.loss_hooks:
+                    loss = s.loss(loss, out, batch, ctx)
+            self.backward(loss / grad_accum if grad_accum > 1 else loss)
         return loss
 
     def optimizer_step(self, step: int) -> float:
         """Gradient hooks, clipping, the learning rate of ``step``, the step; returns the factor."""
+        if self.unscale:
+            self.accelerator.unscale_gradients(self.optimizer)
         for s in self.grad_hooks:
             s.after_backward(self.model, self.ctx)
         if self.cfg.grad_clip is not None:
-            if self.wrapped:
+            if self.wrapped and not self.unscale:
                 self.accelerator.clip_grad_norm_(self.params, self.cfg.grad_clip)
-            else:
+            else:  # what Accelerate's does on one process or DDP, less a second unscaling
                 torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
         factor = self.schedule.factor(self.offset + step)
         set_lr(self.optimizer, factor)
@@ -270,8 +293,12 @@ EXPLODED = 1e6
 
 
 def _log(loop: _Loop, stats: FitStats, factor: float, progress: Any, task: str) -> None:
-    mean = float(loop.loss_sum) / max(loop.loss_count, 1)
-    first = loop.first_loss if loop.first_loss is not None else mean
+    # A log interval's one read-back: the summed loss and the task's first loss together.
+    first_loss = loop.first_loss if loop.first_loss is not None else loop.loss_sum
+    total, first = torch.stack([loop.loss_sum.float(), first_loss.float()]).tolist()
+    mean = total / max(loop.loss_count, 1)
+    if loop.first_loss is None:
+        first = mean
     exploded = math.isfinite(first) and mean > EXPLODED * max(abs(first), 1e-2)
     if not math.isfinite(mean) or exploded:
         since = f" (from {first:.3g} at the task's first step)" if exploded else ""

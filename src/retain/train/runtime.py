@@ -67,11 +67,12 @@ def needs_wrappers(acc: Any) -> bool:
 
 
 def grads_are_local(acc: Any) -> bool:
-    """Whole, unscaled gradients in each parameter's ``.grad`` (see ``TaskContext``): no fp16
-    loss scaler, and no engine that shards them (one process, or DDP on CPUs or GPUs)."""
+    """Whole, unscaled gradients in each parameter's ``.grad`` when ``after_backward`` runs (see
+    ``TaskContext``): no engine that shards them (one process, or DDP on CPUs or GPUs). An fp16
+    loss scaler does not prevent it: there the loop unscales the gradients before the hooks."""
     from accelerate.utils import DistributedType
 
-    return acc.scaler is None and acc.distributed_type in (
+    return acc.distributed_type in (
         DistributedType.NO,
         DistributedType.MULTI_CPU,
         DistributedType.MULTI_GPU,
