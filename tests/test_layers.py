@@ -120,7 +120,19 @@ ALLOWED: dict[str, set[str]] = {
         "utils",
     },
     "init": {"errors", "data"},  # `retain init`: a config for the user's files
-    "reference": {"binding", "config"},  # `retain config`: every config key, from the dataclasses
+    "reference": {"binding", "config"},
+    # `retain study`: named experiments built on runs (api) and strategy labels (runner)
+    "studies": {
+        "errors",
+        "binding",
+        "config",
+        "data",
+        "models",
+        "strategies",
+        "utils",
+        "api",
+        "runner",
+    },  # `retain config`: every config key, from the dataclasses
     "cli": {
         "retain",
         "errors",
@@ -136,6 +148,7 @@ ALLOWED: dict[str, set[str]] = {
         "packaging",
         "update",
         "utils",
+        "studies",
     },
     "__main__": {"cli"},
     "retain": {"strategies"},  # the lazy public API
