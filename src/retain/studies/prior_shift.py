@@ -154,8 +154,16 @@ def study_config(cfg: RunConfig, p: Params) -> RunConfig:
 
 def check(cfg: RunConfig, p: Params) -> None:
     check_base(cfg, "prior-shift")
-    if cfg.stream.objective == "regression":
-        raise ConfigError("study 'prior-shift' needs classes (a classification stream)")
+    objective = cfg.stream.objective
+    if objective == "auto" and cfg.stream.scenario != "prior_shift":
+        from retain.data.build import load_source
+
+        objective = load_source(cfg.stream).objective
+    if objective == "regression":
+        raise ConfigError(
+            "study 'prior-shift' shifts class proportions and this data has a numeric target "
+            "(regression); give a classification data set"
+        )
     props = study_config(cfg, p).stream.options.proportions
     if len(props) < 2:
         raise ConfigError("study 'prior-shift' needs at least two tasks of proportions")
