@@ -82,6 +82,7 @@ def test_run_help_points_at_the_quickstart_and_the_reference():
         "package",
         "update",
         "gate",
+        "study",
     }
 
 

@@ -33,6 +33,7 @@ EPILOG = """examples:
   retain train d1.yaml --out pkg-1
   retain update pkg-1 --data d2.csv --out pkg-2
   retain gate pkg-1 pkg-2 --max-drop 0.02
+  retain study width --config my.yaml --seeds 0,1,2
 """
 
 
@@ -174,7 +175,9 @@ def cmd_study(args: argparse.Namespace) -> int:
         return 0
     from retain.studies import from_command
 
-    result, out = from_command(args.name, args.config, args.seeds, args.out, args.overrides, args.argv)
+    result, out = from_command(
+        args.name, args.config, args.seeds, args.out, args.overrides, args.argv
+    )
     print(f"finding: {result['finding']}")
     print(f"study: {out / 'study.md'}  (and study.json, {', '.join(result['figures'])})")
     return 0
