@@ -25,6 +25,7 @@ from retain.studies.common import (
     mean_std,
     metric_name,
     new_model,
+    pm,
     quiet,
     register,
     save,
@@ -61,7 +62,7 @@ DEFAULT: dict[str, Any] = {
         "limit_test": 2000,
     },
     "model": {"name": "mlp", "hidden": [100, 100]},
-    "train": {"epochs": 2, "batch_size": 128, "optimizer": "sgd", "lr": 0.03},
+    "train": {"epochs": 4, "batch_size": 128, "optimizer": "sgd", "lr": 0.03},
 }
 
 
@@ -118,12 +119,17 @@ def finding(n: dict[str, Any]) -> str:
     if len(n["lrs"]) > 1:
         j = len(n["steps"]) - 1
         clause, _ = trend(n["lrs"], _cells(n["forgetting"], None, j), "forgetting", "learning rate")
+        new = _cells(n["new"], None, j)
+        clause += (
+            f", while the new task's {n.get('metric', 'score')} went from {pm(new[0])} to "
+            f"{pm(new[-1])}"
+        )
         parts.append(f"at {n['steps'][j]} steps, {clause}")
     if len(n["steps"]) > 1:
         i = len(n["lrs"]) - 1
         clause, _ = trend(n["steps"], _cells(n["forgetting"], i, None), "forgetting", "steps")
         parts.append(f"at learning rate {n['lrs'][i]:g}, {clause}")
-    return "On the new task, " + "; ".join(parts) + "."
+    return "Training on the new task: " + "; ".join(parts) + "."
 
 
 def plot(n: dict[str, Any], folder: Path) -> list[Path]:
@@ -148,12 +154,15 @@ def plot(n: dict[str, Any], folder: Path) -> list[Path]:
         errorbars(bx, n["lrs"], _cells(grid, None, j), label=f"{s} steps")
     bx.set_xscale("log")
     bx.set_xlabel("learning rate")
-    bx.set_ylabel(f"{n['metric']} lost on task 1")
+    bx.set_title("forgetting vs learning rate")
     bx.legend(fontsize=7)
     for i, lr in enumerate(n["lrs"]):
         errorbars(cx, n["steps"], _cells(grid, i, None), label=f"lr {lr:g}")
     cx.set_xscale("log")
+    cx.minorticks_off()
+    cx.set_xticks(n["steps"], [str(v) for v in n["steps"]])
     cx.set_xlabel("steps on the new task")
+    cx.set_title("forgetting vs steps")
     cx.legend(fontsize=7)
     fig.suptitle(f"forgetting vs learning rate and steps ({len(grid)} seed(s), mean ± std)")
     return [save(fig, folder / "lr-steps.png")]

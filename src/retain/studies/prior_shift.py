@@ -55,7 +55,7 @@ class Params:
         default_factory=lambda: [[0.8, 0.1, 0.1], [0.1, 0.9, 0.0]],
         ge=0,
     )
-    every: int = help_field("record the probes every N optimizer steps", default=5, ge=1)
+    every: int = help_field("record the probes every N optimizer steps", default=1, ge=1)
     probe_size: int = help_field(
         "test samples per class the per-class accuracy is measured on", default=300, ge=1
     )
@@ -292,7 +292,7 @@ def finding(n: dict[str, Any]) -> str:
     if pairs:
         vb = compare([b for b, _ in pairs], [f for _, f in pairs])
         b, f = pm([x for x, _ in pairs]), pm([y for _, y in pairs])
-        when = f"half-way points at {b} (bias) and {f} (features) of the task"
+        when = f"each made half its change at {b} (bias) vs {f} (features) of the task"
         if vb["within_noise"] is not True and vb["diff"] < 0:
             second = f"its output bias moved before the features ({when}, {noise_words(vb)})"
         elif vb["within_noise"] is not True and vb["diff"] > 0:

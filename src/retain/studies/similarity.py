@@ -80,7 +80,7 @@ DEFAULT: dict[str, Any] = {
         "limit_test": 2000,
     },
     "model": {"name": "mlp", "hidden": [100, 100]},
-    "train": {"epochs": 2, "batch_size": 128, "optimizer": "sgd", "lr": 0.05},
+    "train": {"epochs": 3, "batch_size": 128, "optimizer": "adam", "lr": 0.001},
 }
 
 

@@ -24,6 +24,7 @@ from retain.studies.common import (
     load_stream,
     metric_name,
     new_model,
+    pm,
     quiet,
     register,
     save,
@@ -57,7 +58,7 @@ DEFAULT: dict[str, Any] = {
         "limit_test": 2000,
     },
     "model": {"name": "mlp", "hidden": [100, 100]},
-    "train": {"epochs": 1, "batch_size": 128, "optimizer": "sgd", "lr": 0.05},
+    "train": {"epochs": 3, "batch_size": 128, "optimizer": "adam", "lr": 0.001},
 }
 
 
@@ -128,6 +129,12 @@ def _cols(rows: list[list[float]]) -> list[list[float]]:
 def finding(n: dict[str, Any]) -> str:
     first = [w[0] for w in n["widths"]]
     clause, _ = trend(first, _cols(n["forgetting"]), "forgetting of task 1", "width")
+    if "first" in n:
+        learned = _cols(n["first"])
+        clause += (
+            f"; task 1's {n.get('metric', 'score')} before task 2 was {pm(learned[0])} at width "
+            f"{first[0]} and {pm(learned[-1])} at {first[-1]}"
+        )
     return f"At equal data, {clause}."
 
 
@@ -137,12 +144,16 @@ def plot(n: dict[str, Any], folder: Path) -> list[Path]:
     xs = [w[0] for w in n["widths"]]
     errorbars(ax, xs, _cols(n["forgetting"]))
     ax.set_xscale("log", base=2)
+    ax.minorticks_off()
+    ax.set_xticks(xs, [str(x) for x in xs])
     ax.set_xlabel("hidden width (first layer)")
     ax.set_ylabel(f"{n['metric']} lost on task 1")
     ax.set_title("forgetting vs width")
     errorbars(bx, xs, _cols(n["first"]), label="task 1, after task 1")
     errorbars(bx, xs, _cols(n["new"]), label="task 2, after task 2")
     bx.set_xscale("log", base=2)
+    bx.minorticks_off()
+    bx.set_xticks(xs, [str(x) for x in xs])
     bx.set_xlabel("hidden width (first layer)")
     bx.set_ylabel(n["metric"])
     bx.legend(fontsize=7)
