@@ -41,9 +41,14 @@ def default_config(name: str) -> RunConfig:
 
 
 def describe() -> str:
-    """One line per study: its name and what it measures."""
-    width_ = max(len(n) for n in STUDIES)
-    return "".join(f"{n:<{width_}}  {s.summary}\n" for n, s in STUDIES.items())
+    """Each study: its name and what it measures, then its parameters with their defaults."""
+    lines = []
+    for name, study in STUDIES.items():
+        lines.append(f"{name}: {study.summary}")
+        for f in dataclasses.fields(study.params):
+            default = f.default_factory() if callable(f.default_factory) else f.default
+            lines.append(f"    {f.name}={json.dumps(default)}  {f.metadata.get('help', '')}")
+    return "\n".join(lines) + "\n"
 
 
 def run_study(

@@ -143,6 +143,9 @@ def finding(n: dict[str, Any]) -> str:
         head += f": {better} is better by {gap:.3f}, {noise_words(v)}"
     else:
         head += f": the difference ({gap:.3f}) is {noise_words(v)}"
+    if len(n["combined"]) > 1:  # the arms share each seed's split and initial weights
+        ahead = sum(sign * (c - q) > 0 for c, q in zip(n["combined"], n["sequential"]))
+        head += f" (combined was ahead in {ahead} of {len(n['combined'])} seeds)"
     forgot, _ = mean_std(n["d1_drop"])
     tail = (
         f"; sequential training lost {pm(n['d1_drop'], 3)} {metric} on D1 while training on D2"

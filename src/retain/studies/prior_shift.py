@@ -284,6 +284,9 @@ def finding(n: dict[str, Any]) -> str:
             f"the vanished class {c} was not the most forgotten: it lost {pm(drops[c])} "
             f"accuracy, class {worst} {pm(drops[worst])}"
         )
+    halves = [s["vanished_half_at"] for s in seeds if s.get("vanished_half_at") is not None]
+    if learned >= 0.5 and len(halves) == len(seeds):
+        first += f"; its accuracy halved {pm([100 * h for h in halves], 0)} % into the task"
     pairs = [
         (s["bias_t50"], s["features_t50"])
         for s in seeds
@@ -315,7 +318,8 @@ def plot(n: dict[str, Any], folder: Path) -> list[Path]:
     k = len(trace[0]["accuracy"])
     fig = figure(12, 3.6)
     axes = [fig.add_subplot(1, 3, i + 1) for i in range(3)]
-    xs = list(range(len(trace)))
+    every = max(1, trace[1]["step"] - trace[0]["step"]) if len(trace) > 1 else 1
+    xs = [every * i for i in range(len(trace))]
     boundary = next((i for i, r in enumerate(trace) if r["task"] > 0), None)
     for key, ax, label in (
         ("accuracy", axes[0], "accuracy per class"),
@@ -331,9 +335,9 @@ def plot(n: dict[str, Any], folder: Path) -> list[Path]:
                 label=f"class {c}" + (" (vanishes)" if c == n["vanished"] else ""),
             )
         if boundary is not None:
-            ax.axvline(boundary, color="grey", lw=0.8)
+            ax.axvline(every * boundary, color="grey", lw=0.8)
         ax.set_title(label)
-        ax.set_xlabel(f"probe (every {max(1, trace[1]['step'] - trace[0]['step'])} steps)")
+        ax.set_xlabel("optimizer step over the stream")
     axes[0].legend(fontsize=7)
     drift = axes[1].twinx()
     drift.plot(xs, [r["drift"] for r in trace], color="black", lw=0.8, alpha=0.5)
