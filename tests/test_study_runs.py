@@ -108,6 +108,7 @@ def test_iid_finding_says_which_arm_wins_only_beyond_noise():
     assert "combined is better by 0.030, larger than the seeds' spread" in clear
     noise = iid.finding({**base, "combined": [0.95, 0.97], "sequential": [0.96, 0.95]})
     assert "within noise" in noise and "better by" not in noise
+    assert "combined was ahead in 1 of 2 seeds" in noise
     assert "lost 0.005 ± 0.007 accuracy on D1" in noise
     kept = iid.finding({**base, "combined": [0.95], "sequential": [0.96], "d1_drop": [-0.02]})
     assert "sequential is better by 0.010, one seed" in kept and "did not hurt D1" in kept
@@ -133,7 +134,14 @@ def _shift(drops, before, bias_t50, features_t50):
     return {
         "vanished": 2,
         "seeds": [
-            {"drop": d, "before": before, "bias_t50": b, "features_t50": f, "bias_only_share": 0.7}
+            {
+                "drop": d,
+                "before": before,
+                "bias_t50": b,
+                "features_t50": f,
+                "bias_only_share": 0.7,
+                "vanished_half_at": 0.05,
+            }
             for d, b, f in zip(drops, bias_t50, features_t50)
         ],
     }
@@ -144,6 +152,7 @@ def test_prior_shift_finding_follows_which_class_dropped_and_what_moved_first():
         _shift([[0.0, 0.01, 0.8], [0.01, 0.0, 0.85]], [0.9, 0.9, 0.9], [0.1, 0.12], [0.5, 0.55])
     )
     assert "the vanished class 2 lost the most accuracy" in held
+    assert "its accuracy halved 5 ± 0 % into the task" in held
     assert "output bias moved before the features" in held and "70 ± 0 %" in held
     failed = prior_shift.finding(
         _shift([[0.5, 0.01, 0.1], [0.55, 0.0, 0.12]], [0.9, 0.9, 0.9], [0.6, 0.62], [0.2, 0.25])
@@ -173,3 +182,26 @@ def test_width_finding_follows_the_numbers():
     assert "forgetting of task 1 falls with width" in width.finding(n)
     n["forgetting"] = [[0.5, 0.48], [0.3, 0.35]]
     assert "no clear change" in width.finding(n)
+
+
+def test_lr_steps_finding_reports_what_the_new_task_learned():
+    from retain.studies import lr_steps
+
+    grid = [[0.0, 0.01], [0.1, 0.3]]  # [lr][steps]
+    n = {
+        "lrs": [0.001, 0.1],
+        "steps": [10, 100],
+        "metric": "accuracy",
+        "forgetting": [grid, [[0.0, 0.02], [0.12, 0.31]]],
+        "new": [[[0.5, 0.6], [0.8, 0.9]], [[0.5, 0.62], [0.8, 0.91]]],
+    }
+    text = lr_steps.finding(n)
+    assert "forgetting rises with learning rate" in text and "forgetting rises with steps" in text
+    assert "the new task's accuracy went from 0.61 ± 0.01 to 0.91 ± 0.01" in text
+    n["forgetting"] = [[[0.1, 0.1], [0.1, 0.1]], [[0.2, 0.2], [0.2, 0.2]]]
+    assert "no clear change with learning rate" in lr_steps.finding(n)
+
+
+def test_the_study_list_shows_each_parameter_with_its_default(capsys):
+    assert main(["study"]) == 0
+    assert "    scales=[0.25, 0.5, 1, 2, 4, 8]  factors applied" in capsys.readouterr().out
