@@ -205,3 +205,14 @@ def test_lr_steps_finding_reports_what_the_new_task_learned():
 def test_the_study_list_shows_each_parameter_with_its_default(capsys):
     assert main(["study"]) == 0
     assert "    scales=[0.25, 0.5, 1, 2, 4, 8]  factors applied" in capsys.readouterr().out
+
+
+def test_similarity_by_permutation_runs_on_any_inputs():
+    from retain.config import load_config
+
+    cfg = load_config(None, ["stream.dataset=digits", "stream.limit_train=300", "model.hidden=[8]"])
+    r = run_study("similarity", cfg, [0], None, {"kind": "permutation", "fractions": [0, 1]})
+    forgetting = r["numbers"]["forgetting"][0]
+    distance = r["numbers"]["repr_distance"][0]
+    assert len(forgetting) == 2 and distance[0] == pytest.approx(0, abs=1e-6) and distance[1] > 0
+    assert "permuted fraction" in r["finding"]
