@@ -120,7 +120,7 @@ ALLOWED: dict[str, set[str]] = {
         "utils",
     },
     "init": {"errors", "data"},  # `retain init`: a config for the user's files
-    "reference": {"binding", "config"},
+    "reference": {"binding", "config"},  # `retain config`: every config key, from the dataclasses
     # `retain study`: named experiments built on runs (api) and strategy labels (runner)
     "studies": {
         "errors",
@@ -132,7 +132,7 @@ ALLOWED: dict[str, set[str]] = {
         "utils",
         "api",
         "runner",
-    },  # `retain config`: every config key, from the dataclasses
+    },
     "cli": {
         "retain",
         "errors",
