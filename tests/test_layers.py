@@ -151,6 +151,18 @@ ALLOWED: dict[str, set[str]] = {
     },
     "init": {"errors", "data"},  # `retain init`: a config for the user's files
     "reference": {"binding", "config"},  # `retain config`: every config key, from the dataclasses
+    # `retain study`: named experiments built on runs (api) and strategy labels (runner)
+    "studies": {
+        "errors",
+        "binding",
+        "config",
+        "data",
+        "models",
+        "strategies",
+        "utils",
+        "api",
+        "runner",
+    },
     "cli": {
         "retain",
         "errors",
@@ -168,6 +180,7 @@ ALLOWED: dict[str, set[str]] = {
         "packaging",
         "update",
         "utils",
+        "studies",
     },
     "__main__": {"cli"},
     "retain": {"strategies"},  # the lazy public API

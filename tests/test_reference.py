@@ -83,6 +83,7 @@ def test_run_help_points_at_the_quickstart_and_the_reference():
         "update",
         "gate",
         "landscape",
+        "study",
     }
 
 

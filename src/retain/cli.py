@@ -35,6 +35,7 @@ EPILOG = """examples:
   retain update pkg-1 --data d2.csv --out pkg-2 --strategy auto --budget 300
   retain gate pkg-1 pkg-2 --max-drop 0.02
   retain landscape runs/smnist-compare
+  retain study width --config my.yaml --seeds 0,1,2
 """
 
 
@@ -165,6 +166,22 @@ def cmd_report(args: argparse.Namespace) -> int:
         print_summary(record, _console())
     for p in written:
         print(p)
+    return 0
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from retain.studies import describe
+
+    if args.name is None:
+        print(describe(), end="")
+        return 0
+    from retain.studies import from_command
+
+    result, out = from_command(
+        args.name, args.config, args.seeds, args.out, args.overrides, args.argv
+    )
+    print(f"finding: {result['finding']}")
+    print(f"study: {out / 'study.md'}  (and study.json, {', '.join(result['figures'])})")
     return 0
 
 
@@ -336,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
         _update_parser,
         _gate_parser,
         _landscape_parser,
+        _study_parser,
     ):
         add(sub, common)
     return p
@@ -637,6 +655,27 @@ def _landscape_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     g.set_defaults(func=cmd_landscape)
 
 
+def _study_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    s = sub.add_parser(
+        "study",
+        parents=[common],
+        help="rerun a claim about forgetting as an experiment on your model and data",
+        description="Run a named study on your config's model and data (default: the study's "
+        "own, on MNIST) over several seeds; write a run directory with its figure, study.json "
+        "and a one-line finding computed from the numbers. Without NAME: list the studies.",
+    )
+    s.add_argument("name", nargs="?", metavar="NAME", help="the study (omit to list them)")
+    s.add_argument("--config", help="your YAML config: the model and data the study varies")
+    s.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    s.add_argument("--out", help="run directory (default: runs/study-NAME-<time>)")
+    s.usage = "retain study [options] [NAME] [--config FILE] [--seeds 0,1,2] [KEY=VALUE ...]"
+    s.epilog = (
+        "KEY=VALUE: a study parameter (e.g. scales=[1,4]) or, dotted, a config override "
+        "(e.g. train.lr=0.01)"
+    )
+    s.set_defaults(func=cmd_study, overrides=[], argv=None)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -645,6 +684,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(bad)}")
     if hasattr(args, "overrides"):
         args.overrides = extra
+    if hasattr(args, "argv"):
+        args.argv = list(sys.argv[1:] if argv is None else argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
