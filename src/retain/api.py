@@ -22,6 +22,7 @@ from typing import Any
 
 from torch import nn
 
+from retain import midtask
 from retain.checkpointing import checkpoint, finish, restore
 from retain.config import RunConfig
 from retain.data.stream import Stream, Task
@@ -95,6 +96,8 @@ def run(
         record_tokens(r.run_dir.path, stream.vocab, resume)
     r.initial = "pretrained" if _pretrained(model) else "untrained"
     model, history = restore(r, model)
+    if resume:
+        r.step_saved = midtask.load(r, history.tasks_done)
     if not history.rows:  # a fresh run: row 0 of R is the model before training
         history.rows.append(evaluate_all(r, model, f"eval {r.initial}"))
         history.suites.append(evaluate_suites(r, model))
@@ -111,6 +114,7 @@ def run(
         model, after_seconds = finish_task(r, ctx, model)
         evaluate_task(r, history, model, ctx.task, stats, hook_seconds + after_seconds, extra)
         checkpoint(r, model, optimizer, history)
+        midtask.drop_finished(r, history.tasks_done)
     return finish(r, model, history)
 
 
@@ -177,6 +181,8 @@ def train_task(
     guard = task_guard(r, ctx)
     if guard is not None:
         guard.start(model)
+    # After everything above, which a resumed task redoes from the weights at its start.
+    checkpoints = midtask.checkpoints(r, ctx, model, optimizer, evals, guard)
     stats = fit_task(
         model,
         data,
@@ -191,6 +197,7 @@ def train_task(
         progress=r.progress,
         every=in_task_checks(r, evals, guard),
         loader=loader,
+        checkpoints=checkpoints,
     )
     stats.curriculum = realised(loader, curriculum)
     extra: dict[str, Any] = {"evals": evals} if evals else {}

@@ -78,6 +78,7 @@ class RunState:
     warn: Callable[[str], None] = lambda msg: None
     guard_metric: str | None = None  # the score the regression guard watches, when it is on
     initial: str = "untrained"  # what row 0 of R scores: "untrained" or "pretrained"
+    step_saved: dict[str, Any] | None = None  # the mid-task checkpoint resumed from (midtask)
 
     def context(self, i: int) -> TaskContext:
         return task_context(
@@ -264,6 +265,8 @@ def check_resume_config(run_dir: RunDir, config: RunConfig | None) -> None:
     now = config.to_dict()
     for d in (saved, now):
         d.get("output", {}).pop("dir", None)
+        for key in ("checkpoint_every", "keep_step_checkpoints"):  # they change no result
+            d.get("train", {}).pop(key, None)
     diff = config_diff(saved, now)
     if diff:
         raise RunDirError(
