@@ -1,0 +1,215 @@
+"""Mid-task checkpoints (train.checkpoint_every): a run stopped inside a task and resumed ends with
+the same R and the same weights, bit for bit, as the run that was never stopped."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from retain.api import run
+from retain.config import EvalConfig, OutputConfig, RunConfig, TrainConfig
+from retain.data.scenarios import split
+from retain.errors import ConfigError
+from retain.midtask import step_dirs
+from retain.models import MLP
+from retain.strategies import build_all
+from retain.strategies.base import Strategy
+
+# 8 steps per task (two epochs of 5 batches, less 2), a checkpoint every 3: steps 3 and 6 of each
+# task are saved, 8 is not.
+TRAIN = dict(steps=8, batch_size=64, optimizer="adam", lr=1e-3, checkpoint_every=3)
+
+
+@dataclass
+class CrashAt(Strategy):
+    """Raises after optimizer step ``at`` (counted over the run, from 1) while ``at`` is set,
+    or in the ``after_task`` of task ``in_after_task``: a run stopped at a chosen point."""
+
+    at: int = 0
+    in_after_task: int | None = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        self._steps = 0
+
+    def after_step(self, model, ctx):
+        self._steps += 1
+        if self._steps == self.at:
+            raise KeyboardInterrupt(f"stopped after step {self.at}")
+
+    def after_task(self, model, ctx):
+        if ctx.task_index == self.in_after_task:
+            raise KeyboardInterrupt("stopped in after_task")
+        return model
+
+
+@pytest.fixture(scope="module")
+def two_tasks(digits):
+    return split(digits, n_tasks=2, classes=[0, 1, 2, 3])
+
+
+def _mlp():
+    torch.manual_seed(0)
+    return MLP(64, 4, [16])
+
+
+def _cfg(**train):
+    return RunConfig(train=TrainConfig(**{**TRAIN, **train}), seed=3)
+
+
+def _stopped_and_resumed(stream, specs, out, stops, cfg=None, **stop):
+    """Run ``specs`` into ``out``, stopping at each of ``stops`` (steps counted from each
+    start), resuming after each; then resume to the end. Returns the last result."""
+    cfg = cfg or _cfg
+    for k, at in enumerate(stops):
+        with pytest.raises(KeyboardInterrupt):
+            strategies = [*build_all(specs), CrashAt(at=at, **stop)]
+            run(_mlp(), stream, strategies, cfg(), out_dir=out, resume=k > 0)
+    return run(_mlp(), stream, [*build_all(specs), CrashAt()], cfg(), out_dir=out, resume=True)
+
+
+def _record(result):
+    """The run record without what differs between any two runs (times, memory)."""
+
+    def drop(x):
+        if isinstance(x, dict):
+            return {k: drop(v) for k, v in x.items() if not k.endswith("seconds")}
+        return [drop(v) for v in x] if isinstance(x, list) else x
+
+    d = result.record.to_dict()
+    for key in ("timing", "memory", "started", "finished"):
+        d.pop(key)
+    return json.loads(json.dumps(drop(d)))
+
+
+def _same(a, b):
+    """The same R and weights, bit for bit, and the same record: curves, evaluations inside
+    tasks, early stopping, strategies' statistics."""
+    assert a.matrix == b.matrix
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert sa.keys() == sb.keys()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert _record(a) == _record(b)
+
+
+@pytest.mark.parametrize(
+    "specs",
+    [
+        [{"name": "finetune"}],
+        [{"name": "ewc", "lam": 10.0}],
+        [{"name": "replay", "size": 40}],
+        [{"name": "der", "size": 40, "beta": 0.5}],
+        [{"name": "lwf"}],
+        [{"name": "si"}, {"name": "agem", "size": 40, "batch_size": 16}],
+    ],
+    ids=["finetune", "ewc", "replay", "der", "lwf", "si+agem"],
+)
+def test_stopped_inside_tasks_resumes_bit_identical(two_tasks, tmp_path, specs):
+    full = run(_mlp(), two_tasks, [*build_all(specs), CrashAt()], _cfg())
+    out = tmp_path / "r"
+    # Step 5 of task 0 (resumed from its step 3); then 9 steps later: step 4 of task 1 (from 3).
+    resumed = _stopped_and_resumed(two_tasks, specs, out, [5, 9])
+    _same(resumed, full)
+    assert step_dirs(out / "checkpoints") == []  # a finished task's step checkpoints are gone
+
+
+def test_schedules_accumulation_early_stopping_and_evaluations_resume(digits, tmp_path):
+    """Warmup and cosine over the run, a kept optimizer with momentum, 2 micro-batches per step,
+    early stopping on a validation split (lr 1 makes the validation loss jump: task 0 stops at
+    step 16 of 21) and evaluations inside the task, stopped twice."""
+    stream = split(digits, n_tasks=2, classes=[0, 1, 2, 3], validation=0.2)
+
+    def cfg():
+        train = TrainConfig(
+            epochs=3,
+            batch_size=16,
+            optimizer="sgd",
+            lr=1.0,
+            momentum=0.5,
+            grad_accum=2,
+            schedule="cosine",
+            warmup=0.2,
+            schedule_scope="run",
+            optimizer_state="keep",
+            patience=1,
+            eval_every=2,
+            checkpoint_every=2,
+        )
+        return RunConfig(train=train, eval=EvalConfig(every_steps=4), seed=3)
+
+    specs = [{"name": "replay", "size": 40}]
+    full = run(_mlp(), stream, [*build_all(specs), CrashAt()], cfg())
+    # Step 3 of task 0 (resumed from 2); then step 3 of task 1 (from 2).
+    resumed = _stopped_and_resumed(stream, specs, tmp_path / "r", [3, 17], cfg=cfg)
+    _same(resumed, full)
+    record = _record(resumed)
+    assert [e["stopped_at"] for e in record["early_stopping"]] == [16, None]
+    assert all(record["curves"]["eval"])
+
+
+def test_stopped_after_the_last_step_resumes_from_it(two_tasks, tmp_path):
+    """A checkpoint at a task's last step, then a stop before its end-of-task checkpoint (in
+    after_task): the resumed run goes straight to after_task."""
+    cfg = lambda: _cfg(steps=6)  # noqa: E731
+    specs = [{"name": "der", "size": 40}]
+    full = run(_mlp(), two_tasks, [*build_all(specs), CrashAt()], cfg())
+    out = tmp_path / "r"
+    with pytest.raises(KeyboardInterrupt):
+        run(_mlp(), two_tasks, [*build_all(specs), CrashAt(in_after_task=0)], cfg(), out_dir=out)
+    assert [(t, s) for t, s, _ in step_dirs(out / "checkpoints")] == [(0, 6)]
+    resumed = run(
+        _mlp(), two_tasks, [*build_all(specs), CrashAt()], cfg(), out_dir=out, resume=True
+    )
+    _same(resumed, full)
+
+
+def test_step_checkpoint_files_and_how_many_are_kept(two_tasks, tmp_path):
+    out = tmp_path / "r"
+    with pytest.raises(KeyboardInterrupt):
+        strategies = [*build_all([{"name": "replay", "size": 40}]), CrashAt(at=15)]
+        run(_mlp(), two_tasks, strategies, _cfg(keep_step_checkpoints=2), out_dir=out)
+    found = step_dirs(out / "checkpoints")
+    assert [(t, s) for t, s, _ in found] == [(1, 3), (1, 6)]  # task 0's went with its end
+    names = {p.name for p in found[-1][2].iterdir()}
+    assert names == {"model.safetensors", "state.safetensors", "state.json"}
+    meta = json.loads((found[-1][2] / "state.json").read_text())
+    assert (meta["kind"], meta["format"], meta["tasks_done"], meta["step"]) == (
+        "retain.step_checkpoint",
+        1,
+        1,
+        6,
+    )
+    assert set(meta["state"]) >= {"optimizer", "strategies", "rng", "generator", "loop"}
+    assert not list((out / "checkpoints").glob(".*"))  # no temporary folder left
+
+
+def test_a_damaged_newest_step_checkpoint_falls_back_to_the_one_before(two_tasks, tmp_path):
+    specs = [{"name": "replay", "size": 40}]
+    cfg = lambda: _cfg(keep_step_checkpoints=2)  # noqa: E731
+    full = run(_mlp(), two_tasks, [*build_all(specs), CrashAt()], cfg())
+    out = tmp_path / "r"
+    with pytest.raises(KeyboardInterrupt):
+        run(_mlp(), two_tasks, [*build_all(specs), CrashAt(at=7)], cfg(), out_dir=out)
+    newest = step_dirs(out / "checkpoints")[-1][2]
+    (newest / "state.safetensors").write_bytes(b"cut short")
+    warnings: list[str] = []
+    resumed = run(
+        _mlp(),
+        two_tasks,
+        [*build_all(specs), CrashAt()],
+        cfg(),
+        out_dir=out,
+        resume=True,
+        warn=warnings.append,
+    )
+    assert any("step-0000-000000006" in w and "damaged" in w for w in warnings), warnings
+    _same(resumed, full)
+
+
+def test_checkpoint_every_needs_task_checkpoints():
+    with pytest.raises(ConfigError, match="output.checkpoints"):
+        RunConfig(train=TrainConfig(checkpoint_every=5), output=OutputConfig(checkpoints=False))
+    RunConfig(train=TrainConfig(checkpoint_every=0), output=OutputConfig(checkpoints=False))
