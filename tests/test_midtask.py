@@ -213,3 +213,130 @@ def test_checkpoint_every_needs_task_checkpoints():
     with pytest.raises(ConfigError, match="output.checkpoints"):
         RunConfig(train=TrainConfig(checkpoint_every=5), output=OutputConfig(checkpoints=False))
     RunConfig(train=TrainConfig(checkpoint_every=0), output=OutputConfig(checkpoints=False))
+
+
+# ---------------------------------------------------------------- SIGKILL at random steps
+# One Python process imports retain once, then runs each job in a forked child, exactly as
+# `python -m retain ARGV` would run it, less the import (several seconds each on a loaded CPU,
+# and 25 of them here). A job with a kill point SIGKILLs its own process (no cleanup, no atexit)
+# when the run reaches that point: right after an optimizer step, or in the middle of writing a
+# step checkpoint (its folder half-written). The point is in steps over the whole run
+# (task * STEPS + step), so a resumed child dies at the next point wherever it resumed from.
+STEPS = 12
+_SERVER = """
+import json, os, signal, sys
+import torch
+torch.set_num_threads(1)
+from retain import midtask
+from retain.cli import main
+from retain.train import loop
+
+STEPS = int(sys.argv[1])
+kill = {"at": None, "mode": None}
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+optimizer_step = loop._Stepper.optimizer_step
+def stepped(self, step):
+    out = optimizer_step(self, step)
+    if kill["mode"] == "step" and self.ctx.task_index * STEPS + step + 1 == kill["at"]:
+        die()
+    return out
+loop._Stepper.optimizer_step = stepped
+
+write_json = midtask.write_json
+def written(path, obj):
+    if kill["mode"] == "write" and obj["tasks_done"] * STEPS + obj["step"] == kill["at"]:
+        die()
+    return write_json(path, obj)
+midtask.write_json = written
+
+codes = []
+for job in json.loads(sys.argv[2]):
+    if job["at"] is None and not job["argv"][-1] == "--resume":  # in this process: it warms up
+        codes.append(main(job["argv"]))  # the imports the children then inherit
+        continue
+    pid = os.fork()
+    if pid == 0:
+        kill.update(at=job["at"], mode=job["mode"])
+        code = 1
+        try:
+            code = main(job["argv"])
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    codes.append(-os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status))
+print(json.dumps(codes))
+"""
+
+
+def _comparable(run_dir):
+    """result.json without times and memory, and the final weights' bytes."""
+    import hashlib
+
+    d = json.loads((run_dir / "result.json").read_text())
+    for key in ("timing", "memory", "started", "finished", "out_dir"):
+        d.pop(key, None)
+    d = json.loads(
+        json.dumps(d), object_hook=lambda o: {k: v for k, v in o.items() if "seconds" not in k}
+    )
+    latest = json.loads((run_dir / "checkpoints" / "LATEST.json").read_text())["dir"]
+    weights = (run_dir / "checkpoints" / latest / "model.safetensors").read_bytes()
+    return d, hashlib.sha256(weights).hexdigest()
+
+
+@pytest.mark.slow  # 25 runs in forked processes of one launched python: ~40 s
+def test_sigkilled_cli_runs_resume_bit_identical(tmp_path):
+    import random
+    import subprocess
+    import sys
+
+    configs = {
+        "ewc+der": "[{name: ewc, lam: 10.0}, {name: der, size: 40, beta: 0.5}]",
+        "lwf+replay": "[{name: lwf}, {name: replay, size: 40}]",
+    }
+    rng = random.Random(20261202)
+    jobs, killed = [], []
+    for name, strategies in configs.items():
+        cfg = tmp_path / f"{name}.yaml"
+        cfg.write_text(
+            "seed: 0\n"
+            "stream: {dataset: digits, scenario: split, n_tasks: 3, classes: [0, 1, 2, 3, 4, 5]}\n"
+            "model: {name: mlp, hidden: [16]}\n"
+            f"train: {{steps: {STEPS}, batch_size: 64, optimizer: adam, lr: 0.003, "
+            "checkpoint_every: 3}\n"
+            f"strategies: {strategies}\n"
+            "output: {plots: false}\n"
+        )
+        jobs.append(
+            {
+                "argv": ["run", str(cfg), "--out", str(tmp_path / name), "-q"],
+                "at": None,
+                "mode": None,
+            }
+        )
+        for copy in range(2):  # 5 kills each, at random steps over the run's 3 x 12
+            out = tmp_path / f"{name}-killed-{copy}"
+            argv = ["run", str(cfg), "--out", str(out), "-q"]
+            for k, at in enumerate(sorted(rng.sample(range(1, 3 * STEPS), 5))):
+                mode = "write" if at % 3 == 0 and rng.random() < 0.5 else "step"
+                jobs.append({"argv": argv + (["--resume"] if k else []), "at": at, "mode": mode})
+            jobs.append({"argv": argv + ["--resume"], "at": None, "mode": None})
+            killed.append((name, out))
+    proc = subprocess.run(
+        [sys.executable, "-c", _SERVER, str(STEPS), json.dumps(jobs)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    codes = json.loads(proc.stdout.strip().splitlines()[-1])
+    expected = [0 if job["at"] is None else -9 for job in jobs]
+    assert codes == expected, (codes, proc.stderr[-3000:])
+    assert codes.count(-9) == 20
+    for name, out in killed:
+        assert _comparable(out) == _comparable(tmp_path / name), name
+        assert step_dirs(out / "checkpoints") == []
+        assert not list((out / "checkpoints").glob(".*"))

@@ -25,7 +25,8 @@ frozen layers; the optimizer; the data order), then loads the step checkpoint ov
 strategy takes from the weights at the task's start (LwF's teacher) is rebuilt exactly instead of
 being written at every step; mid-task checkpoints therefore need ``output.checkpoints``.
 
-Each folder is written under a temporary name and renamed when complete. The
+Each folder is written under a temporary name (``.step-TTTT-SSSSSSSSS.tmp-PID``, deleted by the
+next write if a killed process left it) and renamed when complete. The
 ``train.keep_step_checkpoints`` newest of the task are kept, and a task's are deleted once its
 end-of-task checkpoint is written: on disk at most ``keep_step_checkpoints`` step checkpoints,
 each the size of the model, the optimizer's state (Adam: twice the model) and the strategies'.
@@ -85,8 +86,7 @@ def write(
     """Write one step checkpoint; keep the ``keep`` newest of this task, delete the others."""
     name = folder(tasks_done, step)
     final, tmp = root / name, root / f".{name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    _remove_partial(root)
     tmp.mkdir(parents=True)
     write_atomic(tmp / "model.safetensors", lambda p: save_model(model, str(p)))
     skeleton = save_state(tmp / "state.safetensors", state)
@@ -100,6 +100,13 @@ def write(
         if t != tasks_done or p in mine[:-keep]:
             shutil.rmtree(p, ignore_errors=True)
     return final
+
+
+def _remove_partial(root: Path) -> None:
+    """Delete step checkpoints a killed process left half-written (one process writes a run)."""
+    if root.is_dir():
+        for p in root.glob(".step-*.tmp-*"):
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def read(root: Path, tasks_done: int, warn: Any = None) -> dict[str, Any] | None:
@@ -132,6 +139,7 @@ def drop_finished(r: RunState, tasks_done: int) -> None:
     for t, _, p in step_dirs(r.run_dir.ckpt_root):
         if t < tasks_done:
             shutil.rmtree(p, ignore_errors=True)
+    _remove_partial(r.run_dir.ckpt_root)
 
 
 def load(r: RunState, tasks_done: int) -> dict[str, Any] | None:
