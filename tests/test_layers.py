@@ -55,7 +55,7 @@ ALLOWED: dict[str, set[str]] = {
         "utils",
     },
     "checkpointing": {"report", "run_state", "utils", "vocab"},  # restore, checkpoint, finish
-    "midtask": {"run_state", "strategies", "train", "utils"},  # checkpoints inside a task
+    "midtask": {"errors", "run_state", "strategies", "train", "utils"},  # checkpoints inside a task
     # vocabulary extension: the tokenizer, the model's new rows and their learning rate
     "vocab": {"errors", "config", "data", "strategies", "utils"},
     "api": {

@@ -166,6 +166,26 @@ def test_stopped_after_the_last_step_resumes_from_it(two_tasks, tmp_path):
     _same(resumed, full)
 
 
+def test_checkpoint_every_may_change_on_resume(two_tasks, tmp_path):
+    """How often a run checkpoints changes no result, so a resume may change it (or turn it
+    off) without being refused as a changed config."""
+    specs = [{"name": "replay", "size": 40}]
+    full = run(_mlp(), two_tasks, [*build_all(specs), CrashAt()], _cfg())
+    out = tmp_path / "r"
+    with pytest.raises(KeyboardInterrupt):
+        run(_mlp(), two_tasks, [*build_all(specs), CrashAt(at=5)], _cfg(), out_dir=out)
+    with pytest.raises(KeyboardInterrupt):
+        strategies = [*build_all(specs), CrashAt(at=10)]  # from step 3: step 5 of task 1
+        run(_mlp(), two_tasks, strategies, _cfg(checkpoint_every=2), out_dir=out, resume=True)
+    assert [(t, s) for t, s, _ in step_dirs(out / "checkpoints")] == [(1, 4)]
+    strategies = [*build_all(specs), CrashAt()]
+    resumed = run(_mlp(), two_tasks, strategies, _cfg(checkpoint_every=0), out_dir=out, resume=True)
+    assert resumed.matrix == full.matrix
+    assert all(
+        torch.equal(a, b) for a, b in zip(resumed.model.parameters(), full.model.parameters())
+    )
+
+
 def test_step_checkpoint_files_and_how_many_are_kept(two_tasks, tmp_path):
     out = tmp_path / "r"
     with pytest.raises(KeyboardInterrupt):
@@ -207,6 +227,82 @@ def test_a_damaged_newest_step_checkpoint_falls_back_to_the_one_before(two_tasks
     )
     assert any("step-0000-000000006" in w and "damaged" in w for w in warnings), warnings
     _same(resumed, full)
+
+
+@pytest.fixture(scope="module")
+def two_step_checkpoints(two_tasks, tmp_path_factory):
+    """A run stopped at step 7 of task 0 that kept its step checkpoints at steps 3 and 6."""
+    out = tmp_path_factory.mktemp("stopped") / "r"
+    with pytest.raises(KeyboardInterrupt):
+        strategies = [*build_all([{"name": "replay", "size": 40}]), CrashAt(at=7)]
+        run(_mlp(), two_tasks, strategies, _cfg(keep_step_checkpoints=2), out_dir=out)
+    return out / "checkpoints"
+
+
+def _cut(path):
+    path.write_bytes(path.read_bytes()[:-50])
+
+
+def _edit_state(path, **changes):
+    meta = json.loads(path.read_text())
+    meta.update(changes)
+    path.write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda d: _cut(d / "model.safetensors"),
+        lambda d: (d / "model.safetensors").unlink(),
+        lambda d: _cut(d / "state.safetensors"),
+        lambda d: (d / "state.json").write_text("{"),
+        lambda d: (d / "state.json").write_bytes(b"\xff\xfe"),
+        lambda d: _edit_state(d / "state.json", kind="retain.run"),
+        lambda d: _edit_state(d / "state.json", format=99),
+        lambda d: _edit_state(d / "state.json", step=3),
+        lambda d: _edit_state(d / "state.json", tasks_done=1),
+        lambda d: _edit_state(d / "state.json", state=[]),
+    ],
+    ids=[
+        "model-cut",
+        "model-missing",
+        "state-cut",
+        "json-broken",
+        "json-not-utf8",
+        "other-kind",
+        "future-format",
+        "other-step",
+        "other-task",
+        "state-not-a-dict",
+    ],
+)
+def test_a_damaged_step_checkpoint_is_passed_over(two_step_checkpoints, tmp_path, damage):
+    import shutil
+
+    from retain.midtask import read
+
+    root = tmp_path / "checkpoints"
+    shutil.copytree(two_step_checkpoints, root)
+    assert read(root, 0)["step"] == 6
+    damage(root / "step-0000-000000006")
+    warnings: list[str] = []
+    found = read(root, 0, warnings.append)
+    assert found is not None and found["step"] == 3
+    assert len(warnings) == 1 and "step-0000-000000006" in warnings[0], warnings
+    assert read(root, 1) is None  # none of the next task
+
+
+def test_a_loader_that_cannot_save_its_place_is_refused_before_training(
+    two_tasks, tmp_path, monkeypatch
+):
+    import retain.api
+
+    def plain(model, data, ctx, cfg):
+        return list(ctx.make_loader(data, shuffle=True)), {}
+
+    monkeypatch.setattr(retain.api, "train_loader", plain)
+    with pytest.raises(ConfigError, match="cannot save its place"):
+        run(_mlp(), two_tasks, ["finetune"], _cfg(), out_dir=tmp_path / "r")
 
 
 def test_checkpoint_every_needs_task_checkpoints():

@@ -182,7 +182,7 @@ def train_task(
     if guard is not None:
         guard.start(model)
     # After everything above, which a resumed task redoes from the weights at its start.
-    checkpoints = midtask.checkpoints(r, ctx, model, optimizer, evals, guard)
+    checkpoints = midtask.checkpoints(r, ctx, model, optimizer, loader, evals, guard)
     stats = fit_task(
         model,
         data,

@@ -41,10 +41,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_model
 from torch import nn
 
+from retain.errors import ConfigError
 from retain.run_state import RunState
 from retain.strategies.context import TaskContext
 from retain.train.loop import Checkpoints
@@ -118,11 +119,13 @@ def read(root: Path, tasks_done: int, warn: Any = None) -> dict[str, Any] | None
             continue
         try:
             meta = json.loads((path / "state.json").read_text())
-            if meta.get("kind") != KIND or meta.get("format") != FORMAT or meta["step"] != step:
-                raise ValueError("not a step checkpoint of this format")
+            if meta.get("kind") != KIND or meta.get("format") != FORMAT:
+                raise ValueError("state.json is not a step checkpoint of this format")
+            if (meta["tasks_done"], meta["step"], meta["state"]["loop"]["step"]) != (t, step, step):
+                raise ValueError("state.json names another task or step than its folder")
             meta["state"] = load_state(path / "state.safetensors", meta["state"])
-            if not (path / "model.safetensors").is_file():
-                raise FileNotFoundError("model.safetensors")
+            with safe_open(path / "model.safetensors", "pt"):  # its header fits its size
+                pass
         except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:
             if warn is not None:
                 warn(f"step checkpoint '{path}' is damaged ({e}); trying an earlier one")
@@ -154,6 +157,7 @@ def checkpoints(
     ctx: TaskContext,
     model: nn.Module,
     optimizer: Any,
+    loader: Any,
     evals: list[dict[str, Any]],
     guard: Any,
 ) -> Checkpoints | None:
@@ -169,6 +173,11 @@ def checkpoints(
         every = None
     if every is None and resume is None:
         return None
+    if not callable(getattr(loader, "state_dict", None)):
+        raise ConfigError(
+            f"train.checkpoint_every: task '{ctx.task.name}' draws its batches from a "
+            f"{type(loader).__name__}, which cannot save its place; unset train.checkpoint_every"
+        )
     root, keep = r.run_dir.ckpt_root if r.run_dir else None, r.cfg.train.keep_step_checkpoints
 
     def save(loop: dict[str, Any]) -> None:

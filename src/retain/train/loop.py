@@ -333,12 +333,8 @@ def loop_state(
     loop: _Loop, stats: FitStats, loader: Any, tokens: torch.Tensor | None
 ) -> dict[str, Any]:
     """The loop's state after an optimizer step: enough, with the model, optimizer, strategies
-    and random state, to continue the task exactly as if it had not stopped."""
-    if not callable(getattr(loader, "state_dict", None)):
-        raise RetainError(
-            f"train.checkpoint_every: the batches come from a {type(loader).__name__}, which "
-            "cannot save its position; unset train.checkpoint_every"
-        )
+    and random state, to continue the task exactly as if it had not stopped. ``loader`` has
+    ``state_dict``/``load_state_dict`` (its place in the current pass over the data)."""
     best = loop.best
     return {
         "step": loop.step,
