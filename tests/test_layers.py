@@ -58,6 +58,7 @@ ALLOWED: dict[str, set[str]] = {
         "utils",
     },
     "checkpointing": {"report", "run_state", "utils", "vocab"},  # restore, checkpoint, finish
+    "midtask": {"errors", "run_state", "strategies", "train", "utils"},  # checkpoints inside a task
     # vocabulary extension: the tokenizer, the model's new rows and their learning rate
     "vocab": {"errors", "config", "data", "strategies", "utils"},
     "api": {
@@ -73,6 +74,7 @@ ALLOWED: dict[str, set[str]] = {
         "utils",
         "run_state",
         "checkpointing",
+        "midtask",
         "vocab",
     },
     "runner": {

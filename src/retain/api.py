@@ -22,6 +22,7 @@ from typing import Any
 
 from torch import nn
 
+from retain import midtask
 from retain.checkpointing import checkpoint, finish, restore
 from retain.config import RunConfig
 from retain.data.stream import Stream, Task
@@ -97,6 +98,8 @@ def run(
         record_tokens(r.run_dir.path, stream.vocab, resume)
     r.initial = "pretrained" if _pretrained(model) else "untrained"
     model, history = restore(r, model)
+    if resume:
+        r.step_saved = midtask.load(r, history.tasks_done)
     if not history.rows:  # a fresh run: row 0 of R is the model before training
         history.rows.append(evaluate_all(r, model, f"eval {r.initial}"))
         history.suites.append(evaluate_suites(r, model))
@@ -118,6 +121,7 @@ def run(
         evaluate_task(r, history, model, ctx.task, stats, hook_seconds + after_seconds, extra)
         snapshot(r, model, i + 1, stats.steps, end=True)
         checkpoint(r, model, optimizer, history)
+        midtask.drop_finished(r, history.tasks_done)
     result = finish(r, model, history)
     if r.tracker is not None:
         m = result.metrics
@@ -197,6 +201,8 @@ def train_task(
     if guard is not None:
         guard.start(model)
     total = steps_for(len(data), train, r.acc.num_processes)
+    # After everything above, which a resumed task redoes from the weights at its start.
+    checkpoints = midtask.checkpoints(r, ctx, model, optimizer, loader, evals, guard)
     stats = fit_task(
         model,
         data,
@@ -212,6 +218,7 @@ def train_task(
         every=in_task_checks(r, evals, guard, snapshots_inside(r, ctx.task_index + 1, total)),
         loader=loader,
         tracker=r.tracker,
+        checkpoints=checkpoints,
     )
     stats.curriculum = realised(loader, curriculum)
     extra: dict[str, Any] = {"evals": evals} if evals else {}

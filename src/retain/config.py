@@ -243,6 +243,18 @@ class TrainConfig:
         "memory for about a third more compute per step",
         default=False,
     )
+    checkpoint_every: int | None = help_field(
+        "also checkpoint every N optimizer steps inside a task, so --resume continues from there "
+        "(0 or unset: only after each task); needs output.checkpoints",
+        default=None,
+        ge=0,
+    )
+    keep_step_checkpoints: int = help_field(
+        "how many of those mid-task checkpoints to keep (the latest ones; output.keep_checkpoints "
+        "counts the end-of-task ones)",
+        default=1,
+        ge=1,
+    )
     cpu: bool = help_field("force the CPU even when a GPU is available", default=False)
     deterministic: bool = help_field("use deterministic torch kernels", default=True)
     log_with: (
@@ -435,6 +447,12 @@ class RunConfig:
             raise ConfigError(
                 "stream.scenario text trains a language model: set model.name: hf (with "
                 "model.pretrained, or model.hf_config and model.tokenizer)"
+            )
+        if self.train.checkpoint_every and not self.output.checkpoints:
+            raise ConfigError(
+                "train.checkpoint_every resumes a task from the checkpoint of the task before it, "
+                "and output.checkpoints is false: set output.checkpoints: true, or unset "
+                "train.checkpoint_every"
             )
         if self.model.vocab.enabled and self.stream.scenario != "text":
             raise ConfigError(

@@ -80,6 +80,7 @@ class RunState:
     guard_metric: str | None = None  # the score the regression guard watches, when it is on
     initial: str = "untrained"  # what row 0 of R scores: "untrained" or "pretrained"
     tracker: Any = None  # train.log_with: the run's experiment trackers (train/tracking.py)
+    step_saved: dict[str, Any] | None = None  # the mid-task checkpoint resumed from (midtask)
 
     def context(self, i: int) -> TaskContext:
         return task_context(

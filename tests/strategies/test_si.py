@@ -43,7 +43,7 @@ def test_path_integral_is_lr_g2_for_plain_sgd(digits_permuted):
     si.before_task(model, ctx)
     start = {n: p.detach().clone() for n, p in model.named_parameters()}
     expected = _train(si, model, ctx, data.x, data.y, lr=0.1, steps=6, clip=0.05)
-    for n, omega in zip(si._names, si._omega):
+    for n, omega in zip(si._names, si.omega_):
         torch.testing.assert_close(omega, expected[n], rtol=1e-3, atol=1e-9)
     si.after_task(model, ctx)
     for n, p in model.named_parameters():

@@ -8,12 +8,19 @@ stride of it, and all ranks get the same number of batches, so DDP never waits o
 On a GPU the data is copied to the device once (while it fits in a quarter of the free memory)
 and batches are indexed there, so a step makes no host-to-device copy of its batch; the epoch's
 permutation goes over once per epoch, from pinned memory, without making the host wait.
+
+A loader knows where it is in the current epoch: ``state_dict()`` holds the generator's state from
+just before the epoch's permutation was drawn and the batches given out so far, and
+``load_state_dict`` makes the next pass draw that same permutation and start after those batches
+(a run resumed inside a task, ``train.checkpoint_every``). Saving the generator's state rather
+than the permutation keeps it a few kilobytes for any data size.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -79,6 +86,9 @@ class TensorLoader:
         self.rank = rank
         self.world_size = world_size
         self.even = even
+        self._epoch_rng: torch.Tensor | None = None  # the generator before this epoch's order
+        self._position = 0  # batches given out in the current pass
+        self._resume: tuple[torch.Tensor, int] | None = None  # (order, batches to skip)
 
     @property
     def samples_per_rank(self) -> int:
@@ -95,6 +105,7 @@ class TensorLoader:
     def _order(self) -> torch.Tensor:
         n = len(self.data)
         if self.shuffle:
+            self._epoch_rng = self._rng_state()
             order = torch.randperm(n, generator=self.generator)
         else:
             order = torch.arange(n)
@@ -105,12 +116,46 @@ class TensorLoader:
         return order
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        order = self._order()
+        if self._resume is not None:
+            (order, skip), self._resume = self._resume, None
+        else:
+            order, skip = self._order(), 0
         data = self.data if self.device is None else on_device(self.data, self.device)
         first = next(iter(data.tensors.values()))
         order = to_device(order, first.device)
-        for start in range(0, len(order), self.batch_size):
+        self._position = skip
+        for start in range(skip * self.batch_size, len(order), self.batch_size):
             batch = data.batch(order[start : start + self.batch_size])
             if self.device is not None and first.device != self.device:
                 batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+            self._position += 1
             yield batch
+
+    def _rng_state(self) -> torch.Tensor:
+        return self.generator.get_state() if self.generator is not None else torch.get_rng_state()
+
+    def _set_rng_state(self, state: torch.Tensor) -> None:
+        if self.generator is not None:
+            self.generator.set_state(state)
+        else:
+            torch.set_rng_state(state)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the current pass is: the generator before its permutation, batches given."""
+        return {"epoch_rng": self._epoch_rng, "position": self._position}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """The next pass draws the saved pass's permutation and starts after its given batches.
+
+        The permutation is drawn here, and the generator is left as it was found: the caller
+        restores the generator's own state (which later draws continue from) separately."""
+        rng = state.get("epoch_rng")
+        if rng is None:
+            order = self._order()
+        else:
+            now = self._rng_state()
+            self._set_rng_state(rng)
+            order = self._order()
+            self._set_rng_state(now)
+        self._epoch_rng = rng
+        self._resume = (order, int(state["position"]))

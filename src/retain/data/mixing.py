@@ -327,13 +327,39 @@ class MixedLoader:
         self.segment: int | None = None
         self.running = {name: 0 for name in self.pools}  # drawn in the current segment
         self.drawn = [{name: 0 for name in self.pools} for _ in mix.segments(self.total)]
+        self._position = 0  # batches given in the current pass
+        self._skip = 0  # batches the next pass starts after (a resumed pass)
 
     def __len__(self) -> int:
         return self.batches
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        for _ in range(self.batches):
+        skip, self._skip = self._skip, 0
+        self._position = skip
+        for _ in range(skip, self.batches):
+            self._position += 1
             yield self.next_batch()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the next batch depends on besides the generator (its pools' orders and
+        positions, the running counts) and the batches given in the current pass."""
+        return {
+            "position": self._position,
+            "micro": self.micro,
+            "segment": self.segment,
+            "running": dict(self.running),
+            "drawn": [dict(d) for d in self.drawn],
+            "pools": {n: {"order": p.order, "pos": p.pos} for n, p in self.pools.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """The next pass continues after the saved pass's given batches (see ``state_dict``)."""
+        self.micro, self.segment = int(state["micro"]), state["segment"]
+        self.running = {n: int(v) for n, v in state["running"].items()}
+        self.drawn = [{n: int(v) for n, v in d.items()} for d in state["drawn"]]
+        for name, pool in state["pools"].items():
+            self.pools[name].order, self.pools[name].pos = pool["order"], int(pool["pos"])
+        self._skip = int(state["position"])
 
     def next_batch(self) -> dict[str, torch.Tensor]:
         step = self.micro // self.grad_accum

@@ -166,6 +166,25 @@ class TaskGuard:
             f"'{self.task}', past its limit {bound:.4g} (baseline {baseline:.4g}){then}"
         )
 
+    def state_dict(self) -> dict[str, Any]:
+        """What the checks so far left (a mid-task checkpoint); the baselines are not in it:
+        ``start`` scores them again, from the same weights, on resume."""
+        return {
+            "checks": self.checks,
+            "breaches": self.breaches,
+            "failing": sorted(self.failing),
+            "stopped_at": self.stopped_at,
+            "restored_step": self.restored_step,
+            "saved": list(self._saved) if self._saved is not None else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.checks, self.breaches = list(state["checks"]), list(state["breaches"])
+        self.failing = set(state["failing"])
+        self.stopped_at, self.restored_step = state["stopped_at"], state["restored_step"]
+        saved = state["saved"]
+        self._saved = (int(saved[0]), saved[1]) if saved is not None else None
+
     def record(self) -> dict[str, Any]:
         """What the guard did during this task (the task's ``guard`` entry in the history)."""
         return {

@@ -57,7 +57,8 @@ class SynapticIntelligence(Penalized):
         self.anchor_: dict[str, torch.Tensor] = {}  # theta* at the end of the last task
         self._names: list[str] = []
         self._params: list[torch.Tensor] = []
-        self._omega: list[torch.Tensor] = []  # this task's path integral
+        # This task's path integral (learned state: a run resumed inside a task continues it).
+        self.omega_: list[torch.Tensor] = []
         self._grad: list[torch.Tensor] = []  # this step's gradient
         self._prev: list[torch.Tensor] = []  # weights before this step
         self._start: list[torch.Tensor] = []
@@ -75,7 +76,7 @@ class SynapticIntelligence(Penalized):
         params = trainable(ctx.unwrap(model))
         self._names, self._params = list(params), list(params.values())
         self._start = [p.detach().float().clone() for p in self._params]
-        self._omega = [torch.zeros_like(p) for p in self._start]
+        self.omega_ = [torch.zeros_like(p) for p in self._start]
         self._prev = [torch.zeros_like(p) for p in self._start]
         return model
 
@@ -91,18 +92,24 @@ class SynapticIntelligence(Penalized):
 
     def after_step(self, model: nn.Module, ctx: TaskContext) -> None:
         torch._foreach_sub_(self._prev, [p.detach().float() for p in self._params])  # -delta
-        torch._foreach_addcmul_(self._omega, [g.float() for g in self._grad], self._prev)
+        torch._foreach_addcmul_(self.omega_, [g.float() for g in self._grad], self._prev)
         self._grad = []
 
     def after_task(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
         self.consolidate(
             {
                 n: (omega / ((p.detach().float() - start) ** 2 + self.xi)).clamp_min(0.0)
-                for n, p, start, omega in zip(self._names, self._params, self._start, self._omega)
+                for n, p, start, omega in zip(self._names, self._params, self._start, self.omega_)
             },
             ctx.unwrap(model),
         )
+        self.omega_ = []  # restarts with the next task: not kept in its checkpoint
         return model
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        if self._params:  # inside a task (a mid-task checkpoint): onto the weights' devices
+            self.omega_ = [w.to(p.device) for w, p in zip(self.omega_, self._params)]
 
     def stats(self) -> dict[str, Any]:
         return {

@@ -9,6 +9,11 @@ since a read-back every step would make the CPU wait for the GPU on each batch. 
 processes the micro-batches of an accumulated step skip DDP's gradient all-reduce (``no_sync``):
 only the step's last backward averages the summed gradients. The loop's own state (step, epoch,
 the running loss) lives here, in ``_Loop``; strategies see only the frozen ``TaskContext``.
+
+Mid-task checkpoints (``Checkpoints``): every N optimizer steps the loop hands its own state (the
+counters, the running loss, early stopping, the statistics so far and the loader's position) to a
+``save`` callback, which adds the model, optimizer, strategies and random state
+(:mod:`retain.midtask`); given such a state, the loop continues from it.
 """
 
 from __future__ import annotations
@@ -72,6 +77,16 @@ class Every:
 
     steps: int
     call: Callable[[int, nn.Module], bool]
+
+
+@dataclass(frozen=True)
+class Checkpoints:
+    """Mid-task checkpoints: ``save(state)`` every ``every`` optimizer steps, with the loop's
+    state (see :func:`loop_state`); ``resume``: a state saved so, to continue the task from."""
+
+    every: int | None
+    save: Callable[[dict[str, Any]], None]
+    resume: dict[str, Any] | None = None
 
 
 class NullProgress:
@@ -159,6 +174,7 @@ def fit_task(
     every: Every | None = None,
     loader: Any = None,
     tracker: Any = None,
+    checkpoints: Checkpoints | None = None,
 ) -> FitStats:
     """Train ``model`` on ``data`` for ``cfg.steps`` steps or ``cfg.epochs`` epochs.
 
@@ -168,6 +184,7 @@ def fit_task(
     every ``every.steps`` optimizer steps (evaluation inside a task). ``loader``: the batches
     (default: ``data`` shuffled every epoch; see :func:`retain.train.curriculum.train_loader`).
     ``tracker``: the run's experiment trackers (:mod:`retain.train.tracking`), or None.
+    ``checkpoints``: save the loop's state every N steps, or continue from a saved one.
     """
     progress = progress or NullProgress()
     stepper = _Stepper(
@@ -182,6 +199,11 @@ def fit_task(
     optimizer.zero_grad(set_to_none=True)
     # Summed on the device and read once at the end: reading it per step would synchronise.
     tokens = torch.zeros((), dtype=torch.long, device=ctx.device) if "input_ids" in data else None
+    saving = checkpoints.every if checkpoints is not None else None
+    if checkpoints is not None and checkpoints.resume is not None:
+        tokens = _resume(loop, stats, loader, checkpoints.resume, tokens)
+        progress.advance(loop.last_logged, None)
+    elapsed = stats.seconds
     start = time.perf_counter()
     while loop.step < loop.total:
         for batch in loader:
@@ -204,6 +226,9 @@ def fit_task(
                 _validate(loop, stats, model, val, ctx, accelerator, cfg.patience)
             if every is not None and loop.step % every.steps == 0 and every.call(loop.step, model):
                 stats.stopped_early_at = loop.total = loop.step
+            if saving and loop.step % saving == 0:
+                stats.seconds = elapsed + time.perf_counter() - start
+                checkpoints.save(loop_state(loop, stats, loader, tokens))
             if loop.step >= loop.total:
                 break
         loop.epoch += 1
@@ -212,7 +237,7 @@ def fit_task(
         stats.best_val_loss = loop.best[0]
     if loop.last_logged < loop.step:
         progress.advance(loop.step - loop.last_logged, None)
-    stats.steps, stats.seconds = loop.step, time.perf_counter() - start
+    stats.steps, stats.seconds = loop.step, elapsed + time.perf_counter() - start
     stats.tokens = int(tokens) if tokens is not None else None
     progress.done()
     return stats
@@ -333,3 +358,56 @@ def _validate(
     if loop.bad_evals >= patience:
         stats.stopped_early_at = loop.step
         loop.total = loop.step
+
+
+def loop_state(
+    loop: _Loop, stats: FitStats, loader: Any, tokens: torch.Tensor | None
+) -> dict[str, Any]:
+    """The loop's state after an optimizer step: enough, with the model, optimizer, strategies
+    and random state, to continue the task exactly as if it had not stopped. ``loader`` has
+    ``state_dict``/``load_state_dict`` (its place in the current pass over the data)."""
+    best = loop.best
+    return {
+        "step": loop.step,
+        "epoch": loop.epoch,
+        "micro": loop.micro,
+        "total": loop.total,
+        "loss_sum": loop.loss_sum,
+        "loss_count": loop.loss_count,
+        "last_logged": loop.last_logged,
+        "first_loss": loop.first_loss,
+        "bad_evals": loop.bad_evals,
+        "best_loss": best[0] if best is not None else None,
+        "best": best[1] if best is not None else None,
+        "tokens": int(tokens) if tokens is not None else None,
+        "stats": {
+            "samples": stats.samples,
+            "seconds": stats.seconds,
+            "losses": stats.losses,
+            "lrs": stats.lrs,
+            "best_val_loss": stats.best_val_loss,
+            "stopped_early_at": stats.stopped_early_at,
+        },
+        "loader": loader.state_dict(),
+    }
+
+
+def _resume(
+    loop: _Loop, stats: FitStats, loader: Any, state: dict[str, Any], tokens: torch.Tensor | None
+) -> torch.Tensor | None:
+    """Put ``loop``, ``stats`` and ``loader`` where :func:`loop_state` found them."""
+    for key in ("step", "epoch", "micro", "total", "loss_count", "last_logged", "bad_evals"):
+        setattr(loop, key, int(state[key]))
+    loop.loss_sum = state["loss_sum"].to(loop.loss_sum.device, loop.loss_sum.dtype)
+    loop.first_loss = state["first_loss"]
+    if state["best"] is not None:
+        loop.best = (state["best_loss"], state["best"])
+    saved = state["stats"]
+    stats.samples, stats.seconds = int(saved["samples"]), float(saved["seconds"])
+    stats.losses = [(int(s), float(v)) for s, v in saved["losses"]]
+    stats.lrs = [(int(s), float(v)) for s, v in saved["lrs"]]
+    stats.best_val_loss, stats.stopped_early_at = saved["best_val_loss"], saved["stopped_early_at"]
+    loader.load_state_dict(state["loader"])
+    if tokens is not None and state["tokens"] is not None:
+        tokens = torch.full_like(tokens, int(state["tokens"]))
+    return tokens

@@ -11,6 +11,8 @@ Layout of a run directory::
     checkpoints/task-000k/    model.safetensors, strategies.safetensors, optimizer.safetensors,
                               rng.safetensors and state.json (everything that is not a tensor,
                               and the size of every file of the folder)
+    checkpoints/step-000k-SSSSSSSSS/   inside task k, after its optimizer step S
+                              (train.checkpoint_every; format in retain.midtask)
 
 A checkpoint folder is written under a temporary name, flushed to the disk and renamed when
 complete, and LATEST.json is replaced atomically after that, so a run killed at any moment leaves
