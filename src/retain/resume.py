@@ -36,7 +36,13 @@ COMMAND = {"run": "retain run", "seeds": "retain run", "compare": "retain compar
 
 # Settings that may change when a run is resumed: where it is and what is rendered, not what
 # is trained or measured.
-MAY_CHANGE = (("output", "dir"), ("output", "plots"), ("output", "keep_checkpoints"))
+MAY_CHANGE = (
+    ("output", "dir"),
+    ("output", "plots"),
+    ("output", "keep_checkpoints"),
+    ("train", "checkpoint_every"),  # how often a run is saved changes none of its results
+    ("train", "keep_step_checkpoints"),
+)
 
 # What a folder holds before its first result or checkpoint (nothing that could be lost).
 BEFORE_TRAINING = frozenset({MARKER, "config.resolved.yaml", "vocab.json"})

@@ -399,7 +399,8 @@ def _resume(
     for key in ("step", "epoch", "micro", "total", "loss_count", "last_logged", "bad_evals"):
         setattr(loop, key, int(state[key]))
     loop.loss_sum = state["loss_sum"].to(loop.loss_sum.device, loop.loss_sum.dtype)
-    loop.first_loss = state["first_loss"]
+    first = state["first_loss"]  # read back on the CPU; summed with the loss on the device
+    loop.first_loss = None if first is None else first.to(loop.loss_sum.device)
     if state["best"] is not None:
         loop.best = (state["best_loss"], state["best"])
     saved = state["stats"]
