@@ -42,16 +42,19 @@ def by_column(
 ) -> Stream:
     """One task per value of ``column`` (or per group of values), in ``groups`` order."""
     src = as_source(source)
-    if column not in src.columns_train:
+    if column not in src.column_names:
         from retain.errors import did_you_mean
 
-        cols = sorted(src.columns_train)
+        cols = sorted(src.column_names)
         raise DataError(
             f"column '{column}' not found{did_you_mean(column, cols)}; "
             f"columns: {', '.join(cols) or 'none'}"
         )
     src = select_classes(src, classes).with_test_split(0.2, seed)
-    col_tr, col_te = src.columns_train[column], src.columns_test[column]
+    col_tr, col_te = src.column(column, "train"), src.column(column, "test")
+    if col_tr.dtype.kind == "f" and np.all(col_tr == np.round(col_tr)):
+        # Integer codes read as float32 features (e.g. region 1, 2) name their tasks as integers.
+        col_tr, col_te = col_tr.astype(np.int64), col_te.astype(np.int64)
     if groups is None:
         uniq = np.unique(col_tr)
         if len(uniq) > 50:
