@@ -153,6 +153,15 @@ class FilesScenario:
         default=None,
     )
 
+    labels: Literal["ids", "names"] = help_field(
+        "how the files' classes share outputs. ids: a class id is the same class in every file "
+        "(one shared head; text labels are matched by name). names: classes with the same name "
+        "share an output, every other class gets its own, in the order the files bring them "
+        "(e.g. mnist then fashion_mnist: 20 outputs). Text labels in one file and integers in "
+        "another are refused",
+        default="ids",
+    )
+
     def __post_init__(self) -> None:
         check_fields(self, "stream")
         _required(self, "files", "files", ", e.g. files: [d1.csv, d2.csv]")
@@ -330,7 +339,8 @@ class StreamConfig:
     setting: Literal["auto", "class_il", "task_il", "domain_il"] = help_field(
         "class_il: one head over all classes; task_il: other tasks' logits masked; domain_il: "
         "labels mapped within the task. auto: class_il for split and text classification, "
-        "domain_il for permuted/rotated",
+        "domain_il for permuted/rotated; files: class_il when a later file brings classes no "
+        "earlier file has, else domain_il",
         default="auto",
     )
     options: Any = help_field(

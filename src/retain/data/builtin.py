@@ -59,7 +59,9 @@ def _digits() -> Source:
         x = torch.from_numpy(z["x"].astype(np.float32) / 16.0).reshape(-1, 1, 8, 8)
         y = torch.from_numpy(z["y"].astype(np.int64))
         names = [str(n) for n in z["class_names"]]
-    return Source(x, y, class_names=names, name="digits", is_image=True)
+    return Source(
+        x, y, class_names=names, name="digits", is_image=True, facts={"label_ids": True}
+    )
 
 
 def _diabetes() -> Source:
@@ -133,7 +135,8 @@ def _read_place(
         return None
     low = place.name.lower()
     if low.endswith(".npz"):
-        return replace(read_npz(place, "classification"), name=name, class_names=classes)
+        src = read_npz(place, "classification")
+        return replace(src, name=name, class_names=classes, facts={"label_ids": True})
     if low.endswith((".pkl.gz", ".pkl")):
         return mnist_pkl_source(place, name, classes)
     if "-ubyte" in low and find_idx_files(place.parent) is not None:

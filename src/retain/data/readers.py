@@ -274,6 +274,8 @@ def from_hf(
         else {}
     )
     facts = {"target": target, "target_auto": auto, "dropped": dropped, "encoded": encoded}
+    if type(feat).__name__ == "ClassLabel":
+        facts["label_ids"] = True  # integer labels; the names only display them
     return replace(
         src,
         columns_train=extra,
