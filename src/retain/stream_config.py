@@ -371,6 +371,14 @@ class StreamConfig:
         "is in result.json (curriculum)",
         default=None,
     )
+    memory: Literal["auto", "ram", "mapped"] = help_field(
+        "where the inputs of a table (CSV, Parquet) or of an HF datasets folder's numeric "
+        "columns are kept: ram; mapped, a memory-mapped temporary file under "
+        "$RETAIN_CACHE/mapped (else ~/.cache/retain/mapped) that batches are paged in from, so "
+        "data larger than memory trains; auto: mapped when they would take more than half the "
+        "available memory",
+        default="auto",
+    )
     limit_train: int | None = help_field(
         "use at most this many training samples (quick runs); scenario text: blocks at evenly "
         "spaced positions",

@@ -32,6 +32,7 @@ def load_source(cfg: StreamConfig, dataset: str | None = None) -> Any:
         features=cfg.features,
         objective=cfg.objective,
         input=cfg.input,
+        mapped={"auto": None, "ram": False, "mapped": True}[cfg.memory],
     )
 
 
@@ -196,7 +197,10 @@ def _build(cfg: StreamConfig, seed: int) -> tuple[Stream, dict[str, Any]]:
     tokens = not stream.tasks[0].train.x.is_floating_point()
     do_scale = not tokens and (cfg.standardize if cfg.standardize is not None else not image)
     if do_scale:
-        stream, stats = S.standardize(stream, target=stream.objective == "regression")
+        # The tensors were made here from files read here: they are scaled in place.
+        stream, stats = S.standardize(
+            stream, target=stream.objective == "regression", in_place=True
+        )
         info["standardized"] = {
             "inputs": True,
             "statistics_from": f"{stream.tasks[0].name} training data",

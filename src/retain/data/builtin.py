@@ -265,6 +265,7 @@ def load_dataset(
     features: list[str] | None = None,
     objective: str = "auto",
     input: str | None = None,
+    mapped: bool | None = None,
 ) -> Source:
     """``stream.dataset``: a built-in name (``path``: where its files are), or a data file/folder.
 
@@ -280,7 +281,9 @@ def load_dataset(
     p = Path(str(dataset)).expanduser()
     looks_like_path = p.exists() or "/" in str(dataset) or os.sep in str(dataset) or bool(p.suffix)
     if looks_like_path:
-        return read_file(p, target=target, features=features, objective=objective, input=input)
+        return read_file(
+            p, target=target, features=features, objective=objective, input=input, mapped=mapped
+        )
     raise DataError(
         f"unknown dataset '{dataset}'{did_you_mean(key, BUILTIN)}; choose one of "
         f"{', '.join(BUILTIN)}, or give a path to a .csv/.parquet/.npz file or a "

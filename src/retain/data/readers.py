@@ -29,8 +29,9 @@ from retain.data.array_readers import (
     read_npz,
     safe_load_pickle,
 )
+from retain.data.mapped import empty_rows
 from retain.data.sources import Source, from_arrays
-from retain.data.tables import MISSING, TARGET_NAMES, is_parquet, pick_target
+from retain.data.tables import MISSING, TARGET_NAMES, check_block, is_parquet, pick_target
 from retain.data.tables import no_column as _no_column
 from retain.errors import DataError
 
@@ -175,8 +176,24 @@ def _token_ids(feat: Any) -> bool:
     )
 
 
+def _hf_columns(ds: Any, used: list[str], where: str, mapped: bool | None) -> torch.Tensor:
+    """Numeric columns as one float32 matrix, read from the (memory-mapped) Arrow table batch by
+    batch into a matrix that is itself memory-mapped when large (see :mod:`retain.data.mapped`):
+    no whole column is ever copied to float64."""
+    x = empty_rows(len(ds), len(used), mapped)
+    start = 0
+    for batch in ds.select_columns(used).with_format("arrow").iter(batch_size=65536):
+        block = x[start : start + batch.num_rows]
+        for j, c in enumerate(used):
+            v = batch.column(c).to_numpy(zero_copy_only=False).astype(np.float64)
+            check_block(Path(where), c, v, start)
+            block[:, j] = torch.from_numpy(v.astype(np.float32))
+        start += batch.num_rows
+    return x
+
+
 def _hf_split(
-    ds: Any, input: str | None, target: str, where: str
+    ds: Any, input: str | None, target: str, where: str, mapped: bool | None = None
 ) -> tuple[torch.Tensor, np.ndarray, dict[str, np.ndarray], list[str]]:
     """Inputs, raw targets, the other scalar columns, and the input column names of one split."""
     cols, feats, table = ds.column_names, ds.features, ds.with_format("numpy")
@@ -187,7 +204,7 @@ def _hf_split(
         used = [c for c in scalar if c != target and _hf_numeric(feats[c])]
         if not used:
             raise DataError(f"{where}: no numeric input columns; choose one with stream.input")
-        x = torch.from_numpy(np.stack([np.asarray(table[c], dtype=np.float32) for c in used], 1))
+        x = _hf_columns(ds, used, where, mapped)
     elif input not in cols:
         raise _no_column(where, "input", input, cols)
     else:
@@ -219,6 +236,7 @@ def from_hf(
     target: str | None = None,
     objective: str = "auto",
     name: str = "hf",
+    mapped: bool | None = None,
 ) -> Source:
     """A Source from a Hugging Face ``Dataset``, ``DatasetDict`` or ``save_to_disk`` folder.
 
@@ -245,11 +263,11 @@ def from_hf(
     auto = target is None
     target = _pick_target(name, target, cols)
     input = input or next((c for c in _INPUT_NAMES if c in cols and c != target), None)
-    x, y, extra, used = _hf_split(train, input, target, name)
+    x, y, extra, used = _hf_split(train, input, target, name, mapped)
     xt = yt = None
     extra_t: dict[str, np.ndarray] = {}
     if test is not None:
-        xt, yt, extra_t, _ = _hf_split(test, input, target, f"{name} (test)")
+        xt, yt, extra_t, _ = _hf_split(test, input, target, f"{name} (test)", mapped)
     ys, class_names = _class_ids([y] + ([yt] if test is not None else []), objective, name, target)
     feat = train.features[target]
     if type(feat).__name__ == "ClassLabel":
@@ -292,8 +310,12 @@ def read_file(
     features: list[str] | None = None,
     objective: str = "auto",
     input: str | None = None,
+    mapped: bool | None = None,
 ) -> Source:
     """A Source from a data file or folder; the reader is chosen from the name and contents.
+
+    ``mapped``: keep the inputs of a table or HF dataset in a memory-mapped file (``None``: when
+    they would take more than half the available memory; see :mod:`retain.data.mapped`).
 
     Examples:
         >>> src = read_file("flights.parquet", target="delayed")  # doctest: +SKIP
@@ -304,14 +326,21 @@ def read_file(
     low = p.name.lower()
     if p.is_dir():
         if any((p / m).is_file() for m in _HF_MARKERS):
-            return from_hf(p, input=input, target=target, objective=objective, name=dataset_name(p))
+            return from_hf(
+                p,
+                input=input,
+                target=target,
+                objective=objective,
+                name=dataset_name(p),
+                mapped=mapped,
+            )
         if is_cifar_folder(p):
             return read_cifar10(p)
         if find_idx_files(p) is not None:
             return read_idx_folder(p, name=dataset_name(p))
         raise DataError(f"{path}: a folder with no data retain can read; supported: {SUPPORTED}")
     if low.endswith((".csv", ".csv.gz", ".parquet", ".pq")):
-        return read_table(p, target, features, objective)
+        return read_table(p, target, features, objective, mapped=mapped)
     if low.endswith(".npz"):
         return read_npz(p, objective)
     if low.endswith((".pkl.gz", ".pkl")):

@@ -139,7 +139,7 @@ def parse_text_column(path: Path, name: str, cells: np.ndarray) -> np.ndarray:
     return cells
 
 
-def _check_block(path: Path, name: str, v: np.ndarray, start: int) -> None:
+def check_block(path: Path, name: str, v: np.ndarray, start: int) -> None:
     """Values beyond float32's range (or infinite) in a feature column are refused."""
     bad = ~(np.abs(v) <= FLOAT32_MAX) & ~np.isnan(v)
     if bad.any():
@@ -174,7 +174,9 @@ def _schema_csv(path: Path, header: list[str]) -> dict[str, bool]:
 
     try:
         reader = pacsv.open_csv(
-            path, read_options=_read_options(header), convert_options=_convert_options({})
+            path,
+            read_options=_read_options(header, 1 << 20),
+            convert_options=_convert_options({}),
         )
     except (pa.ArrowException, OSError) as e:
         raise _arrow_error(path, e, header) from None
@@ -187,11 +189,11 @@ def _schema_csv(path: Path, header: list[str]) -> dict[str, bool]:
     return kinds
 
 
-def _read_options(header: list[str]) -> Any:
+def _read_options(header: list[str], block: int = _CSV_BLOCK) -> Any:
     from pyarrow import csv as pacsv
 
     return pacsv.ReadOptions(
-        column_names=header, skip_rows=1, block_size=_CSV_BLOCK, encoding="utf-8"
+        column_names=header, skip_rows=1, block_size=block, encoding="utf-8"
     )
 
 
@@ -218,10 +220,8 @@ def _csv_batches_arrow(
         for batch in reader:
             out = {}
             for name, col in zip(batch.schema.names, batch.columns):
-                if name in numeric:
-                    out[name] = col.to_numpy(zero_copy_only=False)
-                else:
-                    out[name] = np.asarray(col.to_numpy(zero_copy_only=False), dtype=str)
+                # Text stays an Arrow array until the whole column is known (see _typed).
+                out[name] = col.to_numpy(zero_copy_only=False) if name in numeric else col
             yield out
     except (pa.ArrowException, OSError) as e:
         raise _arrow_error(path, e, header) from None
@@ -377,7 +377,29 @@ def _join(parts: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(parts)
 
 
-def _typed(path: Path, name: str, parts: list[np.ndarray]) -> np.ndarray:
+def _arrow_typed(path: Path, name: str, parts: list[Any]) -> np.ndarray:
+    """A text column read by pyarrow: parsed by Arrow's casts when it holds integers or numbers
+    (fast), else by :func:`parse_text_column`."""
+    pa = _pyarrow()
+    import pyarrow.compute as pc
+
+    col = pc.utf8_trim_whitespace(pa.chunked_array(parts, type=pa.string()))
+    missing = pc.is_in(col, value_set=pa.array(MISSING))
+    try:
+        if not pc.any(missing).as_py():
+            return pc.cast(col, pa.int64()).to_numpy()
+        nulls = pa.nulls(len(col), pa.string())
+        return pc.cast(pc.if_else(missing, nulls, col), pa.float64()).to_numpy(
+            zero_copy_only=False
+        )
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    return parse_text_column(path, name, np.array(col.to_pylist(), dtype=str))
+
+
+def _typed(path: Path, name: str, parts: list[Any]) -> np.ndarray:
+    if parts and not isinstance(parts[0], np.ndarray):
+        return _arrow_typed(path, name, parts)
     col = _join(parts)
     if col.dtype.kind in "US":
         return parse_text_column(path, name, col)
@@ -429,7 +451,7 @@ def read_table_data(
     for b in batches(numeric):
         block = np.empty((len(b[target]), len(numeric)), dtype=np.float32)
         for j, n in enumerate(numeric):
-            _check_block(path, n, b[n], rows)
+            check_block(path, n, b[n], rows)
             block[:, j] = b[n]
         blocks.append(block)
         for n in parts:
@@ -466,7 +488,7 @@ def read_table_data(
         start += len(block)
     for n in late:
         v = others.pop(n).astype(np.float64)
-        _check_block(path, n, v, 0)
+        check_block(path, n, v, 0)
         x[:, used.index(n)] = torch.from_numpy(v.astype(np.float32))
     _check_missing(path, x, used)
     if features is None:

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from retain.data.mapped import take_rows
 from retain.data.scenarios.common import (
     all_classes,
     held_out,
@@ -137,12 +138,14 @@ def iid(
     te_chunks = _chunks(len(xte), n_tasks, generator(seed, 1, 13))
     tasks = []
     for t, (a, b) in enumerate(zip(tr_chunks, te_chunks)):
-        train, val = with_validation(tensors(src.x_train[a], src.y_train[a]), validation, seed, t)
+        # take_rows: a chunk of a memory-mapped table is itself mapped, not copied into memory.
+        x = take_rows(src.x_train, a)
+        train, val = with_validation(tensors(x, src.y_train[a]), validation, seed, t)
         tasks.append(
             Task(
                 f"D{t + 1}",
                 train,
-                tensors(xte[b], yte[b]),
+                tensors(take_rows(xte, b), yte[b]),
                 val,
                 all_classes(src),
                 domain=f"chunk {t + 1} of {n_tasks}",
