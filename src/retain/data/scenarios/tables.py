@@ -104,10 +104,17 @@ def from_sources(
     if not srcs:
         raise DataError("no sources given")
     names = names or [s.name for s in srcs]
+    first = srcs[0].feature_names
     for s, n in zip(srcs, names):
         if s.objective != srcs[0].objective:
             raise DataError(
                 f"'{n}' has {s.objective} targets but '{names[0]}' has {srcs[0].objective}"
+            )
+        # Same width but other columns (or another order) would train on the wrong features.
+        if first and s.feature_names and s.feature_names != first:
+            raise DataError(
+                f"'{n}' has the feature columns {', '.join(s.feature_names)} but '{names[0]}' "
+                f"has {', '.join(first)}; give every file the same columns in the same order"
             )
     srcs, class_names, notes = merge_labels(srcs, names, labels)
     if warnings is not None:
