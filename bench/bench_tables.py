@@ -58,7 +58,7 @@ def rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def measure(path: Path, train: bool, memory: str) -> dict:
+def measure(path: Path, train: bool, memory: str, steps_per_task: int = 200) -> dict:
     """In this process: read ``path`` as ``retain run`` does; peak memory and time."""
     import pyarrow.compute
     import pyarrow.csv
@@ -119,7 +119,7 @@ def measure(path: Path, train: bool, memory: str) -> dict:
                 loss.backward()
                 opt.step()
                 steps += 1
-                if i == 500:
+                if i + 1 == steps_per_task:
                     break
         out["train_steps"] = steps
         out["train_s"] = round(time.perf_counter() - t0, 1)
@@ -136,10 +136,11 @@ def main() -> None:
     p.add_argument("--dir", default="/tmp/retain-bench")
     p.add_argument("--train", action="store_true")
     p.add_argument("--memory", choices=["auto", "ram", "mapped"], default="auto")
+    p.add_argument("--steps", type=int, default=200, help="training steps per task")
     p.add_argument("--measure", help=argparse.SUPPRESS)  # the child process: a file to read
     a = p.parse_args()
     if a.measure:
-        print(json.dumps(measure(Path(a.measure), a.train, a.memory)))
+        print(json.dumps(measure(Path(a.measure), a.train, a.memory, a.steps)))
         return
     folder = Path(a.dir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -153,6 +154,7 @@ def main() -> None:
             file=sys.stderr,
         )
     cmd = [sys.executable, __file__, "--measure", str(path), "--memory", a.memory]
+    cmd += ["--steps", str(a.steps)]
     cmd += ["--train"] if a.train else []
     result = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
     result["file_MB"] = round(path.stat().st_size / 2**20)

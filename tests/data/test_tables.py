@@ -168,3 +168,21 @@ def test_data_warnings_reach_result_json(tmp_path, capsys):
     record = json.loads((tmp_path / "out" / "result.json").read_text())
     assert any("name the same label ids differently" in w for w in record["warnings"])
     assert record["data"]["labels"] == "ids"
+
+
+def test_iid_in_place_gives_the_same_tasks_and_standardises_each_row_once():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(300, 4, generator=g) * 5 + 2, torch.arange(300) % 3
+    copied = S.iid(Source(x.clone(), y.clone()).with_test_split(0.2, 1), n_tasks=3)
+    grouped = S.iid(
+        Source(x.clone(), y.clone()).with_test_split(0.2, 1, in_place=True), n_tasks=3,
+        in_place=True,
+    )
+    for a, b in zip(copied.tasks, grouped.tasks):
+        assert torch.equal(a.train.x, b.train.x) and torch.equal(a.train.y, b.train.y)
+    ptrs = {t.train.x.untyped_storage().data_ptr() for t in grouped.tasks}
+    assert len(ptrs) == 1  # views of one storage: no copy of the rows
+    sa, _ = S.standardize(copied)
+    sb, _ = S.standardize(grouped, in_place=True)
+    for a, b in zip(sa.tasks, sb.tasks):
+        assert torch.equal(a.train.x, b.train.x) and torch.equal(a.test.x, b.test.x)

@@ -180,6 +180,8 @@ def _build(cfg: StreamConfig, seed: int) -> tuple[Stream, dict[str, Any]]:
         options = {k: v for k, v in dataclasses.asdict(o).items() if v is not None}
         if cfg.scenario == "split":
             options["setting"] = setting
+        if cfg.scenario == "iid":  # the source was read here: its rows are regrouped in place
+            options["in_place"] = True
         stream = getattr(S, cfg.scenario)(src, **options, **common)
     # Tables and images (inputs ``x``); text streams fill their suites when they are built.
     if cfg.suites and "x" in stream.tasks[0].train:

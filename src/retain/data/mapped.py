@@ -101,3 +101,23 @@ def compact_rows(t: torch.Tensor, keep: torch.Tensor, chunk: int = 65536) -> tor
         part = keep[s : s + chunk]
         t[s : s + len(part)] = t.index_select(0, part)
     return t[: len(keep)]
+
+
+def group_rows(t: torch.Tensor, groups: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The rows of each group (sorted index sets that partition ``t``'s rows) made contiguous
+    in ``t``'s own storage, group after group; returns one view per group. The first group is
+    compacted in place; only the others pass through a temporary copy."""
+    if not t.is_contiguous():
+        return [take_rows(t, g) for g in groups]
+    rest = torch.cat(groups[1:]) if len(groups) > 1 else groups[0][:0]
+    tail = take_rows(t, rest)
+    compact_rows(t, groups[0])
+    n0 = len(groups[0])
+    for s in range(0, len(rest), 65536):
+        t[n0 + s : n0 + s + 65536] = tail[s : s + 65536]
+    del tail
+    out, start = [], 0
+    for g in groups:
+        out.append(t[start : start + len(g)])
+        start += len(g)
+    return out

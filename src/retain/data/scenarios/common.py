@@ -106,13 +106,18 @@ def all_classes(src: Source) -> tuple[int, ...] | None:
 
 
 def _own_storages(stream: Stream) -> bool:
-    """Whether every input tensor of the stream has a storage of its own (so scaling one in
-    place changes no other)."""
+    """Whether no two input tensors of the stream overlap in memory (so scaling each in place
+    scales every value once): tensors of their own, or disjoint views of one storage."""
     xs = [d.x for t in stream.tasks for d in (t.train, t.test, t.val) if d is not None]
     xs += [d.x for d in stream.suites.values() if "x" in d]
-    ptrs = [x.untyped_storage().data_ptr() for x in xs]
-    return len(set(ptrs)) == len(ptrs) and all(
-        x.dtype == torch.float32 and x.is_contiguous() for x in xs
+    if not all(x.dtype == torch.float32 and x.is_contiguous() for x in xs):
+        return False
+    spans = sorted(
+        (x.untyped_storage().data_ptr(), x.storage_offset(), x.storage_offset() + x.numel())
+        for x in xs
+    )
+    return all(
+        a[0] != b[0] or a[2] <= b[1] for a, b in zip(spans, spans[1:])
     )
 
 
