@@ -225,7 +225,8 @@ def _hf_split(
         if image:
             x = as_images(a)
         else:
-            x = torch.from_numpy(np.asarray(a, dtype=np.float32).reshape(len(a), -1))
+            # A copy: an Arrow-backed array may be read-only memory that splits reorder in place.
+            x = torch.from_numpy(np.array(a, dtype=np.float32).reshape(len(a), -1))
     extra = {c: np.asarray(table[c]) for c in scalar if c not in (target, input)}
     return x, np.asarray(table[target]), extra, used
 
