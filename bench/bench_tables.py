@@ -58,6 +58,14 @@ def rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _status(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 def measure(path: Path, train: bool, memory: str, steps_per_task: int = 200) -> dict:
     """In this process: read ``path`` as ``retain run`` does; peak memory and time."""
     import pyarrow.compute
@@ -100,6 +108,8 @@ def measure(path: Path, train: bool, memory: str, steps_per_task: int = 200) -> 
         "peak_ratio": round((peak_load - base) / data, 2),
         "baseline_MB": round(base / 2**20),
         "memory": memory,
+        # Resident memory not backed by a file: what a mapped table does not count against RAM.
+        "anon_after_load_MB": round(_status("RssAnon") / 2**20),
     }
     if train:
         from retain.data.loader import TensorLoader
