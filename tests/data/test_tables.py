@@ -130,7 +130,10 @@ def test_label_names_give_each_class_its_own_output_and_allow_task_il():
     assert int(s.tasks[1].train.y.min()) == 3
     t = S.from_sources([digits, clothes], labels="names", setting="task_il")
     mask = t.class_mask()
-    assert mask is not None and mask.tolist() == [[True] * 3 + [False] * 3, [False] * 3 + [True] * 3]
+    assert mask is not None and mask.tolist() == [
+        [True] * 3 + [False] * 3,
+        [False] * 3 + [True] * 3,
+    ]
 
 
 def test_the_same_data_with_and_without_names_gets_the_same_outputs():
@@ -175,7 +178,8 @@ def test_iid_in_place_gives_the_same_tasks_and_standardises_each_row_once():
     x, y = torch.randn(300, 4, generator=g) * 5 + 2, torch.arange(300) % 3
     copied = S.iid(Source(x.clone(), y.clone()).with_test_split(0.2, 1), n_tasks=3)
     grouped = S.iid(
-        Source(x.clone(), y.clone()).with_test_split(0.2, 1, in_place=True), n_tasks=3,
+        Source(x.clone(), y.clone()).with_test_split(0.2, 1, in_place=True),
+        n_tasks=3,
         in_place=True,
     )
     for a, b in zip(copied.tasks, grouped.tasks):

@@ -192,9 +192,7 @@ def _schema_csv(path: Path, header: list[str]) -> dict[str, bool]:
 def _read_options(header: list[str], block: int = _CSV_BLOCK) -> Any:
     from pyarrow import csv as pacsv
 
-    return pacsv.ReadOptions(
-        column_names=header, skip_rows=1, block_size=block, encoding="utf-8"
-    )
+    return pacsv.ReadOptions(column_names=header, skip_rows=1, block_size=block, encoding="utf-8")
 
 
 def _convert_options(types: dict[str, Any]) -> Any:
@@ -391,9 +389,7 @@ def _arrow_typed(path: Path, name: str, parts: list[Any]) -> np.ndarray:
         if not pc.any(missing).as_py():
             return pc.cast(col, pa.int64()).to_numpy()
         nulls = pa.nulls(len(col), pa.string())
-        return pc.cast(pc.if_else(missing, nulls, col), pa.float64()).to_numpy(
-            zero_copy_only=False
-        )
+        return pc.cast(pc.if_else(missing, nulls, col), pa.float64()).to_numpy(zero_copy_only=False)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         pass
     return parse_text_column(path, name, np.array(col.to_pylist(), dtype=str))
