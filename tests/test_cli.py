@@ -151,7 +151,7 @@ def test_labels_out_of_range(tmp_path, capsys):
     )
     cfg = _cfg(tmp_path, TABLE.format(data=data, scenario="iid", extra=""))
     _fails(
-        capsys, ["run", str(cfg), "-q", "--out", str(tmp_path / "o")], "labels range over [-1, 1]"
+        capsys, ["run", str(cfg), "-q", "--out", str(tmp_path / "o")], "class label -1 is negative"
     )
 
 
@@ -194,7 +194,7 @@ def test_feature_shapes_disagree(tmp_path, capsys):
     cfg = _cfg(
         tmp_path, TABLE.format(data="unused", scenario="files", extra=f", files: [{a}, {b}]")
     )
-    _fails(capsys, ["run", str(cfg), "-q", "--out", str(tmp_path / "o")], "shape")
+    _fails(capsys, ["run", str(cfg), "-q", "--out", str(tmp_path / "o")], "has the feature columns a, b, c but")
 
 
 def test_empty_task(tmp_path, capsys):

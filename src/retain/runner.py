@@ -37,7 +37,18 @@ def default_out(cfg: RunConfig, kind: str = "") -> Path:
     return Path("runs") / f"{name}{'-' + kind if kind else ''}-{stamp}"
 
 
-def prepare_stream(cfg: RunConfig) -> tuple[Any, dict[str, Any]]:
+def prepare_stream(
+    cfg: RunConfig, warn: Callable[[str], None] | None = None
+) -> tuple[Any, dict[str, Any]]:
+    """The stream and the facts about its data; each data warning (``info["warnings"]``, also
+    written into the run record) is shown with ``warn`` before anything trains."""
+    stream, info = _prepare_stream(cfg)
+    for w in info.get("warnings", []) if warn else []:
+        warn(w)
+    return stream, info
+
+
+def _prepare_stream(cfg: RunConfig) -> tuple[Any, dict[str, Any]]:
     from retain.data.build import build_stream
     from retain.utils.seed import seed_everything
 
@@ -145,7 +156,7 @@ def run_config(
         return run_seeds(cfg, out, resume, progress, warn, stream_info, name)
     check_resume(out, "run", resume, cfg, warn)
     # The data is read before the run directory is made: a missing or bad file leaves no folder.
-    stream, info = stream_info or prepare_stream(cfg)
+    stream, info = stream_info or prepare_stream(cfg, warn)
     check_strategies(strategies, stream, lambda: _model(cfg, stream))
     check_settings(cfg, stream)
     check_out(out)
@@ -157,6 +168,7 @@ def run_config(
         )
     record = result.record
     record.data = info
+    record.warnings = list(dict.fromkeys([*info.get("warnings", []), *record.warnings]))
     if info.get("vocab"):
         from retain.vocab import bits_per_char
 
@@ -206,7 +218,7 @@ def run_seeds(
     resuming = check_resume(out, "seeds", resume, cfg, warn)
     if resuming:
         check_subs(out, {f"seed-{s}": dataclasses.replace(cfg, seed=s, seeds=None) for s in seeds})
-    first = stream_info or prepare_stream(cfg)
+    first = stream_info or prepare_stream(cfg, warn)
     check_strategies(registry.build_all(cfg.strategies), first[0], lambda: _model(cfg, first[0]))
     check_settings(cfg, first[0])
     check_out(out)
@@ -392,7 +404,7 @@ def _compare_config(
     resuming = check_resume(out, "compare", resume, cfg, warn)
     if resuming:
         check_subs(out, {p.folder: dataclasses.replace(cfg, strategies=p.specs) for p in plans})
-    prepared = prepare_stream(cfg)  # before the run directory is made (see run_config)
+    prepared = prepare_stream(cfg, warn)  # before the run directory is made (see run_config)
     built: list[Any] = []  # the model, built once for every strategy that checks it
 
     def model() -> Any:

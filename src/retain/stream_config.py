@@ -153,6 +153,15 @@ class FilesScenario:
         default=None,
     )
 
+    labels: Literal["ids", "names"] = help_field(
+        "how the files' classes share outputs. ids: a class id is the same class in every file "
+        "(one shared head; text labels are matched by name). names: classes with the same name "
+        "share an output, every other class gets its own, in the order the files bring them "
+        "(e.g. mnist then fashion_mnist: 20 outputs). Text labels in one file and integers in "
+        "another are refused",
+        default="ids",
+    )
+
     def __post_init__(self) -> None:
         check_fields(self, "stream")
         _required(self, "files", "files", ", e.g. files: [d1.csv, d2.csv]")
@@ -330,7 +339,8 @@ class StreamConfig:
     setting: Literal["auto", "class_il", "task_il", "domain_il"] = help_field(
         "class_il: one head over all classes; task_il: other tasks' logits masked; domain_il: "
         "labels mapped within the task. auto: class_il for split and text classification, "
-        "domain_il for permuted/rotated",
+        "domain_il for permuted/rotated; files: class_il when a later file brings classes no "
+        "earlier file has, else domain_il",
         default="auto",
     )
     options: Any = help_field(
@@ -360,6 +370,14 @@ class StreamConfig:
         "counts allow; the task trains for as many steps as without a mix; the realised ratio "
         "is in result.json (curriculum)",
         default=None,
+    )
+    memory: Literal["auto", "ram", "mapped"] = help_field(
+        "where the inputs of a table (CSV, Parquet) or of an HF datasets folder's numeric "
+        "columns are kept: ram; mapped, a memory-mapped temporary file under "
+        "$RETAIN_CACHE/mapped (else ~/.cache/retain/mapped) that batches are paged in from, so "
+        "data larger than memory trains; auto: mapped when they would take more than half the "
+        "available memory",
+        default="auto",
     )
     limit_train: int | None = help_field(
         "use at most this many training samples (quick runs); scenario text: blocks at evenly "

@@ -282,7 +282,7 @@ def test_csv_regression_with_string_column_kept_for_by_column(tmp_path):
     assert src.y_train.tolist() == [2.25, 3.5, 1.0, 4.75]
     assert src.feature_names == ["age", "sex", "hours"] and src.x_test is None
     assert src.columns_train["city"].tolist() == ["Oslo", "Lima", "Oslo", "Pune"]
-    assert src.columns_train["sex"].tolist() == [0, 1, 1, 0] and "score" not in src.columns_train
+    assert src.column("sex").tolist() == [0, 1, 1, 0] and "score" not in src.column_names
     # by default the features are the numeric columns; text columns stay columns only
     assert read_table(tmp_path / "people.csv", target="score").feature_names == [
         "age",

@@ -121,6 +121,7 @@ def _image_source(
         class_names=class_names,
         name=name,
         is_image=True,
+        facts={"label_ids": True} if class_names else {},
     )
 
 
@@ -284,9 +285,10 @@ def mnist_pkl_source(
     xt, yt = splits[-1]
     side = round(float(np.sqrt(x.shape[1])))
     if side * side != x.shape[1]:  # not square images: plain feature vectors
-        return from_arrays(
+        src = from_arrays(
             x, y, xt, yt, objective="classification", name=name, class_names=class_names
         )
+        return replace(src, facts={"label_ids": True} if class_names else {})
     return _image_source(
         x.reshape(-1, side, side), y, xt.reshape(-1, side, side), yt, name, class_names
     )
@@ -327,7 +329,7 @@ def read_npz(path: str | Path, objective: str = "auto") -> Source:
     src = from_arrays(
         x, y, xt, yt, objective=objective, name=dataset_name(Path(path)), class_names=names
     )
-    return replace(src, is_image=image)
+    return replace(src, is_image=image, facts={"label_ids": True} if names else {})
 
 
 def _cifar_batches(path: Path) -> dict[str, Any]:

@@ -32,6 +32,7 @@ def load_source(cfg: StreamConfig, dataset: str | None = None) -> Any:
         features=cfg.features,
         objective=cfg.objective,
         input=cfg.input,
+        mapped={"auto": None, "ram": False, "mapped": True}[cfg.memory],
     )
 
 
@@ -126,8 +127,9 @@ def build_stream(
 
 def _build(cfg: StreamConfig, seed: int) -> tuple[Stream, dict[str, Any]]:
     info: dict[str, Any] = {}
+    warnings: list[str] = []
     setting = cfg.setting
-    if cfg.scenario != "split" and setting in ("class_il", "task_il"):
+    if cfg.scenario not in ("split", "files") and setting in ("class_il", "task_il"):
         raise ConfigError(
             f"stream.setting '{setting}' applies to scenario 'split' only; scenario "
             f"'{cfg.scenario}' keeps one label space across tasks (domain_il)"
@@ -138,17 +140,26 @@ def _build(cfg: StreamConfig, seed: int) -> tuple[Stream, dict[str, Any]]:
         files = o.files or []
         sources = [load_source(cfg, f).limit(cfg.limit_train, cfg.limit_test, seed) for f in files]
         info["sources"] = [_source_file(f) for f in files]
+        info["labels"] = o.labels
         facts = _source_facts(sources[0])
         for other in sources[1:]:
             for key in ("dropped", "encoded"):
                 facts[key].update(_source_facts(other)[key])
         features = sources[0].feature_names
-        main = sources[0]
+        main = _described(sources[0])
+        # Each file was just read: its test rows are split off in place (no second copy).
+        sources = [
+            s.with_test_split(cfg.test_fraction, seed + t, in_place=True)
+            for t, s in enumerate(sources)
+        ]
         stream = S.from_sources(
             sources,
             names=[Path(f).stem for f in files],
             test_fraction=cfg.test_fraction,
             name="files",
+            setting=setting,
+            labels=o.labels,
+            warnings=warnings,
             **common,
         )
         image = sources[0].is_image
@@ -161,20 +172,24 @@ def _build(cfg: StreamConfig, seed: int) -> tuple[Stream, dict[str, Any]]:
                 facts["dropped"][o.column] = "defines the tasks (scenario by_column)"
             src = src.drop_features([o.column])
         features = src.feature_names
-        main = src
-        src = src.with_test_split(cfg.test_fraction, seed)
+        main = _described(src)
+        src = src.with_test_split(cfg.test_fraction, seed, in_place=True)
         image = src.is_image
         # Scenario ``name`` is built by ``scenarios.<name>(source, **options)``; an unset option
         # (None) leaves the builder's default.
         options = {k: v for k, v in dataclasses.asdict(o).items() if v is not None}
         if cfg.scenario == "split":
             options["setting"] = setting
+        if cfg.scenario == "iid":  # the source was read here: its rows are regrouped in place
+            options["in_place"] = True
         stream = getattr(S, cfg.scenario)(src, **options, **common)
     # Tables and images (inputs ``x``); text streams fill their suites when they are built.
     if cfg.suites and "x" in stream.tasks[0].train:
         suites, info["suites"] = table_suites(cfg, stream, main, seed)
         stream = dataclasses.replace(stream, suites={**stream.suites, **suites})
     info["objective"] = stream.objective
+    if warnings:
+        info["warnings"] = warnings
     if "target" in facts:
         info["target"] = {"column": facts["target"], "chosen_automatically": facts["target_auto"]}
     info["features"] = features
@@ -184,7 +199,10 @@ def _build(cfg: StreamConfig, seed: int) -> tuple[Stream, dict[str, Any]]:
     tokens = not stream.tasks[0].train.x.is_floating_point()
     do_scale = not tokens and (cfg.standardize if cfg.standardize is not None else not image)
     if do_scale:
-        stream, stats = S.standardize(stream, target=stream.objective == "regression")
+        # The tensors were made here from files read here: they are scaled in place.
+        stream, stats = S.standardize(
+            stream, target=stream.objective == "regression", in_place=True
+        )
         info["standardized"] = {
             "inputs": True,
             "statistics_from": f"{stream.tasks[0].name} training data",
@@ -199,6 +217,16 @@ def _build(cfg: StreamConfig, seed: int) -> tuple[Stream, dict[str, Any]]:
     else:
         info["standardized"] = False
     return stream, info
+
+
+def _described(src: Any) -> Any:
+    """What :func:`table_suites` needs of the stream's source (names, facts), without its rows:
+    the rows are split in place and must not be held twice."""
+    empty = src.x_train[:0].clone()
+    return dataclasses.replace(
+        src, x_train=empty, y_train=src.y_train[:0].clone(), x_test=None, y_test=None,
+        columns_train={}, columns_test={},
+    )
 
 
 def table_suites(

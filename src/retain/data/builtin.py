@@ -59,7 +59,9 @@ def _digits() -> Source:
         x = torch.from_numpy(z["x"].astype(np.float32) / 16.0).reshape(-1, 1, 8, 8)
         y = torch.from_numpy(z["y"].astype(np.int64))
         names = [str(n) for n in z["class_names"]]
-    return Source(x, y, class_names=names, name="digits", is_image=True)
+    return Source(
+        x, y, class_names=names, name="digits", is_image=True, facts={"label_ids": True}
+    )
 
 
 def _diabetes() -> Source:
@@ -133,7 +135,8 @@ def _read_place(
         return None
     low = place.name.lower()
     if low.endswith(".npz"):
-        return replace(read_npz(place, "classification"), name=name, class_names=classes)
+        src = read_npz(place, "classification")
+        return replace(src, name=name, class_names=classes, facts={"label_ids": True})
     if low.endswith((".pkl.gz", ".pkl")):
         return mnist_pkl_source(place, name, classes)
     if "-ubyte" in low and find_idx_files(place.parent) is not None:
@@ -262,6 +265,7 @@ def load_dataset(
     features: list[str] | None = None,
     objective: str = "auto",
     input: str | None = None,
+    mapped: bool | None = None,
 ) -> Source:
     """``stream.dataset``: a built-in name (``path``: where its files are), or a data file/folder.
 
@@ -277,7 +281,9 @@ def load_dataset(
     p = Path(str(dataset)).expanduser()
     looks_like_path = p.exists() or "/" in str(dataset) or os.sep in str(dataset) or bool(p.suffix)
     if looks_like_path:
-        return read_file(p, target=target, features=features, objective=objective, input=input)
+        return read_file(
+            p, target=target, features=features, objective=objective, input=input, mapped=mapped
+        )
     raise DataError(
         f"unknown dataset '{dataset}'{did_you_mean(key, BUILTIN)}; choose one of "
         f"{', '.join(BUILTIN)}, or give a path to a .csv/.parquet/.npz file or a "

@@ -8,8 +8,6 @@ reader from the path.
 
 from __future__ import annotations
 
-import csv
-import gzip
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from retain.data import tables
 from retain.data.array_readers import (
     as_images,
     dataset_name,
@@ -30,10 +29,15 @@ from retain.data.array_readers import (
     read_npz,
     safe_load_pickle,
 )
+from retain.data.mapped import empty_rows
 from retain.data.sources import Source, from_arrays
-from retain.errors import DataError, did_you_mean
+from retain.data.tables import MISSING, TARGET_NAMES, check_block, is_parquet, pick_target
+from retain.data.tables import no_column as _no_column
+from retain.errors import DataError
 
 __all__ = [
+    "MISSING",
+    "TARGET_NAMES",
     "find_idx_files",
     "from_hf",
     "is_cifar_folder",
@@ -49,92 +53,13 @@ __all__ = [
     "safe_load_pickle",
 ]
 
-TARGET_NAMES = ("label", "labels", "y", "target")
 _INPUT_NAMES = ("image", "img", "pixels", "x")
 _HF_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
-MISSING = ("", "NA", "N/A", "NaN", "nan", "null", "NULL", "None")
 SUPPORTED = (
     ".csv, .csv.gz, .parquet, .pq, .npz, .pkl.gz (MNIST pickle), IDX files, "
     "cifar-10-python.tar.gz, or a Hugging Face datasets folder"
 )
-
-
-def _parse_column(arr: np.ndarray) -> np.ndarray:
-    """int64 if all cells are integers, float64 if all non-missing cells are numbers, else str."""
-    try:  # numpy's parsers accept surrounding spaces, so only text columns need stripping
-        return arr.astype(np.int64)
-    except (ValueError, OverflowError):
-        pass
-    arr = np.char.strip(arr)
-    try:
-        return np.where(np.isin(arr, MISSING), "nan", arr).astype(np.float64)
-    except ValueError:
-        return arr
-
-
-def _read_csv(path: Path) -> dict[str, np.ndarray]:
-    opener = gzip.open if path.name.endswith(".gz") else open
-    try:
-        with opener(path, "rt", newline="", encoding="utf-8-sig") as f:
-            rows = [r for r in csv.reader(f) if r]
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise DataError(f"{path}: cannot read the CSV ({e})") from None
-    if not rows:
-        raise DataError(f"{path}: the CSV is empty; it needs a header row")
-    header = [h.strip() or f"Unnamed: {i}" for i, h in enumerate(rows[0])]
-    if len(set(header)) != len(header):
-        raise DataError(f"{path}: the header repeats a column name")
-    for i, r in enumerate(rows[1:], start=2):
-        if len(r) != len(header):
-            raise DataError(f"{path}: row {i} has {len(r)} cells but the header has {len(header)}")
-    if len(rows) == 1:
-        raise DataError(f"{path}: the CSV has a header but no rows")
-    table = np.array(rows[1:], dtype=str)
-    return {h: _parse_column(table[:, i]) for i, h in enumerate(header)}
-
-
-def _read_parquet(path: Path) -> dict[str, np.ndarray]:
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise DataError(f'reading {path} needs pyarrow: pip install "retain[tables]"') from None
-    try:
-        table = pq.read_table(path)
-    except (OSError, pa.ArrowException) as e:
-        raise DataError(f"{path}: cannot read the Parquet file ({e})") from None
-    cols = {}
-    for name, col in zip(table.column_names, table.columns):
-        t = col.type
-        if pa.types.is_dictionary(t):
-            col, t = col.cast(t.value_type), t.value_type
-        if (pa.types.is_integer(t) or pa.types.is_boolean(t)) and not col.null_count:
-            cols[name] = col.to_numpy().astype(np.int64)
-        elif pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
-            cols[name] = col.cast(pa.float64()).to_numpy(zero_copy_only=False)
-        elif pa.types.is_string(t) or pa.types.is_large_string(t):
-            cols[name] = np.asarray(["" if v is None else v for v in col.to_pylist()], dtype=str)
-        else:
-            cols[name] = np.asarray(col.to_pylist(), dtype=object)
-    return cols
-
-
-def _no_column(where: Any, kind: str, col: str, names: list[str]) -> DataError:
-    return DataError(
-        f"{where}: no {kind} column '{col}'{did_you_mean(col, names)}; columns: {', '.join(names)}"
-    )
-
-
-def _pick_target(where: Any, target: str | None, names: list[str]) -> str:
-    target = target or next((n for n in TARGET_NAMES if n in names), None)
-    if target is None:
-        raise DataError(
-            f"{where}: say which column to predict with stream.target=COLUMN "
-            f"(columns: {', '.join(names)})"
-        )
-    if target not in names:
-        raise _no_column(where, "target", target, names)
-    return target
+_pick_target = pick_target
 
 
 def _class_ids(
@@ -151,68 +76,6 @@ def _class_ids(
     return [np.searchsorted(names, y.astype(str)) for y in ys], [str(n) for n in names]
 
 
-def _table_source(
-    cols: dict[str, np.ndarray],
-    path: Path,
-    target: str | None,
-    features: list[str] | None,
-    objective: str,
-) -> Source:
-    names = list(cols)
-    auto = target is None
-    target = _pick_target(path, target, names)
-    dropped: dict[str, str] = {}
-    if features is None:
-        # Text columns are not features unless named: they are what by_column splits on.
-        features = [n for n in names if n != target and cols[n].dtype.kind in "iufb"]
-        dropped = {n: "text" for n in names if n != target and n not in features}
-        if not features:
-            raise DataError(
-                f"{path}: no numeric feature columns besides the target '{target}'; "
-                "encode text columns as numbers and list them in stream.features"
-            )
-    else:
-        dropped = {n: "not in stream.features" for n in names if n != target and n not in features}
-    features = list(features)
-    for f in features:
-        if f not in cols:
-            raise _no_column(path, "feature", f, names)
-        c = cols[f]
-        if c.dtype.kind not in "iufb":
-            raise DataError(
-                f"{path}: feature column '{f}' is not numeric (e.g. '{c[0]}'); drop it "
-                "from stream.features or encode it as numbers"
-            )
-        if c.dtype.kind == "f" and np.isnan(c).any():
-            raise DataError(
-                f"{path}: feature column '{f}' has {int(np.isnan(c).sum())} missing "
-                "values; fill them or drop those rows"
-            )
-    if target in features or not features:
-        raise DataError(f"{path}: the features must be one or more columns other than the target")
-    y = cols[target]
-    if y.dtype.kind == "f" and np.isnan(y).any():
-        raise DataError(
-            f"{path}: target column '{target}' has {int(np.isnan(y).sum())} missing "
-            "values; drop those rows"
-        )
-    if objective == "auto":
-        objective = "regression" if y.dtype.kind == "f" else "classification"
-    (y,), class_names = _class_ids([y], objective, path, target)
-    x = np.stack([cols[f].astype(np.float32) for f in features], axis=1)
-    src = from_arrays(x, y, objective=objective, name=dataset_name(path), class_names=class_names)
-    columns = {n: c for n, c in cols.items() if n != target}
-    facts = {
-        "target": target,
-        "target_auto": auto,
-        "dropped": dropped,
-        "encoded": {target: f"text classes as ids 0..{len(class_names) - 1} in sorted order"}
-        if class_names
-        else {},
-    }
-    return replace(src, columns_train=columns, feature_names=features, facts=facts)
-
-
 def read_columns(path: str | Path) -> dict[str, np.ndarray]:
     """The columns of a CSV or Parquet table by name (int64, float64 with NaN for missing cells,
     or text), as :func:`read_table` parses them.
@@ -223,31 +86,53 @@ def read_columns(path: str | Path) -> dict[str, np.ndarray]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataError(f"data file '{path}' not found (looked for {path.absolute()})")
-    if path.suffix.lower() in (".parquet", ".pq"):
-        return _read_parquet(path)
-    if not path.name.lower().endswith((".csv", ".csv.gz")):
+    if not is_parquet(path) and not path.name.lower().endswith((".csv", ".csv.gz")):
         raise DataError(f"{path}: not a .csv, .csv.gz or .parquet table")
-    return _read_csv(path)
+    return tables.read_columns(path)
 
 
 def read_table(
-    path: str | Path, target: str | None, features: list[str] | None = None, objective: str = "auto"
+    path: str | Path,
+    target: str | None,
+    features: list[str] | None = None,
+    objective: str = "auto",
+    mapped: bool | None = None,
+    engine: str | None = None,
 ) -> Source:
     """A Source from a CSV (header row required) or Parquet table; no test split.
 
     ``features`` defaults to every numeric column but the target; text columns are never silently
-    turned into numbers. Every column but the target is kept in ``columns_train`` for ``by_column``
-    scenarios. Text targets become class ids in sorted order, named by ``class_names``.
+    turned into numbers. The columns that are not features (text) are kept in ``columns_train``,
+    and every column is available through ``Source.column`` for ``by_column`` scenarios. Text
+    targets become class ids in sorted order, named by ``class_names``. The inputs are float32,
+    memory-mapped when ``mapped`` (default: when they would take more than half the available
+    memory); ``engine`` reads CSV with ``pyarrow`` or ``python`` (default: pyarrow when
+    installed). See :mod:`retain.data.tables`.
 
     Examples:
         >>> src = read_table("adult.csv", target="income")  # doctest: +SKIP
     """
     path = Path(path)
-    if path.suffix.lower() in (".parquet", ".pq"):
-        cols = _read_parquet(path)
-    else:
-        cols = _read_csv(path)
-    return _table_source(cols, path, target, features, objective)
+    t = tables.read_table_data(path, target, features, mapped=mapped, engine=engine)
+    y = t.y
+    if y.dtype.kind == "f" and np.isnan(y).any():
+        raise DataError(
+            f"{path}: target column '{t.target}' has {int(np.isnan(y).sum())} missing "
+            "values; drop those rows"
+        )
+    if objective == "auto":
+        objective = "regression" if y.dtype.kind == "f" else "classification"
+    (y,), class_names = _class_ids([y], objective, path, t.target)
+    src = from_arrays(t.x, y, objective=objective, name=dataset_name(path), class_names=class_names)
+    facts = {
+        "target": t.target,
+        "target_auto": t.target_auto,
+        "dropped": t.dropped,
+        "encoded": {t.target: f"text classes as ids 0..{len(class_names) - 1} in sorted order"}
+        if class_names
+        else {},
+    }
+    return replace(src, columns_train=t.others, feature_names=t.features, facts=facts)
 
 
 def _hf_load_disk(path: str | Path) -> Any:
@@ -291,8 +176,24 @@ def _token_ids(feat: Any) -> bool:
     )
 
 
+def _hf_columns(ds: Any, used: list[str], where: str, mapped: bool | None) -> torch.Tensor:
+    """Numeric columns as one float32 matrix, read from the (memory-mapped) Arrow table batch by
+    batch into a matrix that is itself memory-mapped when large (see :mod:`retain.data.mapped`):
+    no whole column is ever copied to float64."""
+    x = empty_rows(len(ds), len(used), mapped)
+    start = 0
+    for batch in ds.select_columns(used).with_format("arrow").iter(batch_size=65536):
+        block = x[start : start + batch.num_rows]
+        for j, c in enumerate(used):
+            v = batch.column(c).to_numpy(zero_copy_only=False).astype(np.float64)
+            check_block(Path(where), c, v, start)
+            block[:, j] = torch.from_numpy(v.astype(np.float32))
+        start += batch.num_rows
+    return x
+
+
 def _hf_split(
-    ds: Any, input: str | None, target: str, where: str
+    ds: Any, input: str | None, target: str, where: str, mapped: bool | None = None
 ) -> tuple[torch.Tensor, np.ndarray, dict[str, np.ndarray], list[str]]:
     """Inputs, raw targets, the other scalar columns, and the input column names of one split."""
     cols, feats, table = ds.column_names, ds.features, ds.with_format("numpy")
@@ -303,7 +204,7 @@ def _hf_split(
         used = [c for c in scalar if c != target and _hf_numeric(feats[c])]
         if not used:
             raise DataError(f"{where}: no numeric input columns; choose one with stream.input")
-        x = torch.from_numpy(np.stack([np.asarray(table[c], dtype=np.float32) for c in used], 1))
+        x = _hf_columns(ds, used, where, mapped)
     elif input not in cols:
         raise _no_column(where, "input", input, cols)
     else:
@@ -324,7 +225,8 @@ def _hf_split(
         if image:
             x = as_images(a)
         else:
-            x = torch.from_numpy(np.asarray(a, dtype=np.float32).reshape(len(a), -1))
+            # A copy: an Arrow-backed array may be read-only memory that splits reorder in place.
+            x = torch.from_numpy(np.array(a, dtype=np.float32).reshape(len(a), -1))
     extra = {c: np.asarray(table[c]) for c in scalar if c not in (target, input)}
     return x, np.asarray(table[target]), extra, used
 
@@ -335,6 +237,7 @@ def from_hf(
     target: str | None = None,
     objective: str = "auto",
     name: str = "hf",
+    mapped: bool | None = None,
 ) -> Source:
     """A Source from a Hugging Face ``Dataset``, ``DatasetDict`` or ``save_to_disk`` folder.
 
@@ -361,11 +264,11 @@ def from_hf(
     auto = target is None
     target = _pick_target(name, target, cols)
     input = input or next((c for c in _INPUT_NAMES if c in cols and c != target), None)
-    x, y, extra, used = _hf_split(train, input, target, name)
+    x, y, extra, used = _hf_split(train, input, target, name, mapped)
     xt = yt = None
     extra_t: dict[str, np.ndarray] = {}
     if test is not None:
-        xt, yt, extra_t, _ = _hf_split(test, input, target, f"{name} (test)")
+        xt, yt, extra_t, _ = _hf_split(test, input, target, f"{name} (test)", mapped)
     ys, class_names = _class_ids([y] + ([yt] if test is not None else []), objective, name, target)
     feat = train.features[target]
     if type(feat).__name__ == "ClassLabel":
@@ -390,6 +293,8 @@ def from_hf(
         else {}
     )
     facts = {"target": target, "target_auto": auto, "dropped": dropped, "encoded": encoded}
+    if type(feat).__name__ == "ClassLabel":
+        facts["label_ids"] = True  # integer labels; the names only display them
     return replace(
         src,
         columns_train=extra,
@@ -406,8 +311,12 @@ def read_file(
     features: list[str] | None = None,
     objective: str = "auto",
     input: str | None = None,
+    mapped: bool | None = None,
 ) -> Source:
     """A Source from a data file or folder; the reader is chosen from the name and contents.
+
+    ``mapped``: keep the inputs of a table or HF dataset in a memory-mapped file (``None``: when
+    they would take more than half the available memory; see :mod:`retain.data.mapped`).
 
     Examples:
         >>> src = read_file("flights.parquet", target="delayed")  # doctest: +SKIP
@@ -418,14 +327,21 @@ def read_file(
     low = p.name.lower()
     if p.is_dir():
         if any((p / m).is_file() for m in _HF_MARKERS):
-            return from_hf(p, input=input, target=target, objective=objective, name=dataset_name(p))
+            return from_hf(
+                p,
+                input=input,
+                target=target,
+                objective=objective,
+                name=dataset_name(p),
+                mapped=mapped,
+            )
         if is_cifar_folder(p):
             return read_cifar10(p)
         if find_idx_files(p) is not None:
             return read_idx_folder(p, name=dataset_name(p))
         raise DataError(f"{path}: a folder with no data retain can read; supported: {SUPPORTED}")
     if low.endswith((".csv", ".csv.gz", ".parquet", ".pq")):
-        return read_table(p, target, features, objective)
+        return read_table(p, target, features, objective, mapped=mapped)
     if low.endswith(".npz"):
         return read_npz(p, objective)
     if low.endswith((".pkl.gz", ".pkl")):

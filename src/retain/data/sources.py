@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from retain.data.mapped import compact_rows, take_rows
 from retain.data.stream import TensorData
 from retain.errors import DataError
 
@@ -63,13 +64,18 @@ class Source:
     def _check_labels(self) -> None:
         """Class ids are the output layer's rows: one stray value far above the others (a typo,
         a sentinel such as 999999) would build an output layer of that many rows and train for
-        hours, so it is refused in one line (negative ids are refused when the stream is built,
-        with the range of all labels)."""
+        hours, so it is refused in one line; so is a negative one (-1 as "no class", or labels
+        -1/1), which no output row can hold."""
         ys = [y for y in (self.y_train, self.y_test) if y is not None and len(y)]
         if not ys or ys[0].is_floating_point():
             return
         y = torch.cat([t.reshape(-1) for t in ys])
-        hi = int(y.max())
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0:
+            raise DataError(
+                f"{self.name}: class label {lo} is negative; classes are numbered from 0 (or "
+                "given as text): renumber them, or drop the rows without a class"
+            )
         distinct = len(torch.unique(y))
         if hi >= SPARSE_LABELS and hi + 1 > 10 * distinct:
             raise DataError(
@@ -85,8 +91,14 @@ class Source:
         ys = [self.y_train] + ([self.y_test] if self.y_test is not None else [])
         return int(max(int(y.max()) for y in ys if len(y)) + 1)
 
-    def with_test_split(self, fraction: float, seed: int) -> Source:
-        """Hold out ``fraction`` of the training data as the test set when there is none."""
+    def with_test_split(self, fraction: float, seed: int, in_place: bool = False) -> Source:
+        """Hold out ``fraction`` of the training data as the test set when there is none.
+
+        ``in_place``: the training rows are moved to the front of ``x_train``'s own storage
+        instead of being copied (for a source nothing else uses, e.g. one just read from a file:
+        this Source's ``x_train`` is no longer valid afterwards). A table larger than memory is
+        split this way without a second copy of its rows.
+        """
         if self.x_test is not None:
             return self
         n = len(self.x_train)
@@ -96,31 +108,62 @@ class Source:
         te, tr = perm[:k].sort().values, perm[k:].sort().values
         cols_tr = {c: v[tr.numpy()] for c, v in self.columns_train.items()}
         cols_te = {c: v[te.numpy()] for c, v in self.columns_train.items()}
+        x, y = self.x_train, self.y_train
+        x_test, y_test = take_rows(x, te), y[te]
+        if in_place and x.is_contiguous():
+            x_train = compact_rows(x, tr)
+        else:
+            x_train = take_rows(x, tr)
         return replace(
             self,
-            x_train=self.x_train[tr],
-            y_train=self.y_train[tr],
-            x_test=self.x_train[te],
-            y_test=self.y_train[te],
+            x_train=x_train,
+            y_train=y[tr],
+            x_test=x_test,
+            y_test=y_test,
             columns_train=cols_tr,
             columns_test=cols_te,
         )
 
+    def column(self, name: str, split: str = "train") -> np.ndarray | None:
+        """The values of column ``name`` for the ``train`` or ``test`` rows: an extra column, or
+        a feature column read from the inputs (None when there is neither)."""
+        cols = self.columns_train if split == "train" else self.columns_test
+        if name in cols:
+            return cols[name]
+        x = self.x_train if split == "train" else self.x_test
+        if self.feature_names and name in self.feature_names and x is not None:
+            return x[:, self.feature_names.index(name)].numpy()
+        return None
+
+    @property
+    def column_names(self) -> list[str]:
+        """The columns :meth:`column` can give."""
+        return list(dict.fromkeys([*self.columns_train, *(self.feature_names or [])]))
+
     def drop_features(self, names: list[str]) -> Source:
-        """Remove named feature columns from the inputs (they stay in ``columns_*``): the column a
-        ``by_column`` scenario splits on is constant within each task and says which task a
-        sample is from, so it is not an input."""
+        """Remove named feature columns from the inputs (they stay available as columns): the
+        column a ``by_column`` scenario splits on is constant within each task and says which
+        task a sample is from, so it is not an input."""
         if not self.feature_names or not any(n in self.feature_names for n in names):
             return self
         keep = [i for i, n in enumerate(self.feature_names) if n not in names]
         if not keep:
             raise DataError(f"{self.name}: no features left after removing {names}")
+        moved = [n for n in names if n in self.feature_names]
+        cols_tr = {**self.columns_train}
+        cols_te = {**self.columns_test}
+        for n in moved:
+            cols_tr.setdefault(n, self.column(n, "train").copy())
+            if self.x_test is not None:
+                cols_te.setdefault(n, self.column(n, "test").copy())
         idx = torch.tensor(keep)
         return replace(
             self,
             x_train=self.x_train[:, idx],
             x_test=self.x_test[:, idx] if self.x_test is not None else None,
             feature_names=[self.feature_names[i] for i in keep],
+            columns_train=cols_tr,
+            columns_test=cols_te,
         )
 
     def limit(self, train: int | None, test: int | None, seed: int) -> Source:

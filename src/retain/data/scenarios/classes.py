@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from retain.data.mapped import group_rows, take_rows
 from retain.data.scenarios.common import (
     all_classes,
     held_out,
@@ -129,20 +130,28 @@ def iid(
     validation: float = 0.0,
     seed: int = 0,
     name: str | None = None,
+    in_place: bool = False,
 ) -> Stream:
-    """The data cut into ``n_tasks`` random chunks from one distribution (train and test alike)."""
+    """The data cut into ``n_tasks`` random chunks from one distribution (train and test alike).
+
+    ``in_place``: the training rows are regrouped by chunk within the source's own storage and
+    each task's inputs are a view of it (for a source nothing else uses: no copy of the data).
+    """
     src = select_classes(as_source(source), classes).with_test_split(0.2, seed)
     xte, yte = held_out(src)
     tr_chunks = _chunks(len(src.x_train), n_tasks, generator(seed, 0, 13))
     te_chunks = _chunks(len(xte), n_tasks, generator(seed, 1, 13))
+    xs = group_rows(src.x_train, tr_chunks) if in_place and classes is None else None
     tasks = []
     for t, (a, b) in enumerate(zip(tr_chunks, te_chunks)):
-        train, val = with_validation(tensors(src.x_train[a], src.y_train[a]), validation, seed, t)
+        # take_rows: a chunk of a memory-mapped table is itself mapped, not copied into memory.
+        x = xs[t] if xs is not None else take_rows(src.x_train, a)
+        train, val = with_validation(tensors(x, src.y_train[a]), validation, seed, t)
         tasks.append(
             Task(
                 f"D{t + 1}",
                 train,
-                tensors(xte[b], yte[b]),
+                tensors(take_rows(xte, b), yte[b]),
                 val,
                 all_classes(src),
                 domain=f"chunk {t + 1} of {n_tasks}",

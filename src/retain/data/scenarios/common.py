@@ -105,12 +105,33 @@ def all_classes(src: Source) -> tuple[int, ...] | None:
     )
 
 
-def standardize(stream: Stream, target: bool = False) -> tuple[Stream, dict[str, Any]]:
+def _own_storages(stream: Stream) -> bool:
+    """Whether no two input tensors of the stream overlap in memory (so scaling each in place
+    scales every value once): tensors of their own, or disjoint views of one storage."""
+    xs = [d.x for t in stream.tasks for d in (t.train, t.test, t.val) if d is not None]
+    xs += [d.x for d in stream.suites.values() if "x" in d]
+    if not all(x.dtype == torch.float32 and x.is_contiguous() for x in xs):
+        return False
+    spans = sorted(
+        (x.untyped_storage().data_ptr(), x.storage_offset(), x.storage_offset() + x.numel())
+        for x in xs
+    )
+    return all(
+        a[0] != b[0] or a[2] <= b[1] for a, b in zip(spans, spans[1:])
+    )
+
+
+def standardize(
+    stream: Stream, target: bool = False, in_place: bool = False
+) -> tuple[Stream, dict[str, Any]]:
     """Standardise inputs (and regression targets) with the first task's training statistics.
 
     The first task's statistics are what a model deployed after task 1 would have had: later
     tasks (and the evaluation suites) are scaled the same way and are not looked at in advance.
+    ``in_place``: scale the input tensors themselves, chunk by chunk (for a stream nothing else
+    uses, e.g. one just read from files: no second copy of the data), when no two share storage.
     """
+    in_place = in_place and _own_storages(stream)
 
     first = stream.tasks[0].train
     mx = first.x.float().mean(0)
@@ -123,7 +144,11 @@ def standardize(stream: Stream, target: bool = False) -> tuple[Stream, dict[str,
         if d is None:
             return None
         t = {k: v for k, v in d.tensors.items() if k != "task"}
-        t["x"] = (d.x.float() - mx) / sx
+        if in_place:
+            for s in range(0, len(d.x), 65536):
+                d.x[s : s + 65536].sub_(mx).div_(sx)
+        else:
+            t["x"] = (d.x.float() - mx) / sx
         if target:
             t["y"] = (d.y.float() - my) / sy
         return TensorData(**t)

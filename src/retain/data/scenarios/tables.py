@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from retain.data.label_spaces import files_setting, merge_labels
 from retain.data.scenarios.common import (
     all_classes,
     make_stream,
@@ -15,7 +16,7 @@ from retain.data.scenarios.common import (
     tensors,
     with_validation,
 )
-from retain.data.sources import Source, as_source
+from retain.data.sources import as_source
 from retain.data.stream import Stream, Task
 from retain.errors import DataError
 
@@ -42,16 +43,19 @@ def by_column(
 ) -> Stream:
     """One task per value of ``column`` (or per group of values), in ``groups`` order."""
     src = as_source(source)
-    if column not in src.columns_train:
+    if column not in src.column_names:
         from retain.errors import did_you_mean
 
-        cols = sorted(src.columns_train)
+        cols = sorted(src.column_names)
         raise DataError(
             f"column '{column}' not found{did_you_mean(column, cols)}; "
             f"columns: {', '.join(cols) or 'none'}"
         )
     src = select_classes(src, classes).with_test_split(0.2, seed)
-    col_tr, col_te = src.columns_train[column], src.columns_test[column]
+    col_tr, col_te = src.column(column, "train"), src.column(column, "test")
+    if col_tr.dtype.kind == "f" and np.all(col_tr == np.round(col_tr)):
+        # Integer codes read as float32 features (e.g. region 1, 2) name their tasks as integers.
+        col_tr, col_te = col_tr.astype(np.int64), col_te.astype(np.int64)
     if groups is None:
         uniq = np.unique(col_tr)
         if len(uniq) > 50:
@@ -86,53 +90,51 @@ def from_sources(
     test_fraction: float = 0.2,
     seed: int = 0,
     name: str = "files",
+    setting: str = "auto",
+    labels: str = "ids",
+    warnings: list[str] | None = None,
 ) -> Stream:
-    """One task per source (e.g. one file per month): D1, then D2, ..."""
+    """One task per source (e.g. one file per month): D1, then D2, ...
+
+    ``labels`` says how the sources' classes share outputs (``ids`` or ``names``) and ``setting``
+    defaults to what that gives (see :mod:`retain.data.label_spaces`). Warnings about the label
+    space are appended to ``warnings`` when a list is given.
+    """
     srcs = [as_source(s) for s in sources]
     if not srcs:
         raise DataError("no sources given")
-    srcs = _shared_labels(srcs)
     names = names or [s.name for s in srcs]
-    k = max((s.n_classes or 0) for s in srcs) if srcs[0].objective == "classification" else None
-    tasks = []
-    for t, (s, n) in enumerate(zip(srcs, names)):
+    first = srcs[0].feature_names
+    for s, n in zip(srcs, names):
         if s.objective != srcs[0].objective:
             raise DataError(
                 f"'{n}' has {s.objective} targets but '{names[0]}' has {srcs[0].objective}"
             )
-        s = s.with_test_split(test_fraction, seed + t)
+        # Same width but other columns (or another order) would train on the wrong features.
+        if first and s.feature_names and s.feature_names != first:
+            raise DataError(
+                f"'{n}' has the feature columns {', '.join(s.feature_names)} but '{names[0]}' "
+                f"has {', '.join(first)}; give every file the same columns in the same order"
+            )
+    srcs, class_names, notes = merge_labels(srcs, names, labels)
+    if warnings is not None:
+        warnings.extend(notes)
+    srcs = [s.with_test_split(test_fraction, seed + t) for t, s in enumerate(srcs)]
+    classification = srcs[0].objective == "classification"
+    k = max((s.n_classes or 0) for s in srcs) if classification else None
+    own = [
+        set(torch.unique(torch.cat([s.y_train, s.y_test])).tolist()) if classification else set()
+        for s in srcs
+    ]
+    setting = files_setting(setting, labels, own, names) if classification else "domain_il"
+    tasks = []
+    for t, (s, n) in enumerate(zip(srcs, names)):
         train, val = with_validation(tensors(s.x_train, s.y_train), validation, seed, t)
-        tasks.append(
-            Task(
-                n, train, tensors(s.x_test, s.y_test), val, tuple(range(k)) if k else None, domain=n
-            )
-        )
-    first = srcs[0]
-    return make_stream(tasks, first, "domain_il", k, name)
-
-
-def _shared_labels(srcs: list[Source]) -> list[Source]:
-    """Give string class names one id across all sources (each file maps its own otherwise)."""
-    if not all(s.class_names for s in srcs) or srcs[0].objective != "classification":
-        return srcs
-    union = sorted({n for s in srcs for n in s.class_names})
-    out = []
-    for s in srcs:
-        lut = torch.tensor([union.index(n) for n in s.class_names])
-        yte = lut[s.y_test] if s.y_test is not None else None
-        out.append(
-            Source(
-                s.x_train,
-                lut[s.y_train],
-                s.x_test,
-                yte,
-                s.columns_train,
-                s.columns_test,
-                union,
-                s.objective,
-                s.name,
-                s.is_image,
-                s.feature_names,
-            )
-        )
-    return out
+        if not k:
+            classes = None
+        elif setting == "domain_il":
+            classes = tuple(range(k))
+        else:
+            classes = tuple(sorted(own[t]))
+        tasks.append(Task(n, train, tensors(s.x_test, s.y_test), val, classes, domain=n))
+    return make_stream(tasks, srcs[0], setting, k, name, class_names)
