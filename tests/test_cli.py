@@ -194,7 +194,11 @@ def test_feature_shapes_disagree(tmp_path, capsys):
     cfg = _cfg(
         tmp_path, TABLE.format(data="unused", scenario="files", extra=f", files: [{a}, {b}]")
     )
-    _fails(capsys, ["run", str(cfg), "-q", "--out", str(tmp_path / "o")], "has the feature columns a, b, c but")
+    _fails(
+        capsys,
+        ["run", str(cfg), "-q", "--out", str(tmp_path / "o")],
+        "has the feature columns a, b, c but",
+    )
 
 
 def test_empty_task(tmp_path, capsys):

@@ -224,8 +224,13 @@ def _described(src: Any) -> Any:
     the rows are split in place and must not be held twice."""
     empty = src.x_train[:0].clone()
     return dataclasses.replace(
-        src, x_train=empty, y_train=src.y_train[:0].clone(), x_test=None, y_test=None,
-        columns_train={}, columns_test={},
+        src,
+        x_train=empty,
+        y_train=src.y_train[:0].clone(),
+        x_test=None,
+        y_test=None,
+        columns_train={},
+        columns_test={},
     )
 
 

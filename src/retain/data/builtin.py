@@ -59,9 +59,7 @@ def _digits() -> Source:
         x = torch.from_numpy(z["x"].astype(np.float32) / 16.0).reshape(-1, 1, 8, 8)
         y = torch.from_numpy(z["y"].astype(np.int64))
         names = [str(n) for n in z["class_names"]]
-    return Source(
-        x, y, class_names=names, name="digits", is_image=True, facts={"label_ids": True}
-    )
+    return Source(x, y, class_names=names, name="digits", is_image=True, facts={"label_ids": True})
 
 
 def _diabetes() -> Source:

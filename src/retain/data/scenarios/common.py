@@ -116,9 +116,7 @@ def _own_storages(stream: Stream) -> bool:
         (x.untyped_storage().data_ptr(), x.storage_offset(), x.storage_offset() + x.numel())
         for x in xs
     )
-    return all(
-        a[0] != b[0] or a[2] <= b[1] for a, b in zip(spans, spans[1:])
-    )
+    return all(a[0] != b[0] or a[2] <= b[1] for a, b in zip(spans, spans[1:]))
 
 
 def standardize(
