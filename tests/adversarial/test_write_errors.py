@@ -58,6 +58,7 @@ def test_other_os_errors_stay_tracebacks(tmp_path, monkeypatch):
         main(["run", str(put(tmp_path, "exp.yaml", BASE)), "--out", str(tmp_path / "r"), "-q"])
 
 
+@pytest.mark.slow  # a separate Python process that imports torch
 @pytest.mark.skipif(
     sys.platform != "linux" or os.geteuid() != 0 or shutil.which("mount") is None,
     reason="needs root to mount a small tmpfs",

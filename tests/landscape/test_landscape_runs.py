@@ -142,6 +142,7 @@ def test_a_small_causal_lm_on_a_subsample_of_token_blocks(tmp_path):
     assert len(s["path"]) == 3  # θ₁, one snapshot inside task 2, θ₂
 
 
+@pytest.mark.slow  # trains a joint model (about 8 s)
 def test_train_joint_trains_theta_joint_with_the_runs_config_once(compared, tmp_path):
     out = tmp_path / "ls"
     s = landscape(
