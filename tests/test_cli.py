@@ -413,3 +413,16 @@ def test_cnn_model_from_the_config(tmp_path):
     )
     rec = json.loads((out / "result.json").read_text())
     assert rec["matrix"][1][0] > 0.9  # a 2-class digits task is learnt by the CNN
+
+
+def test_an_interrupted_study_does_not_suggest_resume(monkeypatch, capsys):
+    """Ctrl-C in `retain study` said "rerun with --resume", which a study does not have."""
+    import retain.cli as cli
+
+    def stop(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_study", stop)
+    assert main(["study", "iid"]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == "retain: interrupted; this command does not resume: run it again", err

@@ -711,10 +711,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as e:
         how = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
-        print(
-            f"retain: {how}; the last finished task's checkpoint is kept: rerun with --resume",
-            file=sys.stderr,
+        # Only run and compare pick up again (--resume); a study, an update or a landscape cannot.
+        then = (
+            "the last finished task's checkpoint is kept: rerun with --resume"
+            if hasattr(args, "resume")
+            else "this command does not resume: run it again"
         )
+        print(f"retain: {how}; {then}", file=sys.stderr)
         return 143 if isinstance(e, Terminated) else 130
 
 
