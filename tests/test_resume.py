@@ -188,16 +188,15 @@ def test_a_run_written_before_a_config_key_existed_resumes(tmp_path):
 
     from retain.config import RunConfig, TrainConfig
     from retain.errors import RunDirError
-    from retain.run_state import check_resume_config
-    from retain.utils.checkpoint import RunDir
+    from retain.resume import check_config
 
     cfg = RunConfig(train=TrainConfig(epochs=1))
     old = cfg.to_dict()
     del old["train"]["order"], old["stream"]["mix"]
     (tmp_path / "config.resolved.yaml").write_text(yaml.safe_dump(old))
-    check_resume_config(RunDir(tmp_path), cfg)
+    check_config(tmp_path, cfg)
     with pytest.raises(RunDirError, match="train.epochs"):
-        check_resume_config(RunDir(tmp_path), RunConfig(train=TrainConfig(epochs=2)))
+        check_config(tmp_path, RunConfig(train=TrainConfig(epochs=2)))
 
 
 # ---------------------------------------------------------------- damaged checkpoints

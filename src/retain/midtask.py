@@ -35,7 +35,6 @@ each the size of the model, the optimizer's state (Adam: twice the model) and th
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from pathlib import Path
@@ -50,7 +49,7 @@ from retain.run_state import RunState
 from retain.strategies.context import TaskContext
 from retain.train.loop import Checkpoints
 from retain.utils.checkpoint import load_weights
-from retain.utils.files import write_atomic
+from retain.utils.files import atomic_folder, write_atomic
 from retain.utils.state import load_state, rng_state, save_state, set_rng_state, write_json
 
 KIND = "retain.step_checkpoint"
@@ -86,21 +85,23 @@ def write(
 ) -> Path:
     """Write one step checkpoint; keep the ``keep`` newest of this task, delete the others."""
     name = folder(tasks_done, step)
-    final, tmp = root / name, root / f".{name}.tmp-{os.getpid()}"
     _remove_partial(root)
-    tmp.mkdir(parents=True)
-    write_atomic(tmp / "model.safetensors", lambda p: save_model(model, str(p)))
-    skeleton = save_state(tmp / "state.safetensors", state)
-    meta = {"kind": KIND, "format": FORMAT, "tasks_done": tasks_done, "task": task, "step": step}
-    write_json(tmp / "state.json", {**meta, "state": skeleton})
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    with atomic_folder(root / name) as tmp:
+        write_atomic(tmp / "model.safetensors", lambda p: save_model(model, str(p)))
+        skeleton = save_state(tmp / "state.safetensors", state)
+        meta = {
+            "kind": KIND,
+            "format": FORMAT,
+            "tasks_done": tasks_done,
+            "task": task,
+            "step": step,
+        }
+        write_json(tmp / "state.json", {**meta, "state": skeleton})
     mine = [p for t, _, p in step_dirs(root) if t == tasks_done]
     for t, _, p in step_dirs(root):
         if t != tasks_done or p in mine[:-keep]:
             shutil.rmtree(p, ignore_errors=True)
-    return final
+    return root / name
 
 
 def _remove_partial(root: Path) -> None:

@@ -264,7 +264,7 @@ def open_run_dir(
     run_dir.ensure_new_or_resumable(resume)
     saved = None
     if resuming:
-        check_resume_config(run_dir, config)
+        check_config(run_dir.path, config)
         saved = run_dir.load_checkpoint(expect, warn)
     if is_main_process():
         if resuming:
@@ -272,9 +272,3 @@ def open_run_dir(
         if config is not None:
             write_atomic(run_dir.path / "config.resolved.yaml", config.to_yaml())
     return saved
-
-
-def check_resume_config(run_dir: RunDir, config: RunConfig | None) -> None:
-    """The settings of a resumed run are the ones it was started with (see
-    :func:`retain.resume.check_config`)."""
-    check_config(run_dir.path, config)

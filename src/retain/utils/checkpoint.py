@@ -34,7 +34,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from retain.errors import RunDirError
-from retain.utils.files import fsync_dir, temp_path, write_atomic
+from retain.utils.files import atomic_folder, write_atomic
 from retain.utils.integrity import (
     MARKER,
     NAME,
@@ -119,11 +119,7 @@ class RunDir:
         their sizes) last; then the folder is renamed into place and ``LATEST.json`` replaced."""
         name = f"task-{tasks_done:04d}"
         final = self.ckpt_root / name
-        tmp = temp_path(final)
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-        try:
+        with atomic_folder(final) as tmp:
             write_atomic(tmp / "model.safetensors", lambda p: save_model(model, str(p)))
             meta = dict(state)
             meta["schema_version"] = SCHEMA_VERSION
@@ -137,17 +133,6 @@ class RunDir:
             )
             meta["files"] = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
             write_json(tmp / "state.json", meta)
-        except BaseException:  # a full disk, an interrupt: no half-written folder is left
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        if final.exists():  # set aside, not deleted first: a kill in between keeps one of them
-            old = temp_path(final, "old")
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-        fsync_dir(self.ckpt_root)
         write_json(self.ckpt_root / "LATEST.json", {"tasks_done": tasks_done, "dir": name})
         done = sorted(p for p in self.ckpt_root.glob("task-*") if p.is_dir())
         for old in done[:-keep]:

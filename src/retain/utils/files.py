@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 # What a write in progress is called: ``.NAME.tmp-PID`` (the new file or folder, renamed over
@@ -35,6 +36,33 @@ def fsync_dir(path: str | Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+@contextmanager
+def atomic_folder(final: Path) -> Iterator[Path]:
+    """A temporary folder beside ``final`` for the block to write into (a checkpoint's files).
+
+    When the block ends, the folder is renamed over ``final``; an existing ``final`` is set
+    aside first and removed after, so a kill in between keeps one of them. When the block fails
+    (a full disk, an interrupt), the temporary folder is removed and nothing half-written stays.
+    """
+    tmp = temp_path(final)
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if final.exists():
+        old = temp_path(final, "old")
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    fsync_dir(final.parent)
 
 
 def write_atomic(path: str | Path, data: str | bytes | Callable[[Path], object]) -> Path:
